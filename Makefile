@@ -1,0 +1,46 @@
+# One-command tasks. `make demo` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROTO_SRC := protos/neural_attn/v1/attention.proto
+
+.PHONY: setup demo test test-gpu check lint types proto proto-check bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+setup: $(PY)
+	$(PY) -m pip install -q -e ".[server,dev]"
+
+demo: setup
+	$(VENV)/bin/neural-attn-client visualize examples/attention_examples/basic_transformer.neural --attention --output-dir attention_outputs
+
+test: setup
+	$(PY) -m pytest -q
+
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu
+
+proto: $(PY)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+
+# Fails when the committed stubs differ from what `make proto` would write.
+proto-check: $(PY)
+	@tmp=$$(mktemp -d) && \
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTO_SRC) && \
+	diff -r -x __init__.py -x __pycache__ $$tmp/neural_attn/v1 neural_attn/v1 && echo "stubs are up to date"
+
+lint: $(PY)
+	$(VENV)/bin/ruff check .
+
+types: $(PY)
+	$(VENV)/bin/mypy neural_attn dsl backends server client
+
+check: lint types proto-check test
+
+bench: setup
+	$(PY) -m tests.bench.bench_extract
+
+clean:
+	rm -rf attention_outputs build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,171 @@
+"""The small interface every backend implements, and the input rules they share (DESIGN §4).
+
+A backend turns a resolved `Network` into a `BuiltModel`; `BuiltModel.forward` is one forward
+pass that returns the model output and the attention probabilities of the requested layers.
+Frameworks are imported lazily: a server with only PyTorch installed still serves PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import numpy as np
+
+from neural_attn.dsl.ir import Network
+from neural_attn.errors import BackendUnavailableError, InvalidInputError
+
+BACKENDS = ("tensorflow", "pytorch")
+_MODULES = {"tensorflow": "neural_attn.backends.tensorflow_backend",
+            "pytorch": "neural_attn.backends.pytorch_backend"}
+_PACKAGES = {"tensorflow": "tensorflow-cpu==2.21.0", "pytorch": "torch==2.13.0"}
+
+
+@dataclass(frozen=True)
+class InputForm:
+    """One input form a model accepts; shape includes the batch axis, None is dynamic."""
+
+    shape: tuple[int | None, ...]
+    dtype: str  # "int64" token ids or "float32" features
+    description: str
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """A validated input: the array to feed, and whether it skips a leading Embedding."""
+
+    array: np.ndarray
+    start: int  # index of the first layer to run
+    token_ids: np.ndarray | None  # (batch, seq) ids when they went through an Embedding
+
+
+def _embedding_first(network: Network) -> bool:
+    return bool(network.layers) and network.layers[0].type == "Embedding"
+
+
+def input_forms(network: Network) -> list[InputForm]:
+    """The accepted input forms, preferred first."""
+    if _embedding_first(network):
+        emb = network.layers[0]
+        seq = emb.input_shape[0]
+        return [
+            InputForm((None, seq), "int64",
+                      f"token ids in [0, {emb['input_dim']}) through `{emb.name}`"),
+            InputForm((None, seq, emb["output_dim"]), "float32",
+                      f"already-embedded features (skips `{emb.name}`)"),
+        ]
+    return [InputForm((None, *network.input_shape), "float32", "features")]
+
+
+def _fmt(shape: tuple[int | None, ...]) -> str:
+    inner = ", ".join("batch" if i == 0 and d is None else ("seq" if d is None else str(d))
+                      for i, d in enumerate(shape))
+    return f"({inner})"
+
+
+def prepare_input(network: Network, data: np.ndarray) -> PreparedInput:
+    """Check `data` against the accepted forms; raise InvalidInputError naming them if none fits."""
+    forms = input_forms(network)
+    for index, form in enumerate(forms):
+        if data.ndim != len(form.shape):
+            continue
+        if any(want is not None and got != want for got, want in zip(data.shape, form.shape)):
+            continue
+        if data.shape[0] == 0 or any(d == 0 for d in data.shape):
+            raise InvalidInputError(f"input has an empty dimension: shape {data.shape}")
+        if form.dtype == "int64":
+            if not np.issubdtype(data.dtype, np.integer):
+                continue
+            vocab = network.layers[0]["input_dim"]
+            low, high = int(data.min()), int(data.max())
+            if low < 0 or high >= vocab:
+                raise InvalidInputError(
+                    f"token ids must lie in [0, {vocab}) for `{network.layers[0].name}`; "
+                    f"got values from {low} to {high}"
+                )
+            return PreparedInput(data.astype(np.int64), 0, data.astype(np.int64))
+        if not np.issubdtype(data.dtype, np.floating):
+            continue
+        if not np.all(np.isfinite(data)):
+            raise InvalidInputError("input holds NaN or infinite values")
+        return PreparedInput(data.astype(np.float32), 1 if _embedding_first(network) and index
+                             else 0, None)
+    accepted = " or ".join(f"{_fmt(f.shape)} {f.dtype} ({f.description})" for f in forms)
+    raise InvalidInputError(
+        f"input of shape {tuple(data.shape)} and dtype {data.dtype} does not fit network "
+        f"`{network.name}`: it accepts {accepted}"
+    )
+
+
+DEFAULT_DYNAMIC_LENGTH = 16
+
+
+def sample_input(network: Network, *, seed: int = 0, length: int | None = None) -> np.ndarray:
+    """A deterministic sample input of batch 1 in the preferred form."""
+    form = input_forms(network)[0]
+    shape = tuple(1 if i == 0 else (d if d is not None else (length or DEFAULT_DYNAMIC_LENGTH))
+                  for i, d in enumerate(form.shape))
+    rng = np.random.default_rng(seed)
+    if form.dtype == "int64":
+        vocab = network.layers[0]["input_dim"]
+        # Avoid id 0: it is the padding id when masks are on.
+        return rng.integers(1 if vocab > 1 else 0, vocab, size=shape, dtype=np.int64)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+class BuiltModel(ABC):
+    """A compiled model of one backend."""
+
+    backend: str
+    network: Network
+    device: str
+    attention_path: str
+
+    @abstractmethod
+    def parameter_count(self) -> int: ...
+
+    @abstractmethod
+    def forward(
+        self, data: np.ndarray, *, capture: Collection[str] = ()
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One forward pass in inference mode.
+
+        Returns the model output and, for each layer named in `capture`, its attention
+        probabilities as float32 numpy, shape [batch, head, query, key].
+        """
+
+    @abstractmethod
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """The parameters in the framework-neutral layout of `backends.weights`."""
+
+    @abstractmethod
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Load parameters in the framework-neutral layout of `backends.weights`."""
+
+    @abstractmethod
+    def generated_code(self) -> str:
+        """The readable `compiled_model_{backend}.py` with `create_model()`."""
+
+
+class Backend(ABC):
+    name: str
+
+    @abstractmethod
+    def build(self, network: Network, *, seed: int, device: str = "auto") -> BuiltModel: ...
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called `name`, imported on first use."""
+    if name not in _MODULES:
+        raise InvalidInputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    try:
+        module = importlib.import_module(_MODULES[name])
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"the {name} backend is not installed on this server ({exc}); "
+            f"install it with `pip install {_PACKAGES[name]}` or `pip install 'neural-attn[server]'`"
+        ) from exc
+    backend: Backend = module.BACKEND
+    return backend

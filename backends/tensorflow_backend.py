@@ -1,0 +1,209 @@
+"""TensorFlow (Keras 3) backend: builds a `NeuralModel` from the IR and captures attention.
+
+Attention path: `keras.layers.MultiHeadAttention(..., return_attention_scores=True)`, which
+computes softmax(Q K^T / sqrt(key_dim)) explicitly (the flash path is skipped when scores are
+asked for).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN reorders float sums; off, CPU results match the PyTorch backend more closely.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from neural_attn.backends import tf_layers  # noqa: E402
+from neural_attn.backends.base import Backend, BuiltModel, prepare_input, sample_input  # noqa: E402
+from neural_attn.backends.codegen import Constructor, render_call, render_module  # noqa: E402
+from neural_attn.backends.weights import initial_weights  # noqa: E402
+from neural_attn.dsl.ir import Layer, Network  # noqa: E402
+from neural_attn.errors import InvalidInputError  # noqa: E402
+
+_SIMPLE = {
+    "Dropout": "keras.layers.Dropout",
+    "GlobalAveragePooling1D": "keras.layers.GlobalAveragePooling1D",
+    "GlobalMaxPooling1D": "keras.layers.GlobalMaxPooling1D",
+    "Flatten": "keras.layers.Flatten",
+}
+
+
+def constructor(layer: Layer) -> Constructor:
+    """The Keras constructor call for one IR layer (used by the builder and the code writer)."""
+    name = {"name": layer.name}
+    kind = layer.type
+    if kind in ("Dense", "Output"):
+        return "keras.layers.Dense", {
+            "units": layer["units"], "activation": layer["activation"],
+            "use_bias": layer.get("use_bias", True), **name,
+        }
+    if kind == "Embedding":
+        return "keras.layers.Embedding", {
+            "input_dim": layer["input_dim"], "output_dim": layer["output_dim"], **name,
+        }
+    if kind == "LayerNormalization":
+        return "keras.layers.LayerNormalization", {"epsilon": float(layer["epsilon"]), **name}
+    if kind == "Dropout":
+        return _SIMPLE[kind], {"rate": float(layer["rate"]), **name}
+    if kind == "TransformerEncoder":
+        return "TransformerEncoderBlock", {
+            "num_heads": layer["num_heads"], "ff_dim": layer["ff_dim"],
+            "dropout": float(layer["dropout"]), "activation": layer["activation"], **name,
+        }
+    if kind == "MultiHeadAttention":
+        return "SelfAttention", {
+            "num_heads": layer["num_heads"], "key_dim": layer["key_dim"],
+            "dropout": float(layer["dropout"]), "causal": bool(layer["causal"]),
+            "use_bias": bool(layer.get("use_bias", True)), **name,
+        }
+    if kind in _SIMPLE:
+        return _SIMPLE[kind], name
+    raise InvalidInputError(f"layer type {kind} (`{layer.name}`) is not built by this server yet")
+
+
+def _resolve(dotted: str) -> Any:
+    obj: Any = {"keras": keras, **vars(tf_layers)}[dotted.split(".")[0]]
+    for part in dotted.split(".")[1:]:
+        obj = getattr(obj, part)
+    return obj
+
+
+def _variables(layer: Layer, block: Any) -> dict[str, Any]:
+    """Neutral parameter name -> Keras variable, for one layer."""
+    def attention(prefix: str, sa: Any) -> dict[str, Any]:
+        out = {}
+        for part in ("query", "key", "value", "output"):
+            dense = getattr(sa.mha, f"_{part}_dense")
+            out[f"{prefix}{part}_kernel"] = dense.kernel
+            if sa.use_bias:
+                out[f"{prefix}{part}_bias"] = dense.bias
+        return out
+
+    def dense(prefix: str, d: Any) -> dict[str, Any]:
+        return {f"{prefix}kernel": d.kernel, **({f"{prefix}bias": d.bias} if d.use_bias else {})}
+
+    def norm(prefix: str, n: Any) -> dict[str, Any]:
+        return {f"{prefix}gamma": n.gamma, f"{prefix}beta": n.beta}
+
+    kind = layer.type
+    if kind in ("Dense", "Output"):
+        return dense("", block)
+    if kind == "Embedding":
+        return {"embeddings": block.embeddings}
+    if kind == "LayerNormalization":
+        return norm("", block)
+    if kind == "MultiHeadAttention":
+        return attention("", block)
+    if kind == "TransformerEncoder":
+        return {
+            **attention("attention/", block.attention), **norm("attention_norm/", block.attention_norm),
+            **dense("ffn_1/", block.ffn_1), **dense("ffn_2/", block.ffn_2),
+            **norm("ffn_norm/", block.ffn_norm),
+        }
+    return {}
+
+
+class TensorFlowModel(BuiltModel):
+    backend = "tensorflow"
+    attention_path = "keras.layers.MultiHeadAttention(return_attention_scores=True)"
+
+    def __init__(self, network: Network, *, seed: int, device: str) -> None:
+        self.network = network
+        self.device = device
+        self._lock = threading.Lock()
+        with tf.device(self._tf_device):
+            self.model = tf_layers.NeuralModel(
+                [_resolve(c)(**kw) for c, kw in map(constructor, network.layers)],
+                name=network.name,
+            )
+            self.model(sample_input(network, seed=seed, length=2))  # builds every variable
+        self.set_weights(initial_weights(network, seed))
+
+    @property
+    def _tf_device(self) -> str:
+        return "/GPU:0" if self.device.startswith("cuda") else "/CPU:0"
+
+    def parameter_count(self) -> int:
+        return int(self.model.count_params())
+
+    def forward(
+        self, data: np.ndarray, *, capture: Collection[str] = ()
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        prepared = prepare_input(self.network, data)
+        store: dict[str, Any] = {}
+        with self._lock, tf.device(self._tf_device):
+            out = self.model.run(
+                tf.convert_to_tensor(prepared.array), capture=store, start=prepared.start
+            )
+        wanted = set(capture)
+        probs = {k: np.asarray(v, dtype=np.float32) for k, v in store.items() if k in wanted}
+        return np.asarray(out), probs
+
+    def _all_variables(self) -> dict[str, Any]:
+        blocks = {b.name: b for b in self.model.blocks}
+        return {
+            f"{layer.name}/{param}": var
+            for layer in self.network.layers
+            for param, var in _variables(layer, blocks[layer.name]).items()
+        }
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v.numpy()) for k, v in self._all_variables().items()}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        variables = self._all_variables()
+        for key, var in variables.items():
+            value = weights[key]
+            if tuple(value.shape) != tuple(var.shape):
+                raise InvalidInputError(
+                    f"weight {key} has shape {tuple(value.shape)}; the model needs {tuple(var.shape)}"
+                )
+            var.assign(value.astype(np.float32))
+
+    def generated_code(self) -> str:
+        return generate_code(self.network)
+
+
+def generate_code(network: Network) -> str:
+    sample = sample_input(network, length=2)
+    lines = [
+        "def create_model():",
+        '    """The network as a Keras model (random weights), built for INPUT_SHAPE."""',
+        "    model = NeuralModel(",
+        "        [",
+        *(f"            {render_call(constructor(layer))}," for layer in network.layers),
+        "        ],",
+        f"        name={network.name!r},",
+        "    )",
+        "    # Build every variable with a small sample of the input.",
+        f"    model(keras.ops.zeros({sample.shape!r}, dtype={str(sample.dtype)!r}))",
+        "    return model",
+        "",
+        "",
+        'if __name__ == "__main__":',
+        "    create_model().summary()",
+    ]
+    return render_module(
+        backend="tensorflow", network=network,
+        blocks_module=Path(tf_layers.__file__), body="\n".join(lines),
+    )
+
+
+class TensorFlowBackend(Backend):
+    name = "tensorflow"
+
+    def build(self, network: Network, *, seed: int, device: str = "auto") -> BuiltModel:
+        has_gpu = bool(tf.config.list_physical_devices("GPU"))
+        resolved = "cuda:0" if has_gpu and device in ("auto", "cuda") else "cpu"
+        return TensorFlowModel(network, seed=seed, device=resolved)
+
+
+BACKEND = TensorFlowBackend()

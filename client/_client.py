@@ -1,0 +1,318 @@
+"""`AttentionClient`: the SDK over the gRPC wire contract (DESIGN §3)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from neural_attn import wire
+from neural_attn.errors import (
+    ERROR_KIND_KEY,
+    InvalidInputError,
+    ModelNotFoundError,
+    NeuralAttnError,
+    error_for_status,
+)
+from neural_attn.v1 import attention_pb2 as pb
+from neural_attn.v1 import attention_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    type: str
+    input_shape: tuple[int | None, ...]
+    output_shape: tuple[int | None, ...]
+    is_attention: bool
+    num_heads: int
+    line: int
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: tuple[int | None, ...]  # batch first; None is dynamic
+    dtype: str
+    description: str
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    """What the server says about a compiled model."""
+
+    model_id: str
+    backend: str
+    network_name: str
+    generated_code: str
+    layers: tuple[LayerInfo, ...]
+    attention_layers: tuple[str, ...]
+    inputs: tuple[InputSpec, ...]
+    warnings: tuple[str, ...]
+    device: str
+    parameter_count: int
+    attention_path: str
+    cached: bool
+
+
+def _shape(dims: Sequence[int]) -> tuple[int | None, ...]:
+    return tuple(None if d < 0 else int(d) for d in dims)
+
+
+def _compile_result(r: pb.CompileResponse) -> CompileResult:
+    return CompileResult(
+        model_id=r.model_id,
+        backend=wire.BACKEND_NAMES.get(r.backend, "unknown"),
+        network_name=r.network_name,
+        generated_code=r.generated_code,
+        layers=tuple(
+            LayerInfo(l.name, l.type, _shape(l.input_shape), _shape(l.output_shape),
+                      l.is_attention, l.num_heads, l.line)
+            for l in r.layers
+        ),
+        attention_layers=tuple(r.attention_layers),
+        inputs=tuple(
+            InputSpec(_shape(s.shape), wire.numpy_dtype(s.dtype).name, s.description)
+            for s in r.inputs
+        ),
+        warnings=tuple(r.warnings),
+        device=r.device,
+        parameter_count=r.parameter_count,
+        attention_path=r.attention_path,
+        cached=r.cached,
+    )
+
+
+def _analysis_dict(r: pb.AnalyzeResponse) -> dict[str, Any]:
+    """The response as the same dict `neural_attn.analysis.summarize_layers` makes."""
+    layers: dict[str, Any] = {}
+    for la in r.layers:
+        heads = list(la.heads)
+        layers[la.layer_name] = {
+            "shape": list(la.shape),
+            "num_heads": la.num_heads,
+            "attention_entropy": [h.entropy for h in heads],
+            "max_attention_per_head": [h.max_attention for h in heads],
+            "attention_distribution": [
+                {"mean": h.mean, "std": h.std, "min": h.min, "max": h.max} for h in heads
+            ],
+            "diagonal_attention_strength": [h.diagonal_strength for h in heads],
+            "pattern_per_head": [h.pattern for h in heads],
+            "mean_attention_distance": [h.mean_distance for h in heads],
+            "normalized_entropy": [h.normalized_entropy for h in heads],
+            "avg_entropy": la.avg_entropy,
+            "avg_max_attention": la.avg_max_attention,
+            "avg_diagonal_strength": la.avg_diagonal_strength,
+        }
+    rollout = wire.from_proto(r.rollout).tolist() if r.HasField("rollout") else None
+    return {"model_id": r.model_id, "layers": layers, "rollout": rollout}
+
+
+def _translate(exc: grpc.RpcError) -> NeuralAttnError:
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    kind = None
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == ERROR_KIND_KEY:
+            kind = value
+    return error_for_status(code.name, details or code.name, kind)
+
+
+class AttentionClient:
+    """Talks to a neural-attn server. A context manager; pass `channel` to reuse one.
+
+    Args:
+        target: "host:port" (default: $NEURAL_ATTN_SERVER or localhost:50051).
+        token: bearer token for servers started with --token (default: $NEURAL_ATTN_TOKEN).
+        timeout: seconds per call (None: no deadline).
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+        channel: grpc.Channel | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.target = target or os.environ.get("NEURAL_ATTN_SERVER", "localhost:50051")
+        self._own_channel = channel is None
+        self._channel = channel or grpc.insecure_channel(
+            self.target,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self._stub = pb_grpc.AttentionServiceStub(self._channel)
+        token = token if token is not None else os.environ.get("NEURAL_ATTN_TOKEN")
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._timeout = timeout
+        self._sources: dict[str, pb.CompileRequest] = {}
+
+    def __enter__(self) -> AttentionClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._own_channel:
+            self._channel.close()
+
+    # -- Compile -------------------------------------------------------------------------------
+    def compile(
+        self,
+        source: str,
+        *,
+        filename: str = "<string>",
+        backend: str = "tensorflow",
+        seed: int = 0,
+        network: str | None = None,
+    ) -> CompileResult:
+        """Compile DSL source on the server; the result's model_id names it in later calls."""
+        if backend not in wire.BACKEND_CODES:
+            raise InvalidInputError(
+                f"unknown backend {backend!r}; choose one of {', '.join(wire.BACKEND_CODES)}"
+            )
+        request = pb.CompileRequest(
+            source=source, filename=filename, backend=wire.BACKEND_CODES[backend],
+            seed=seed, network=network or "",
+        )
+        try:
+            response = self._stub.Compile(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+        # Remember the source: a replica that lacks the model answers NOT_FOUND and we resend it.
+        self._sources[response.model_id] = request
+        return _compile_result(response)
+
+    def compile_file(self, path: str | os.PathLike[str], **options: Any) -> CompileResult:
+        path = Path(path)
+        return self.compile(path.read_text(encoding="utf-8"), filename=str(path), **options)
+
+    # -- ExtractAttention ----------------------------------------------------------------------
+    def _extract_request(
+        self, model: str | CompileResult, data: np.ndarray | None, layers: Sequence[str] | None,
+        head: int | None, dtype: str, max_chunk_bytes: int, sequence_length: int,
+        inline: bool,
+    ) -> pb.ExtractRequest:
+        model_id = model.model_id if isinstance(model, CompileResult) else model
+        request = pb.ExtractRequest(
+            layer_names=list(layers or ()),
+            output_dtype=pb.FLOAT16 if dtype == "float16" else pb.FLOAT32,
+            max_chunk_bytes=max_chunk_bytes,
+            sequence_length=sequence_length,
+        )
+        if inline:
+            request.compile.CopyFrom(self._sources[model_id])
+        else:
+            request.model_id = model_id
+        if head is not None:
+            request.head = head
+        if data is not None:
+            request.input.CopyFrom(wire.to_proto(np.asarray(data)))
+        return request
+
+    def extract_attention(
+        self,
+        model: str | CompileResult,
+        data: np.ndarray | None = None,
+        *,
+        layers: Sequence[str] | None = None,
+        head: int | None = None,
+        dtype: str = "float32",
+        max_chunk_bytes: int = 0,
+        sequence_length: int = 0,
+    ) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield (layer_name, attention) per layer, each (batch, heads, query, key).
+
+        One forward pass on the server serves every layer; `data=None` asks for the server's
+        deterministic sample input (of `sequence_length` when the model's length is dynamic).
+        """
+        if dtype not in ("float32", "float16"):
+            raise InvalidInputError("dtype must be 'float32' or 'float16'")
+        model_id = model.model_id if isinstance(model, CompileResult) else model
+        args = (model, data, layers, head, dtype, max_chunk_bytes, sequence_length)
+        try:
+            yield from self._stream(self._extract_request(*args, inline=False))
+        except ModelNotFoundError:
+            if model_id not in self._sources:
+                raise
+            yield from self._stream(self._extract_request(*args, inline=True))
+
+    def _stream(self, request: pb.ExtractRequest) -> Iterator[tuple[str, np.ndarray]]:
+        current: str | None = None
+        buffer = np.empty(0)
+        filled = 0
+        try:
+            for chunk in self._stub.ExtractAttention(
+                request, timeout=self._timeout, metadata=self._metadata
+            ):
+                if chunk.layer_name != current:
+                    if current is not None:
+                        raise InvalidInputError(f"stream ended layer `{current}` early")
+                    current = chunk.layer_name
+                    dt = wire.numpy_dtype(chunk.dtype)
+                    buffer = np.empty(int(np.prod(chunk.shape, dtype=np.int64)), dtype=dt)
+                    filled = 0
+                part = np.frombuffer(chunk.content, dtype=buffer.dtype)
+                if part.size != chunk.element_count or chunk.offset + part.size > buffer.size:
+                    raise InvalidInputError(f"malformed chunk {chunk.chunk_index} of `{current}`")
+                buffer[chunk.offset: chunk.offset + part.size] = part
+                filled += part.size
+                if chunk.chunk_index == chunk.num_chunks - 1:
+                    if filled != buffer.size:
+                        raise InvalidInputError(f"layer `{current}` arrived incomplete")
+                    yield current, buffer.reshape(tuple(chunk.shape))
+                    current = None
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+
+    # -- Analyze -------------------------------------------------------------------------------
+    def analyze(
+        self,
+        attention: Mapping[str, np.ndarray] | None = None,
+        *,
+        model: str | CompileResult | None = None,
+        data: np.ndarray | None = None,
+        layers: Sequence[str] | None = None,
+        head: int | None = None,
+    ) -> dict[str, Any]:
+        """Metrics per layer and head: for `attention` you send, or for a `model` the server runs.
+
+        Returns {"model_id", "layers": {name: metrics}, "rollout"} with the feature document's
+        metric names (the same dict `neural_attn.analysis.summarize_layers` makes locally).
+        """
+        if (attention is None) == (model is None):
+            raise InvalidInputError("analyze needs either attention tensors or a model, not both")
+        if attention is not None:
+            request = pb.AnalyzeRequest(attention=pb.AttentionSet(layers=[
+                pb.NamedTensor(name=name, tensor=wire.to_proto(np.asarray(a, dtype=np.float32)))
+                for name, a in attention.items()
+            ]))
+            return self._analyze(request)
+        assert model is not None
+        args = (model, data, layers, head, "float32", 0, 0)
+        try:
+            return self._analyze(pb.AnalyzeRequest(extract=self._extract_request(*args, inline=False)))
+        except ModelNotFoundError:
+            model_id = model.model_id if isinstance(model, CompileResult) else model
+            if model_id not in self._sources:
+                raise
+            return self._analyze(pb.AnalyzeRequest(extract=self._extract_request(*args, inline=True)))
+
+    def _analyze(self, request: pb.AnalyzeRequest) -> dict[str, Any]:
+        try:
+            response = self._stub.Analyze(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+        return _analysis_dict(response)

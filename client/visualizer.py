@@ -1,0 +1,274 @@
+"""`AttentionVisualizer`: the feature document's Python API, served by a neural-attn server.
+
+Its methods and signatures are exactly those of `spec/attention_visualization.md`; the work runs
+on the server named by `server=` (or $NEURAL_ATTN_SERVER), else on the embedded server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from neural_attn.analysis import analyze_attention_patterns, summarize_layers
+from neural_attn.client import render
+from neural_attn.client._client import AttentionClient, CompileResult
+from neural_attn.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _safe_name(layer: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in layer)
+
+
+class AttentionVisualizer:
+    """Extract, analyze and draw the attention of a Neural DSL model.
+
+    Args:
+        model: the model to work on: a path to a `.neural` file, `.neural` source text, a
+            `model_id` or `CompileResult` from `AttentionClient.compile`; None when using
+            `visualize_from_dsl` only.
+        backend: 'tensorflow' or 'pytorch'.
+        server: "host:port" of a neural-attn server (default: $NEURAL_ATTN_SERVER, else an
+            embedded server in this process).
+        client: an `AttentionClient` to use instead (its server wins over `server`).
+        seed: weight-initialisation seed of the compiled model.
+        progress: called with a line of text at each step of long work.
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        backend: str = "tensorflow",
+        *,
+        server: str | None = None,
+        client: AttentionClient | None = None,
+        seed: int = 0,
+        network: str | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.model = model
+        self.backend = backend
+        self.seed = seed
+        self.network = network
+        self._server = server
+        self._client = client
+        self._compiled: dict[tuple[Any, str], CompileResult] = {}
+        self._progress = progress or _quiet
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @property
+    def client(self) -> AttentionClient:
+        if self._client is None:
+            target = self._server or os.environ.get("NEURAL_ATTN_SERVER")
+            if not target:
+                from neural_attn.client._embedded import embedded_target
+
+                self._progress("starting the embedded server on loopback (no --server given)")
+                target = embedded_target()
+            self._client = AttentionClient(target)
+        return self._client
+
+    def _compile(self, model: Any, backend: str) -> CompileResult:
+        if isinstance(model, CompileResult):
+            return model
+        key = (str(model), backend)
+        if key not in self._compiled:
+            options = {"backend": backend, "seed": self.seed, "network": self.network}
+            text = str(model)
+            if "{" in text:
+                self._progress(f"compiling DSL source ({backend})")
+                result = self.client.compile(text, **options)
+            elif text.endswith(".neural") or os.path.isfile(text):
+                self._progress(f"compiling {text} ({backend})")
+                result = self.client.compile_file(text, **options)
+            else:  # a model_id compiled earlier
+                return model  # type: ignore[no-any-return]
+            self._compiled[key] = result
+        return self._compiled[key]
+
+    def _current(self) -> Any:
+        if self.model is None:
+            raise InvalidInputError(
+                "this AttentionVisualizer has no model: pass a .neural path or source as `model`, "
+                "or use visualize_from_dsl"
+            )
+        return self._compile(self.model, self.backend)
+
+    def _extract(
+        self,
+        model: Any,
+        input_data: np.ndarray | None,
+        layer_names: Sequence[str] | None,
+        *,
+        sequence_length: int = 0,
+    ) -> dict[str, np.ndarray]:
+        weights: dict[str, np.ndarray] = {}
+        for name, attention in self.client.extract_attention(
+            model, input_data, layers=layer_names, sequence_length=sequence_length
+        ):
+            self._progress(f"received {name} {tuple(attention.shape)}")
+            weights[name] = attention
+        return weights
+
+    # -- the feature document's API ------------------------------------------------------------
+    def extract_attention_weights(
+        self, input_data: np.ndarray | None, layer_names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Attention of the named layers (None: every attention layer), one forward pass.
+
+        Returns {layer_name: array of shape (batch, heads, query_len, key_len)}.
+        """
+        return self._extract(self._current(), input_data, layer_names)
+
+    def visualize(
+        self,
+        input_data: np.ndarray | None,
+        layer_name: str | None = None,
+        head_index: int | None = None,
+        tokens: Sequence[str] | None = None,
+        output_path: str | os.PathLike[str] | None = None,
+    ) -> dict[str, Any]:
+        """Heatmaps of one layer (or all), one head (or the mean of heads).
+
+        Returns {"attention_weights", "analysis", "figure", "output_path"}.
+        """
+        model = self._current()
+        weights = self._extract(
+            model, input_data, [layer_name] if layer_name else None,
+            sequence_length=len(tokens) if tokens else 0,
+        )
+        figure = render.plot_heatmaps(weights, head=head_index, tokens=tokens,
+                                      output_path=output_path)
+        return {
+            "attention_weights": weights,
+            "analysis": {name: analyze_attention_patterns(w) for name, w in weights.items()},
+            "figure": figure,
+            "output_path": str(output_path) if output_path else None,
+        }
+
+    def visualize_from_dsl(
+        self,
+        dsl_file: str | os.PathLike[str],
+        input_data: np.ndarray | None,
+        backend: str = "tensorflow",
+        layer_name: str | None = None,
+        head_index: int | None = None,
+        tokens: Sequence[str] | None = None,
+        output_dir: str | os.PathLike[str] = "attention_outputs",
+    ) -> dict[str, Any]:
+        """Compile a .neural file, extract its attention and write every output file.
+
+        Writes into `output_dir`: attention_heatmap.png, attention_heads_{layer}.png,
+        compiled_model_{backend}.py, attention_interactive.html, attention_weights.npz,
+        analysis.json. Returns {"attention_weights", "analysis", "files", "model", "summary"}.
+        """
+        compiled = self._compile(str(dsl_file), backend)
+        _check_tokens(compiled, input_data, tokens)
+        layers = [layer_name] if layer_name else None
+        weights = self._extract(
+            compiled, input_data, layers, sequence_length=len(tokens) if tokens else 0
+        )
+        if head_index is not None:
+            for name, w in weights.items():
+                if not 0 <= head_index < w.shape[1]:
+                    raise InvalidInputError(
+                        f"head {head_index} does not exist in `{name}`, which has "
+                        f"{w.shape[1]} heads (0..{w.shape[1] - 1})"
+                    )
+        analysis = summarize_layers(weights)
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        files: dict[str, str] = {}
+
+        def written(key: str, path: Path) -> None:
+            files[key] = str(path)
+            self._progress(f"wrote {path}")
+
+        path = out / "attention_heatmap.png"
+        render.plot_heatmaps(weights, head=head_index, tokens=tokens, output_path=path)
+        written("heatmap", path)
+        for name, w in weights.items():
+            path = out / f"attention_heads_{_safe_name(name)}.png"
+            render.plot_attention_heads(w, tokens=tokens, title=name, output_path=path)
+            written(f"heads:{name}", path)
+        path = out / f"compiled_model_{compiled.backend}.py"
+        path.write_text(compiled.generated_code, encoding="utf-8")
+        written("code", path)
+        path = render.create_interactive_html(
+            weights, tokens=tokens, analysis=analysis,
+            output_path=out / "attention_interactive.html",
+        )
+        written("html", path)
+        path = out / "attention_weights.npz"
+        np.savez_compressed(path, **{name: w for name, w in weights.items()})
+        written("npz", path)
+        path = out / "analysis.json"
+        path.write_text(json.dumps(
+            {"model_id": compiled.model_id, "network": compiled.network_name,
+             "backend": compiled.backend, "device": compiled.device, **analysis},
+            indent=2,
+        ), encoding="utf-8")
+        written("analysis", path)
+        return {
+            "attention_weights": weights,
+            "analysis": analysis,
+            "files": files,
+            "model": compiled,
+            "summary": render.format_console_summary(weights, analysis),
+        }
+
+    def plot_attention_heads(
+        self,
+        attention_weights: np.ndarray,
+        tokens: Sequence[str] | None = None,
+        output_path: str | os.PathLike[str] | None = None,
+    ) -> Figure:
+        """A grid of all heads; `attention_weights` is (num_heads, seq_len, seq_len)."""
+        return render.plot_attention_heads(attention_weights, tokens=tokens,
+                                           output_path=output_path)
+
+    def create_interactive_visualization(
+        self,
+        attention_weights: Mapping[str, np.ndarray],
+        tokens: Sequence[str] | None = None,
+        output_path: str | os.PathLike[str] = "attention_interactive.html",
+    ) -> str:
+        """A self-contained Plotly page (works offline); returns its path."""
+        return str(render.create_interactive_html(
+            attention_weights, tokens=tokens, analysis=summarize_layers(dict(attention_weights)),
+            output_path=output_path,
+        ))
+
+    def analyze_attention_patterns(self, attention_weights: np.ndarray) -> dict[str, Any]:
+        """Entropy, max attention, diagonal strength (per head and averaged), pattern labels."""
+        return analyze_attention_patterns(attention_weights)
+
+
+def _check_tokens(
+    compiled: CompileResult, data: np.ndarray | None, tokens: Sequence[str] | None
+) -> None:
+    """`--tokens` must match the sequence length (of the data, else of the model)."""
+    if not tokens:
+        return
+    if data is not None:
+        length = int(np.shape(data)[1]) if np.ndim(data) >= 2 else None
+    else:
+        length = compiled.inputs[0].shape[1] if compiled.inputs else None
+    if length is not None and length != len(tokens):
+        raise InvalidInputError(
+            f"{len(tokens)} tokens were given but the sequence length is {length}; "
+            "give one token per position"
+        )

@@ -1,0 +1,234 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Backend(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BACKEND_UNSPECIFIED: _ClassVar[Backend]
+    TENSORFLOW: _ClassVar[Backend]
+    PYTORCH: _ClassVar[Backend]
+
+class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DTYPE_UNSPECIFIED: _ClassVar[DType]
+    FLOAT32: _ClassVar[DType]
+    FLOAT16: _ClassVar[DType]
+    FLOAT64: _ClassVar[DType]
+    INT32: _ClassVar[DType]
+    INT64: _ClassVar[DType]
+BACKEND_UNSPECIFIED: Backend
+TENSORFLOW: Backend
+PYTORCH: Backend
+DTYPE_UNSPECIFIED: DType
+FLOAT32: DType
+FLOAT16: DType
+FLOAT64: DType
+INT32: DType
+INT64: DType
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "content")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    dtype: DType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    content: bytes
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class CompileRequest(_message.Message):
+    __slots__ = ("source", "filename", "backend", "seed", "network")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    filename: str
+    backend: Backend
+    seed: int
+    network: str
+    def __init__(self, source: _Optional[str] = ..., filename: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., seed: _Optional[int] = ..., network: _Optional[str] = ...) -> None: ...
+
+class LayerInfo(_message.Message):
+    __slots__ = ("name", "type", "input_shape", "output_shape", "is_attention", "num_heads", "line")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    IS_ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    NUM_HEADS_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    output_shape: _containers.RepeatedScalarFieldContainer[int]
+    is_attention: bool
+    num_heads: int
+    line: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., output_shape: _Optional[_Iterable[int]] = ..., is_attention: _Optional[bool] = ..., num_heads: _Optional[int] = ..., line: _Optional[int] = ...) -> None: ...
+
+class InputSpec(_message.Message):
+    __slots__ = ("shape", "dtype", "description")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: DType
+    description: str
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., description: _Optional[str] = ...) -> None: ...
+
+class CompileResponse(_message.Message):
+    __slots__ = ("model_id", "backend", "network_name", "generated_code", "layers", "attention_layers", "inputs", "warnings", "device", "parameter_count", "attention_path", "cached")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_NAME_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_CODE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_PATH_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    backend: Backend
+    network_name: str
+    generated_code: str
+    layers: _containers.RepeatedCompositeFieldContainer[LayerInfo]
+    attention_layers: _containers.RepeatedScalarFieldContainer[str]
+    inputs: _containers.RepeatedCompositeFieldContainer[InputSpec]
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    device: str
+    parameter_count: int
+    attention_path: str
+    cached: bool
+    def __init__(self, model_id: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., network_name: _Optional[str] = ..., generated_code: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., attention_layers: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[InputSpec, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., parameter_count: _Optional[int] = ..., attention_path: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
+
+class ExtractRequest(_message.Message):
+    __slots__ = ("model_id", "compile", "input", "layer_names", "head", "output_dtype", "max_chunk_bytes", "sequence_length")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPILE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    LAYER_NAMES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    compile: CompileRequest
+    input: Tensor
+    layer_names: _containers.RepeatedScalarFieldContainer[str]
+    head: int
+    output_dtype: DType
+    max_chunk_bytes: int
+    sequence_length: int
+    def __init__(self, model_id: _Optional[str] = ..., compile: _Optional[_Union[CompileRequest, _Mapping]] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., layer_names: _Optional[_Iterable[str]] = ..., head: _Optional[int] = ..., output_dtype: _Optional[_Union[DType, str]] = ..., max_chunk_bytes: _Optional[int] = ..., sequence_length: _Optional[int] = ...) -> None: ...
+
+class AttentionChunk(_message.Message):
+    __slots__ = ("model_id", "layer_name", "layer_index", "shape", "dtype", "offset", "element_count", "content", "chunk_index", "num_chunks", "head")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    LAYER_NAME_FIELD_NUMBER: _ClassVar[int]
+    LAYER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ELEMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NUM_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    layer_name: str
+    layer_index: int
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: DType
+    offset: int
+    element_count: int
+    content: bytes
+    chunk_index: int
+    num_chunks: int
+    head: int
+    def __init__(self, model_id: _Optional[str] = ..., layer_name: _Optional[str] = ..., layer_index: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., offset: _Optional[int] = ..., element_count: _Optional[int] = ..., content: _Optional[bytes] = ..., chunk_index: _Optional[int] = ..., num_chunks: _Optional[int] = ..., head: _Optional[int] = ...) -> None: ...
+
+class NamedTensor(_message.Message):
+    __slots__ = ("name", "tensor")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tensor: Tensor
+    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class AttentionSet(_message.Message):
+    __slots__ = ("layers",)
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    layers: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    def __init__(self, layers: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
+
+class AnalyzeRequest(_message.Message):
+    __slots__ = ("attention", "extract")
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    EXTRACT_FIELD_NUMBER: _ClassVar[int]
+    attention: AttentionSet
+    extract: ExtractRequest
+    def __init__(self, attention: _Optional[_Union[AttentionSet, _Mapping]] = ..., extract: _Optional[_Union[ExtractRequest, _Mapping]] = ...) -> None: ...
+
+class HeadMetrics(_message.Message):
+    __slots__ = ("head", "entropy", "max_attention", "diagonal_strength", "mean", "std", "min", "max", "pattern", "mean_distance", "normalized_entropy")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    DIAGONAL_STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    MEAN_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    head: int
+    entropy: float
+    max_attention: float
+    diagonal_strength: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    pattern: str
+    mean_distance: float
+    normalized_entropy: float
+    def __init__(self, head: _Optional[int] = ..., entropy: _Optional[float] = ..., max_attention: _Optional[float] = ..., diagonal_strength: _Optional[float] = ..., mean: _Optional[float] = ..., std: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., pattern: _Optional[str] = ..., mean_distance: _Optional[float] = ..., normalized_entropy: _Optional[float] = ...) -> None: ...
+
+class LayerAnalysis(_message.Message):
+    __slots__ = ("layer_name", "shape", "num_heads", "heads", "avg_entropy", "avg_max_attention", "avg_diagonal_strength")
+    LAYER_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    NUM_HEADS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    AVG_ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    AVG_MAX_ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    AVG_DIAGONAL_STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    layer_name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    num_heads: int
+    heads: _containers.RepeatedCompositeFieldContainer[HeadMetrics]
+    avg_entropy: float
+    avg_max_attention: float
+    avg_diagonal_strength: float
+    def __init__(self, layer_name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., num_heads: _Optional[int] = ..., heads: _Optional[_Iterable[_Union[HeadMetrics, _Mapping]]] = ..., avg_entropy: _Optional[float] = ..., avg_max_attention: _Optional[float] = ..., avg_diagonal_strength: _Optional[float] = ...) -> None: ...
+
+class AnalyzeResponse(_message.Message):
+    __slots__ = ("model_id", "layers", "rollout")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    layers: _containers.RepeatedCompositeFieldContainer[LayerAnalysis]
+    rollout: Tensor
+    def __init__(self, model_id: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerAnalysis, _Mapping]]] = ..., rollout: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...

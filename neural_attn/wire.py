@@ -1,0 +1,77 @@
+"""Tensors on the wire: dtype enum, int64 shape, raw little-endian C-order bytes.
+
+The one codec both sides use; `dsl/` and `backends/` never see a proto message.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from neural_attn.errors import InvalidInputError
+from neural_attn.v1 import attention_pb2 as pb
+
+_TO_NUMPY = {
+    pb.FLOAT32: np.dtype("<f4"),
+    pb.FLOAT16: np.dtype("<f2"),
+    pb.FLOAT64: np.dtype("<f8"),
+    pb.INT32: np.dtype("<i4"),
+    pb.INT64: np.dtype("<i8"),
+}
+_FROM_NUMPY = {dt.newbyteorder("=").str: code for code, dt in _TO_NUMPY.items()}
+_FROM_NUMPY.update({dt.str: code for code, dt in _TO_NUMPY.items()})
+
+BACKEND_NAMES = {pb.TENSORFLOW: "tensorflow", pb.PYTORCH: "pytorch"}
+BACKEND_CODES = {name: code for code, name in BACKEND_NAMES.items()}
+
+
+def numpy_dtype(code: int) -> np.dtype:
+    """The numpy dtype of a wire dtype code; InvalidInputError for an unknown one."""
+    try:
+        return _TO_NUMPY[code]
+    except KeyError:
+        names = ", ".join(pb.DType.Name(c) for c in _TO_NUMPY)
+        raise InvalidInputError(f"unsupported tensor dtype code {code}; use one of {names}") from None
+
+
+def dtype_code(dtype: np.dtype) -> int:
+    """The wire dtype code of a numpy dtype; InvalidInputError for one we do not carry."""
+    dt = np.dtype(dtype)
+    code = _FROM_NUMPY.get(dt.str) or _FROM_NUMPY.get(dt.newbyteorder("<").str)
+    if code is None:
+        raise InvalidInputError(
+            f"tensors of dtype {dt} cannot be sent; use float32, float16, float64, int32 or int64"
+        )
+    return code
+
+
+def to_proto(array: np.ndarray, *, dtype: np.dtype | None = None) -> pb.Tensor:
+    """Encode `array` (optionally cast to `dtype`) as a Tensor message."""
+    arr = np.asarray(array)
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
+    code = dtype_code(arr.dtype)
+    data = np.ascontiguousarray(arr, dtype=_TO_NUMPY[code]).tobytes()
+    return pb.Tensor(dtype=code, shape=list(arr.shape), content=data)
+
+
+def expected_nbytes(tensor: pb.Tensor) -> int:
+    """Bytes the tensor's shape and dtype call for (checked before decoding anything)."""
+    if any(d < 0 for d in tensor.shape):
+        raise InvalidInputError(f"tensor shape {list(tensor.shape)} has a negative dimension")
+    count = 1
+    for d in tensor.shape:
+        count *= d
+    return count * numpy_dtype(tensor.dtype).itemsize
+
+
+def from_proto(tensor: pb.Tensor) -> np.ndarray:
+    """Decode a Tensor message, checking that its bytes match its shape and dtype."""
+    dt = numpy_dtype(tensor.dtype)
+    want = expected_nbytes(tensor)
+    if len(tensor.content) != want:
+        raise InvalidInputError(
+            f"tensor of shape {list(tensor.shape)} and dtype {dt.name} needs {want} bytes "
+            f"of content; got {len(tensor.content)}"
+        )
+    array = np.frombuffer(tensor.content, dtype=dt).reshape(tuple(tensor.shape))
+    return array.astype(dt.newbyteorder("="), copy=True)

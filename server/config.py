@@ -1,0 +1,26 @@
+"""Server settings: limits that refuse work before it allocates, and deployment options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `create_server` can be told; every limit is enforced before allocating."""
+
+    default_backend: str = "tensorflow"
+    device: str = "auto"  # auto | cpu | cuda
+    max_message_bytes: int = 64 * MIB  # largest request the server accepts
+    max_source_bytes: int = 1 * MIB  # largest .neural source
+    max_input_elements: int = 16 * MIB  # elements of one input tensor
+    max_sequence_length: int = 8192
+    max_attention_elements: int = 256 * MIB  # elements of all attention one request may produce
+    default_chunk_bytes: int = 1 * MIB
+    max_chunk_bytes: int = 4 * MIB - 64 * 1024  # stays under gRPC's default 4 MiB message cap
+    min_chunk_bytes: int = 1024
+    max_cached_models: int = 16
+    max_workers: int = 8
+    auth_token: str | None = None  # when set, calls need "authorization: Bearer <token>"

@@ -1,0 +1,176 @@
+"""Server-side conversion between proto messages and the engine's values (the one such module)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from neural_attn import wire
+from neural_attn.backends.base import input_forms
+from neural_attn.errors import InvalidInputError
+from neural_attn.server.engine import CompiledModel
+from neural_attn.v1 import attention_pb2 as pb
+
+# Bytes a chunk's fields other than `content` may take (names are short; shapes are 4 ints).
+_CHUNK_OVERHEAD = 512
+
+
+def backend_name(code: int, default: str) -> str:
+    if code == pb.BACKEND_UNSPECIFIED:
+        return default
+    try:
+        return wire.BACKEND_NAMES[code]
+    except KeyError:
+        raise InvalidInputError(f"unknown backend code {code}") from None
+
+
+def _dims(shape: tuple[int | None, ...]) -> list[int]:
+    return [-1 if d is None else int(d) for d in shape]
+
+
+def compile_response(entry: CompiledModel, *, cached: bool) -> pb.CompileResponse:
+    net, model = entry.network, entry.model
+    return pb.CompileResponse(
+        model_id=entry.model_id,
+        backend=wire.BACKEND_CODES[model.backend],
+        network_name=net.name,
+        generated_code=entry.code,
+        layers=[
+            pb.LayerInfo(
+                name=layer.name,
+                type=layer.type,
+                input_shape=_dims(layer.input_shape),
+                output_shape=_dims(layer.output_shape),
+                is_attention=layer.is_attention,
+                num_heads=int(layer["num_heads"]) if layer.is_attention else 0,
+                line=layer.pos.line,
+            )
+            for layer in net.layers
+        ],
+        attention_layers=[layer.name for layer in net.attention_layers],
+        inputs=[
+            pb.InputSpec(
+                shape=_dims(form.shape),
+                dtype=wire.dtype_code(np.dtype(form.dtype)),
+                description=form.description,
+            )
+            for form in input_forms(net)
+        ],
+        warnings=list(net.warnings),
+        device=model.device,
+        parameter_count=model.parameter_count(),
+        attention_path=model.attention_path,
+        cached=cached,
+    )
+
+
+def output_dtype(code: int) -> np.dtype:
+    if code in (pb.DTYPE_UNSPECIFIED, pb.FLOAT32):
+        return np.dtype("<f4")
+    if code == pb.FLOAT16:
+        return np.dtype("<f2")
+    raise InvalidInputError("output_dtype must be FLOAT32 or FLOAT16")
+
+
+def chunk_elements(requested_bytes: int, *, default: int, low: int, high: int, itemsize: int) -> int:
+    """Elements per chunk so that no whole message exceeds the requested chunk size."""
+    size = requested_bytes or default
+    if size < low:
+        raise InvalidInputError(f"max_chunk_bytes must be at least {low}; got {size}")
+    size = min(size, high)
+    return max(1, (size - _CHUNK_OVERHEAD) // itemsize)
+
+
+def chunks(
+    *,
+    model_id: str,
+    name: str,
+    index: int,
+    array: np.ndarray,
+    dtype: np.dtype,
+    per_chunk: int,
+    head: int | None,
+) -> Iterator[pb.AttentionChunk]:
+    """Split one layer's attention into messages of at most `per_chunk` elements."""
+    flat = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+    count = max(1, -(-flat.size // per_chunk))
+    for i in range(count):
+        part = flat[i * per_chunk: (i + 1) * per_chunk]
+        yield pb.AttentionChunk(
+            model_id=model_id,
+            layer_name=name,
+            layer_index=index,
+            shape=list(array.shape),
+            dtype=wire.dtype_code(dtype),
+            offset=i * per_chunk,
+            element_count=int(part.size),
+            content=part.tobytes(),
+            chunk_index=i,
+            num_chunks=count,
+            head=-1 if head is None else head,
+        )
+
+
+def attention_set(message: pb.AttentionSet, *, max_elements: int) -> dict[str, np.ndarray]:
+    """Decode caller-sent attention, checking sizes before decoding."""
+    out: dict[str, np.ndarray] = {}
+    total = 0
+    for named in message.layers:
+        if not named.name:
+            raise InvalidInputError("every attention tensor needs a layer name")
+        if named.name in out:
+            raise InvalidInputError(f"layer `{named.name}` is sent twice")
+        total += wire.expected_nbytes(named.tensor) // wire.numpy_dtype(named.tensor.dtype).itemsize
+        if total > max_elements:
+            raise InvalidInputError(
+                f"the attention sent has over {max_elements} values; send fewer layers or items"
+            )
+        array = wire.from_proto(named.tensor)
+        if array.ndim != 4:
+            raise InvalidInputError(
+                f"attention for `{named.name}` must have shape (batch, heads, query, key); "
+                f"got {tuple(array.shape)}"
+            )
+        out[named.name] = array.astype(np.float64)
+    if not out:
+        raise InvalidInputError("no attention tensors were sent")
+    return out
+
+
+def analyze_response(summary: dict[str, Any], *, model_id: str = "") -> pb.AnalyzeResponse:
+    """Turn `analysis.summarize_layers` output into the response message."""
+    layers = []
+    for name, metrics in summary["layers"].items():
+        heads = [
+            pb.HeadMetrics(
+                head=h,
+                entropy=metrics["attention_entropy"][h],
+                max_attention=metrics["max_attention_per_head"][h],
+                diagonal_strength=metrics["diagonal_attention_strength"][h],
+                mean=metrics["attention_distribution"][h]["mean"],
+                std=metrics["attention_distribution"][h]["std"],
+                min=metrics["attention_distribution"][h]["min"],
+                max=metrics["attention_distribution"][h]["max"],
+                pattern=metrics["pattern_per_head"][h],
+                mean_distance=metrics["mean_attention_distance"][h],
+                normalized_entropy=metrics["normalized_entropy"][h],
+            )
+            for h in range(metrics["num_heads"])
+        ]
+        layers.append(
+            pb.LayerAnalysis(
+                layer_name=name,
+                shape=metrics["shape"],
+                num_heads=metrics["num_heads"],
+                heads=heads,
+                avg_entropy=metrics["avg_entropy"],
+                avg_max_attention=metrics["avg_max_attention"],
+                avg_diagonal_strength=metrics["avg_diagonal_strength"],
+            )
+        )
+    response = pb.AnalyzeResponse(model_id=model_id, layers=layers)
+    if summary.get("rollout") is not None:
+        response.rollout.CopyFrom(wire.to_proto(np.asarray(summary["rollout"], dtype=np.float32)))
+    return response

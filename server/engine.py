@@ -1,0 +1,160 @@
+"""What the service does, without gRPC: compile, plan and run one extraction, analyze.
+
+The servicer turns messages into calls here and results back into messages; every refusal is
+one of our errors (which carry their gRPC status), raised before anything large is allocated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from neural_attn.backends.base import BuiltModel, get_backend, prepare_input, sample_input
+from neural_attn.dsl import compile_source, network_to_dict
+from neural_attn.dsl.ir import Layer, Network
+from neural_attn.errors import (
+    InvalidInputError,
+    LayerNotFoundError,
+    NoAttentionLayersError,
+    ResourceLimitError,
+)
+from neural_attn.server.cache import ModelCache
+from neural_attn.server.config import ServerConfig
+
+
+@dataclass
+class CompiledModel:
+    model_id: str
+    network: Network
+    model: BuiltModel
+    seed: int
+    _code: str | None = field(default=None, repr=False)
+
+    @property
+    def code(self) -> str:
+        if self._code is None:
+            self._code = self.model.generated_code()
+        return self._code
+
+
+@dataclass(frozen=True)
+class ExtractPlan:
+    """A checked extraction: the input to feed and the layers to capture, in model order."""
+
+    data: np.ndarray
+    layers: tuple[tuple[int, Layer], ...]  # (index among the model's layers, layer)
+    head: int | None
+
+
+def model_id_for(network: Network, *, backend: str, seed: int) -> str:
+    """Content address: the normalized IR (no positions, no file name), backend and seed."""
+    canonical = json.dumps(
+        {"network": network_to_dict(network), "backend": backend, "seed": seed, "weights": None},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+class Engine:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.cache: ModelCache[CompiledModel] = ModelCache(config.max_cached_models)
+
+    def compile(
+        self, source: str, *, filename: str, backend: str, seed: int, network: str | None
+    ) -> tuple[CompiledModel, bool]:
+        """Parse, check and build (or find cached); returns the model and whether it was cached."""
+        if len(source.encode("utf-8")) > self.config.max_source_bytes:
+            raise ResourceLimitError(
+                f"the .neural source is {len(source.encode('utf-8'))} bytes; this server accepts "
+                f"at most {self.config.max_source_bytes}"
+            )
+        backend = backend or self.config.default_backend
+        impl = get_backend(backend)  # UNIMPLEMENTED when not installed, before any parsing work
+        net = compile_source(source, filename=filename or "<string>", network=network or None)
+        model_id = model_id_for(net, backend=backend, seed=seed)
+        return self.cache.get_or_build(
+            model_id,
+            lambda: CompiledModel(
+                model_id, net, impl.build(net, seed=seed, device=self.config.device), seed
+            ),
+        )
+
+    def lookup(self, model_id: str) -> CompiledModel | None:
+        return self.cache.get(model_id)
+
+    def plan(
+        self,
+        entry: CompiledModel,
+        *,
+        data: np.ndarray | None,
+        layer_names: Sequence[str],
+        head: int | None,
+        sequence_length: int = 0,
+    ) -> ExtractPlan:
+        """Check the request against the model and the limits before running anything."""
+        net = entry.network
+        attention = [(i, layer) for i, layer in enumerate(net.layers) if layer.is_attention]
+        if not attention:
+            raise NoAttentionLayersError(
+                f"network `{net.name}` has no attention layers (TransformerEncoder, "
+                "MultiHeadAttention); add one to visualize attention"
+            )
+        available = [layer.name for _, layer in attention]
+        for name in layer_names:
+            if name not in available:
+                raise LayerNotFoundError(
+                    f"no attention layer named `{name}` in `{net.name}`; "
+                    f"attention layers: {', '.join(available)}"
+                )
+        chosen = tuple((i, layer) for i, layer in attention
+                       if not layer_names or layer.name in layer_names)
+
+        if data is None:
+            if sequence_length < 0 or sequence_length > self.config.max_sequence_length:
+                raise InvalidInputError(
+                    f"sequence_length must be in [1, {self.config.max_sequence_length}]"
+                )
+            data = sample_input(net, seed=entry.seed, length=sequence_length or None)
+        elif data.size > self.config.max_input_elements:
+            raise ResourceLimitError(
+                f"input has {data.size} elements; this server accepts at most "
+                f"{self.config.max_input_elements}"
+            )
+        prepare_input(net, data)  # shape, dtype and range errors name the forms that would work
+        batch, seq = int(data.shape[0]), int(data.shape[1])
+        if seq > self.config.max_sequence_length:
+            raise ResourceLimitError(
+                f"sequence length {seq} is over this server's limit of "
+                f"{self.config.max_sequence_length}"
+            )
+
+        for _, layer in chosen:
+            heads = int(layer["num_heads"])
+            if head is not None and not 0 <= head < heads:
+                raise InvalidInputError(
+                    f"head {head} does not exist in `{layer.name}`, which has {heads} heads "
+                    f"(0..{heads - 1})"
+                )
+        # Every attention layer of the pass is materialized, requested or not.
+        total = sum(batch * int(layer["num_heads"]) * seq * seq for _, layer in attention)
+        if total > self.config.max_attention_elements:
+            raise ResourceLimitError(
+                f"this request would produce {total} attention values (batch {batch}, sequence "
+                f"{seq}, {len(attention)} layers); the limit is {self.config.max_attention_elements}"
+            )
+        return ExtractPlan(data, chosen, head)
+
+    def run(self, entry: CompiledModel, plan: ExtractPlan) -> dict[str, np.ndarray]:
+        """One forward pass; the attention of every planned layer, in model order."""
+        _, captured = entry.model.forward(plan.data, capture=[layer.name for _, layer in plan.layers])
+        out = {}
+        for _, layer in plan.layers:
+            probs = captured[layer.name]
+            out[layer.name] = probs[:, plan.head: plan.head + 1] if plan.head is not None else probs
+        return out

@@ -1,0 +1,106 @@
+"""The AttentionService servicer: messages in, engine calls, messages out. No error handling
+here: errors are raised and the interceptor turns them into statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from neural_attn import wire
+from neural_attn.analysis import summarize_layers
+from neural_attn.errors import InvalidInputError, ModelNotFoundError, ResourceLimitError
+from neural_attn.server import convert
+from neural_attn.server.engine import CompiledModel, Engine, ExtractPlan
+from neural_attn.v1 import attention_pb2 as pb
+from neural_attn.v1 import attention_pb2_grpc as pb_grpc
+
+
+class AttentionServicer(pb_grpc.AttentionServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.config = engine.config
+
+    def _compile(self, request: pb.CompileRequest) -> tuple[CompiledModel, bool]:
+        return self.engine.compile(
+            request.source,
+            filename=request.filename,
+            backend=convert.backend_name(request.backend, self.config.default_backend),
+            seed=request.seed,
+            network=request.network or None,
+        )
+
+    def _resolve(self, request: pb.ExtractRequest) -> CompiledModel:
+        which = request.WhichOneof("model")
+        if which == "model_id":
+            entry = self.engine.lookup(request.model_id)
+            if entry is None:
+                raise ModelNotFoundError(
+                    f"model {request.model_id!r} is not held by this server; send the source "
+                    "again (an inline compile request) and any replica will serve it"
+                )
+            return entry
+        if which == "compile":
+            return self._compile(request.compile)[0]
+        raise InvalidInputError("an extract request needs a model_id or an inline compile request")
+
+    def _plan(self, request: pb.ExtractRequest, entry: CompiledModel) -> ExtractPlan:
+        data = None
+        if request.HasField("input"):
+            size = wire.expected_nbytes(request.input) // wire.numpy_dtype(
+                request.input.dtype).itemsize
+            if size > self.config.max_input_elements:
+                raise ResourceLimitError(
+                    f"input has {size} elements; this server accepts at most "
+                    f"{self.config.max_input_elements}"
+                )
+            data = wire.from_proto(request.input)
+        return self.engine.plan(
+            entry,
+            data=data,
+            layer_names=list(request.layer_names),
+            head=request.head if request.HasField("head") else None,
+            sequence_length=request.sequence_length,
+        )
+
+    def Compile(self, request: pb.CompileRequest, context: grpc.ServicerContext) -> pb.CompileResponse:
+        entry, cached = self._compile(request)
+        return convert.compile_response(entry, cached=cached)
+
+    def ExtractAttention(
+        self, request: pb.ExtractRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.AttentionChunk]:
+        entry = self._resolve(request)
+        plan = self._plan(request, entry)
+        dtype = convert.output_dtype(request.output_dtype)
+        per_chunk = convert.chunk_elements(
+            request.max_chunk_bytes,
+            default=self.config.default_chunk_bytes,
+            low=self.config.min_chunk_bytes,
+            high=self.config.max_chunk_bytes,
+            itemsize=dtype.itemsize,
+        )
+        if not context.is_active():
+            return
+        attention = self.engine.run(entry, plan)
+        for index, layer in plan.layers:
+            for chunk in convert.chunks(
+                model_id=entry.model_id, name=layer.name, index=index,
+                array=attention.pop(layer.name), dtype=dtype, per_chunk=per_chunk, head=plan.head,
+            ):
+                if not context.is_active():  # cancelled or past the deadline: stop the work
+                    return
+                yield chunk
+
+    def Analyze(self, request: pb.AnalyzeRequest, context: grpc.ServicerContext) -> pb.AnalyzeResponse:
+        which = request.WhichOneof("source")
+        if which == "attention":
+            arrays = convert.attention_set(
+                request.attention, max_elements=self.config.max_attention_elements
+            )
+            return convert.analyze_response(summarize_layers(arrays))
+        if which == "extract":
+            entry = self._resolve(request.extract)
+            attention = self.engine.run(entry, self._plan(request.extract, entry))
+            return convert.analyze_response(summarize_layers(attention), model_id=entry.model_id)
+        raise InvalidInputError("an analyze request needs attention tensors or an extract request")
