@@ -1,0 +1,350 @@
+"""Rendering: PNGs that decode and show something, an offline HTML page whose data reads back,
+and the console summary."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from neural_attn.client.render import (
+    PNG_DPI,
+    create_interactive_html,
+    format_console_summary,
+    plot_attention_heads,
+    plot_heatmaps,
+)
+from PIL import Image
+
+from neural_attn.analysis import analyze_attention_patterns, summarize_layers
+from neural_attn.errors import InvalidInputError
+
+TOKENS = ["The", "cat", "sat", "on", "the", "mat", "and", "the", "dog", "ran", "away", "."]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _layers(n: int = 2, *, batch: int = 1, heads: int = 4, seq: int = 12) -> dict[str, Any]:
+    rng = np.random.default_rng(11)
+    return {
+        f"transformer_encoder_{i}": _softmax(rng.normal(size=(batch, heads, seq, seq)) * 2).astype(
+            np.float32
+        )
+        for i in range(n)
+    }
+
+
+def _panels(fig: Any) -> list[Any]:
+    """The figure's axes less its colorbars."""
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def _assert_not_blank(path: Path, *, size: tuple[int, int]) -> None:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert abs(image.size[0] - size[0]) <= 2 and abs(image.size[1] - size[1]) <= 2
+        rgb = np.asarray(image.convert("RGB"))
+    assert rgb.std() > 20
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 2
+
+
+# --- PNG ------------------------------------------------------------------------------------
+
+
+def test_heatmap_png_is_written_and_shows_the_mean_of_heads(tmp_path: Path) -> None:
+    layers = _layers(2)
+    out = tmp_path / "nested" / "attention_heatmap.png"
+    fig = plot_heatmaps(layers, tokens=TOKENS, output_path=out)
+    width, height = fig.get_size_inches() * PNG_DPI
+    _assert_not_blank(out, size=(round(width), round(height)))
+    panels = _panels(fig)
+    assert len(panels) == 2
+    assert len(fig.axes) == 4  # one colorbar per panel
+    assert [ax.get_title() for ax in panels] == [
+        "transformer_encoder_0 — mean of 4 heads",
+        "transformer_encoder_1 — mean of 4 heads",
+    ]
+    for ax, attention in zip(panels, layers.values(), strict=True):
+        drawn = np.asarray(ax.images[0].get_array())
+        np.testing.assert_allclose(drawn, attention[0].mean(axis=0), rtol=1e-6)
+        assert [t.get_text() for t in ax.get_xticklabels()] == TOKENS
+        assert [t.get_text() for t in ax.get_yticklabels()] == TOKENS
+
+
+def test_heatmap_draws_the_chosen_head_and_batch_item() -> None:
+    layers = _layers(1, batch=3)
+    fig = plot_heatmaps(layers, head=2, batch_index=1)
+    (ax,) = _panels(fig)
+    assert ax.get_title() == "transformer_encoder_0 — head 2"
+    np.testing.assert_allclose(
+        np.asarray(ax.images[0].get_array()), layers["transformer_encoder_0"][1, 2]
+    )
+
+
+def test_heatmap_grid_grows_with_many_layers() -> None:
+    fig = plot_heatmaps(_layers(7, heads=1, seq=5))
+    panels = _panels(fig)
+    assert len(panels) == 7
+    nrows, ncols, *_ = panels[0].get_subplotspec().get_geometry()
+    assert (nrows, ncols) == (3, 3)
+
+
+def test_long_sequences_show_every_kth_token() -> None:
+    seq = 100
+    tokens = [f"tok{i}" for i in range(seq)]
+    fig = plot_heatmaps(_layers(1, heads=2, seq=seq), tokens=tokens)
+    labels = [t.get_text() for t in _panels(fig)[0].get_xticklabels()]
+    assert 10 <= len(labels) <= 40
+    assert labels == tokens[:: seq // len(labels) + (seq % len(labels) > 0)][: len(labels)]
+    assert labels[0] == "tok0"
+
+
+def test_figures_leave_no_pyplot_state() -> None:
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    plot_heatmaps(_layers(1))
+    plot_attention_heads(_layers(1)["transformer_encoder_0"][0])
+    assert plt.get_fignums() == before
+
+
+def test_heads_grid_has_one_axes_per_head(tmp_path: Path) -> None:
+    attention = _layers(1, heads=6)["transformer_encoder_0"][0]
+    out = tmp_path / "attention_heads_transformer_encoder_0.png"
+    fig = plot_attention_heads(attention, tokens=TOKENS[:12], title="encoder 0", output_path=out)
+    width, height = fig.get_size_inches() * PNG_DPI
+    _assert_not_blank(out, size=(round(width), round(height)))
+    panels = _panels(fig)
+    assert len(panels) == 6
+    assert len(fig.axes) == 7  # one shared colorbar
+    assert [ax.get_title() for ax in panels] == [f"head {h}" for h in range(6)]
+    nrows, ncols, *_ = panels[0].get_subplotspec().get_geometry()
+    assert (nrows, ncols) == (2, 4)
+    for h, ax in enumerate(panels):
+        np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), attention[h])
+    assert fig.get_suptitle() == "encoder 0"
+
+
+def test_heads_grid_takes_a_batch_item_and_few_heads() -> None:
+    attention = _layers(1, batch=2, heads=3)["transformer_encoder_0"]
+    fig = plot_attention_heads(attention, batch_index=1)
+    panels = _panels(fig)
+    assert len(panels) == 3
+    assert panels[0].get_subplotspec().get_geometry()[:2] == (1, 3)
+    np.testing.assert_allclose(np.asarray(panels[2].images[0].get_array()), attention[1, 2])
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda a: plot_heatmaps(a, head=9), "head 9"),
+        (lambda a: plot_heatmaps(a, batch_index=4), "batch_index 4"),
+        (lambda a: plot_heatmaps(a, tokens=["a", "b"]), "2 tokens"),
+        (lambda a: plot_heatmaps({}), "no attention layers"),
+        (lambda a: plot_attention_heads(np.ones(5)), "shape (5,)"),
+        (lambda a: create_interactive_html(a, tokens=["x"]), "1 tokens"),
+    ],
+)
+def test_bad_arguments_raise_invalid_input(call: Any, needle: str) -> None:
+    with pytest.raises(InvalidInputError, match=re.escape(needle)):
+        call(_layers(1))
+
+
+# --- HTML -----------------------------------------------------------------------------------
+
+
+def _plot_json(page: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The data and layout passed to Plotly.newPlot on the page."""
+    start = page.index("Plotly.newPlot(")
+    decoder = json.JSONDecoder()
+    pos = page.index(",", start) + 1  # past the div id
+    pos = len(page) - len(page[pos:].lstrip())
+    data, end = decoder.raw_decode(page, pos)
+    pos = page.index(",", end) + 1
+    pos = len(page) - len(page[pos:].lstrip())
+    layout, _ = decoder.raw_decode(page, pos)
+    return data, layout
+
+
+def _z(trace: dict[str, Any]) -> np.ndarray:
+    z = trace["z"]
+    if isinstance(z, dict):  # plotly's typed-array encoding
+        shape = [int(n) for n in str(z["shape"]).split(",")]
+        return np.frombuffer(base64.b64decode(z["bdata"]), dtype=np.dtype(z["dtype"])).reshape(
+            shape
+        )
+    return np.asarray(z, dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    layers = _layers(2, batch=2, heads=3)
+    out = tmp_path_factory.mktemp("html") / "out" / "attention_interactive.html"
+    path = create_interactive_html(
+        layers, tokens=TOKENS, batch_index=1, analysis=summarize_layers(layers), output_path=out
+    )
+    return path, layers
+
+
+def test_html_is_self_contained(page: tuple[Path, dict[str, Any]]) -> None:
+    from plotly.offline import get_plotlyjs
+
+    path, _ = page
+    assert path.name == "attention_interactive.html" and path.is_file()
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]*\bsrc\s*=", text)
+    assert get_plotlyjs() in text  # the library is embedded, not fetched
+    ours = text.replace(get_plotlyjs(), "")
+    assert "cdn.plot.ly" not in ours
+    assert "https://" not in ours and "http://" not in ours
+
+
+def test_html_embeds_the_data_it_plots(page: tuple[Path, dict[str, Any]]) -> None:
+    path, layers = page
+    text = path.read_text(encoding="utf-8")
+    match = re.search(
+        r'<script type="application/json" id="attention-data">(.*?)</script>', text, re.S
+    )
+    assert match
+    data = json.loads(match.group(1))
+    assert data["tokens"] == TOKENS and data["batch_index"] == 1
+    assert [layer["name"] for layer in data["layers"]] == list(layers)
+    for layer in data["layers"]:
+        item = layers[layer["name"]][1].astype(np.float64)
+        assert layer["shape"] == [2, 3, 12, 12]
+        np.testing.assert_allclose(np.array(layer["heads"]), item, atol=5e-5 + 1e-9)
+        np.testing.assert_allclose(np.array(layer["mean"]), item.mean(axis=0), atol=5e-5 + 1e-9)
+        assert np.array_equal(np.array(layer["heads"]), np.round(item, 4))
+
+
+def test_html_has_a_trace_per_layer_and_head_and_a_dropdown(
+    page: tuple[Path, dict[str, Any]],
+) -> None:
+    path, layers = page
+    traces, layout = _plot_json(path.read_text(encoding="utf-8"))
+    expected = [
+        f"{name} — {view}"
+        for name in layers
+        for view in ["mean of 3 heads", "head 0", "head 1", "head 2"]
+    ]
+    assert [t["name"] for t in traces] == expected
+    assert all(t["type"] == "heatmap" for t in traces)
+    assert [t["visible"] for t in traces] == [True] + [False] * (len(expected) - 1)
+    buttons = layout["updatemenus"][0]["buttons"]
+    assert [b["label"] for b in buttons] == expected
+    for index, button in enumerate(buttons):
+        visible = button["args"][0]["visible"]
+        assert visible == [i == index for i in range(len(expected))]
+    # The plotted values are the input (batch item 1) to 4 decimals; rows are queries.
+    item = layers["transformer_encoder_1"][1].astype(np.float64)
+    np.testing.assert_allclose(_z(traces[4]), item.mean(axis=0), atol=6e-5)
+    np.testing.assert_allclose(_z(traces[6]), item[1], atol=6e-5)
+    # Repeated tokens stay separate cells; hover names query, key and value.
+    assert len(set(traces[0]["x"])) == 12 and traces[0]["x"][0] == "The"
+    assert "query" in traces[0]["hovertemplate"] and "%{z" in traces[0]["hovertemplate"]
+
+
+def test_html_shows_the_metrics_table(page: tuple[Path, dict[str, Any]]) -> None:
+    path, layers = page
+    text = path.read_text(encoding="utf-8")
+    metrics = analyze_attention_patterns(layers["transformer_encoder_0"])
+    section = text[text.index('<section id="metrics">') :]
+    assert "<h2>transformer_encoder_0</h2>" in section
+    row = re.search(r"<tr><th>head 2</th>(.*?)</tr>", section)
+    assert row
+    assert f"<td>{metrics['attention_entropy'][2]:.4f}</td>" in row.group(1)
+    assert f"<td>{metrics['diagonal_attention_strength'][2]:.4f}</td>" in row.group(1)
+    assert metrics["pattern_per_head"][2] in row.group(1)
+
+
+def test_html_survives_hostile_tokens_and_computes_missing_metrics(tmp_path: Path) -> None:
+    tokens = ["</script><script>alert(1)</script>", "<b>", "&amp;"]
+    layers = {"enc": _softmax(np.random.default_rng(2).normal(size=(1, 1, 3, 3)))}
+    path = create_interactive_html(layers, tokens=tokens, output_path=tmp_path / "p.html")
+    text = path.read_text(encoding="utf-8")
+    assert "<script>alert(1)" not in text
+    match = re.search(r'id="attention-data">(.*?)</script>', text, re.S)
+    assert match and json.loads(match.group(1))["tokens"] == tokens
+    assert "<tr><th>head 0</th>" in text
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs a headless chromium")
+def test_html_renders_offline_in_a_headless_browser(
+    page: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    path, _ = page
+    command = [
+        shutil.which("chromium") or "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        # Any name lookup fails: the page has to work with no network at all.
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        path.resolve().as_uri(),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    dom = result.stdout
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'class="plot-container' in dom
+    assert 'class="main-svg"' in dom
+    assert 'class="hm"' in dom  # the heatmap was drawn
+    assert 'class="updatemenu-container"' in dom  # and the layer/head menu
+
+
+# --- console --------------------------------------------------------------------------------
+
+
+def test_console_summary_lists_layers_shapes_and_head_metrics() -> None:
+    layers = _layers(2, heads=3)
+    analysis = {name: analyze_attention_patterns(a) for name, a in layers.items()}
+    text = format_console_summary(layers, analysis)
+    lines = text.splitlines()
+    assert lines[0] == "Found 2 attention layers"
+    assert "transformer_encoder_0: shape (1, 3, 12, 12)" in lines
+    start = lines.index("transformer_encoder_1: shape (1, 3, 12, 12)")
+    header, rows = lines[start + 1], lines[start + 2 : start + 6]
+    assert header.split() == ["head", "entropy", "max", "attn", "diagonal", "pattern"]
+    metrics = analysis["transformer_encoder_1"]
+    for h, row in enumerate(rows[:3]):
+        fields = row.split()
+        assert fields == [
+            str(h),
+            f"{metrics['attention_entropy'][h]:.4f}",
+            f"{metrics['max_attention_per_head'][h]:.4f}",
+            f"{metrics['diagonal_attention_strength'][h]:.4f}",
+            metrics["pattern_per_head"][h],
+        ]
+    assert rows[3].split() == [
+        "mean",
+        f"{metrics['avg_entropy']:.4f}",
+        f"{metrics['avg_max_attention']:.4f}",
+        f"{metrics['avg_diagonal_strength']:.4f}",
+    ]
+    # Columns line up: every number ends where its header does.
+    for column in ("entropy", "attn", "diagonal"):
+        end = header.index(column) + len(column)
+        assert all(row[end - 1] != " " and row[end : end + 1] in ("", " ") for row in rows)
+
+
+def test_console_summary_accepts_analysis_json_and_fills_gaps() -> None:
+    layers = _layers(1, heads=2)
+    text = format_console_summary(layers, summarize_layers(layers))
+    assert text.startswith("Found 1 attention layer\n")
+    assert text == format_console_summary(layers, {})

@@ -1,0 +1,260 @@
+"""Attention metrics checked against numbers worked out independently (by hand or plain loops)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from neural_attn.analysis import analyze_attention_patterns, attention_rollout, summarize_layers
+from neural_attn.errors import InvalidInputError
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _uniform(k: int, *, heads: int = 2, q: int | None = None) -> np.ndarray:
+    return np.full((1, heads, q or k, k), 1.0 / k)
+
+
+def test_uniform_attention_is_global_with_maximal_entropy() -> None:
+    k = 8
+    result = analyze_attention_patterns(_uniform(k, heads=3))
+    assert result["num_heads"] == 3
+    assert result["attention_entropy"] == pytest.approx([math.log(k)] * 3)
+    assert result["normalized_entropy"] == pytest.approx([1.0] * 3)
+    assert result["max_attention_per_head"] == pytest.approx([1 / k] * 3)
+    assert result["diagonal_attention_strength"] == pytest.approx([1.0] * 3)
+    assert result["pattern_per_head"] == ["global"] * 3
+    assert result["avg_entropy"] == pytest.approx(math.log(k))
+    assert result["avg_max_attention"] == pytest.approx(1 / k)
+    assert result["avg_diagonal_strength"] == pytest.approx(1.0)
+    dist = result["attention_distribution"][0]
+    assert dist == pytest.approx({"mean": 1 / k, "std": 0.0, "min": 1 / k, "max": 1 / k})
+    # Row i pays 1/k to every key j: mean distance is the mean over i of sum_j |i-j| / k.
+    expected = np.mean([sum(abs(i - j) for j in range(k)) / k for i in range(k)])
+    assert result["mean_attention_distance"] == pytest.approx([expected] * 3)
+
+
+def test_identity_attention_is_local_and_fully_focused() -> None:
+    k = 10
+    result = analyze_attention_patterns(np.eye(k)[None])
+    assert result["num_heads"] == 1
+    assert result["attention_entropy"] == [0.0]
+    assert result["max_attention_per_head"] == pytest.approx([1.0])
+    # Mean of the diagonal is 1, mean of the matrix is 1/k.
+    assert result["diagonal_attention_strength"] == pytest.approx([float(k)])
+    assert result["mean_attention_distance"] == pytest.approx([0.0])
+    assert result["pattern_per_head"] == ["local"]
+    dist = result["attention_distribution"][0]
+    assert dist["mean"] == pytest.approx(1 / k)
+    assert dist["std"] == pytest.approx(math.sqrt(1 / k - 1 / k**2))
+    assert (dist["min"], dist["max"]) == (0.0, 1.0)
+
+
+def test_banded_attention_is_local() -> None:
+    k = 12
+    att = np.zeros((k, k))
+    for i in range(k):
+        for j in (i - 1, i, i + 1):
+            if 0 <= j < k:
+                att[i, j] = 1.0
+    att /= att.sum(axis=-1, keepdims=True)
+    assert analyze_attention_patterns(att)["pattern_per_head"] == ["local"]
+
+
+def test_first_column_attention_is_prefix_suffix() -> None:
+    k = 16
+    att = np.zeros((2, k, k))
+    att[0, :, 0] = 1.0  # every query looks at the first key (a CLS band)
+    att[1, :, 0] = 0.5  # half on the first key, half on the last (CLS and SEP)
+    att[1, :, -1] = 0.5
+    result = analyze_attention_patterns(att)
+    assert result["pattern_per_head"] == ["prefix_suffix", "prefix_suffix"]
+    assert result["attention_entropy"] == pytest.approx([0.0, math.log(2)])
+    # Diagonal holds one 1 (row 0) out of k: (1/k) / (1/k).
+    assert result["diagonal_attention_strength"][0] == pytest.approx(1.0)
+
+
+def test_off_diagonal_spots_are_sparse() -> None:
+    k = 16
+    att = np.zeros((k, k))
+    att[np.arange(k), (np.arange(k) + k // 2) % k] = 1.0  # each row looks half a sequence away
+    result = analyze_attention_patterns(att)
+    assert result["pattern_per_head"] == ["sparse"]
+    assert result["mean_attention_distance"] == pytest.approx([k / 2])
+
+
+def test_pattern_labels_are_deterministic_and_known() -> None:
+    rng = np.random.default_rng(7)
+    att = _softmax(rng.normal(size=(2, 6, 20, 20)) * rng.uniform(0.1, 4.0, size=(1, 6, 1, 1)))
+    first = analyze_attention_patterns(att)["pattern_per_head"]
+    assert first == analyze_attention_patterns(att.copy())["pattern_per_head"]
+    assert set(first) <= {"local", "global", "prefix_suffix", "sparse", "mixed"}
+    assert len(first) == 6
+
+
+def test_entropy_of_a_hand_computed_two_by_two() -> None:
+    att = np.array([[0.5, 0.5], [0.9, 0.1]])
+    row0 = math.log(2)
+    row1 = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
+    result = analyze_attention_patterns(att)
+    assert result["attention_entropy"] == pytest.approx([(row0 + row1) / 2])
+    assert result["normalized_entropy"] == pytest.approx([(row0 + row1) / 2 / math.log(2)])
+    assert result["max_attention_per_head"] == pytest.approx([(0.5 + 0.9) / 2])
+    # Diagonal mean (0.5 + 0.1) / 2 over matrix mean 2 / 4.
+    assert result["diagonal_attention_strength"] == pytest.approx([0.3 / 0.5])
+    assert result["mean_attention_distance"] == pytest.approx([(0.5 + 0.9) / 2])
+
+
+def test_zero_probabilities_add_no_entropy() -> None:
+    att = np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]])
+    result = analyze_attention_patterns(att)
+    assert result["attention_entropy"] == pytest.approx([math.log(2) / 3])
+
+
+def test_non_square_uses_the_leading_diagonal() -> None:
+    att = np.array(
+        [
+            [0.7, 0.1, 0.1, 0.1],
+            [0.2, 0.4, 0.2, 0.2],
+        ]
+    )
+    result = analyze_attention_patterns(att)
+    # Leading diagonal (0,0), (1,1): mean 0.55; matrix mean 2 / 8 = 0.25.
+    assert result["diagonal_attention_strength"] == pytest.approx([0.55 / 0.25])
+    expected_distance = (0.1 * 1 + 0.1 * 2 + 0.1 * 3 + (0.2 * 1 + 0.2 * 1 + 0.2 * 2)) / 2
+    assert result["mean_attention_distance"] == pytest.approx([expected_distance])
+    assert result["normalized_entropy"][0] == pytest.approx(
+        result["attention_entropy"][0] / math.log(4)
+    )
+
+
+def test_batch_items_are_averaged_per_head() -> None:
+    k = 4
+    uniform = np.full((k, k), 1.0 / k)
+    identity = np.eye(k)
+    batch = np.stack([np.stack([uniform, identity]), np.stack([identity, identity])])
+    result = analyze_attention_patterns(batch)
+    assert result["num_heads"] == 2
+    assert result["attention_entropy"] == pytest.approx([math.log(k) / 2, 0.0])
+    assert result["max_attention_per_head"] == pytest.approx([(1 / k + 1) / 2, 1.0])
+    assert result["diagonal_attention_strength"] == pytest.approx([(1 + k) / 2, k])
+    assert result["avg_entropy"] == pytest.approx(math.log(k) / 4)
+    # Each item separately, then averaged, gives the same numbers.
+    one = analyze_attention_patterns(batch[0])
+    two = analyze_attention_patterns(batch[1])
+    for key in ("attention_entropy", "max_attention_per_head", "diagonal_attention_strength"):
+        pairs = zip(one[key], two[key], strict=True)
+        assert result[key] == pytest.approx([(a + b) / 2 for a, b in pairs])
+
+
+def test_one_head_two_dimensional_input() -> None:
+    att = _softmax(np.random.default_rng(0).normal(size=(5, 5)))
+    flat = analyze_attention_patterns(att)
+    nested = analyze_attention_patterns(att[None, None])
+    assert flat == nested
+    assert flat["num_heads"] == 1
+
+
+def test_results_are_plain_json() -> None:
+    att = _softmax(np.random.default_rng(1).normal(size=(2, 3, 6, 6))).astype(np.float32)
+    result = analyze_attention_patterns(att)
+    assert json.loads(json.dumps(result)) == result
+    assert isinstance(result["num_heads"], int)
+    assert all(type(v) is float for v in result["attention_entropy"])
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        (np.full((1, 1, 2, 2), np.nan), "NaN"),
+        (np.array([[0.5, np.inf], [0.5, 0.5]]), "infinite"),
+        (np.array([[1.5, -0.5], [0.5, 0.5]]), "negative"),
+        (np.ones(4) / 4, "(batch, heads, query_len, key_len)"),
+        (np.ones((1, 1, 1, 2, 2)) / 2, "rank 5"),
+        (np.zeros((1, 2, 0, 3)), "empty"),
+        ([["a", "b"]], "numeric"),
+    ],
+)
+def test_invalid_input_raises_invalid_input_error(bad: object, needle: str) -> None:
+    with pytest.raises(InvalidInputError, match="shape|numeric") as info:
+        analyze_attention_patterns(bad)
+    assert needle in str(info.value)
+    assert info.value.status_name == "INVALID_ARGUMENT"
+
+
+def test_rollout_of_identity_layers_is_identity() -> None:
+    n = 5
+    layers = [np.stack([np.eye(n)] * 3) for _ in range(4)]
+    assert np.allclose(attention_rollout(layers), np.eye(n))
+    assert np.allclose(attention_rollout(layers, add_residual=False), np.eye(n))
+
+
+def test_rollout_matches_a_hand_written_product() -> None:
+    rng = np.random.default_rng(3)
+    n = 6
+    layers = [_softmax(rng.normal(size=(4, n, n))) for _ in range(3)]
+    expected = np.eye(n)
+    for layer in layers:  # first layer first: R = A3 @ A2 @ A1
+        mixed = 0.5 * layer.mean(axis=0) + 0.5 * np.eye(n)
+        expected = mixed @ expected
+    result = attention_rollout(layers)
+    assert result.shape == (n, n)
+    assert np.allclose(result, expected)
+    assert np.allclose(result.sum(axis=-1), 1.0)
+    plain = attention_rollout(layers, add_residual=False)
+    means = [layer.mean(axis=0) for layer in layers]
+    assert np.allclose(plain, means[2] @ means[1] @ means[0])
+    assert not np.allclose(plain, means[0] @ means[1] @ means[2])
+
+
+def test_rollout_accepts_single_head_matrices() -> None:
+    att = _softmax(np.random.default_rng(4).normal(size=(4, 4)))
+    assert np.allclose(attention_rollout([att], add_residual=False), att)
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        [],
+        [np.full((2, 3, 4), 0.25)],
+        [np.full((2, 3, 3), 1 / 3), np.full((2, 4, 4), 0.25)],
+        [np.full((1, 2, 3, 3), 1 / 3)],
+    ],
+)
+def test_rollout_rejects_unusable_layers(layers: list[np.ndarray]) -> None:
+    with pytest.raises(InvalidInputError):
+        attention_rollout(layers)
+
+
+def test_summarize_layers_is_analysis_json() -> None:
+    rng = np.random.default_rng(5)
+    attention = {
+        "transformer_encoder_0": _softmax(rng.normal(size=(2, 4, 7, 7))),
+        "transformer_encoder_1": _softmax(rng.normal(size=(2, 4, 7, 7))),
+    }
+    summary = summarize_layers(attention)
+    assert json.loads(json.dumps(summary)) == summary
+    assert list(summary["layers"]) == list(attention)
+    layer0 = summary["layers"]["transformer_encoder_0"]
+    assert layer0["shape"] == [2, 4, 7, 7]
+    assert (
+        layer0["attention_entropy"]
+        == analyze_attention_patterns(attention["transformer_encoder_0"])["attention_entropy"]
+    )
+    expected = attention_rollout([a[0] for a in attention.values()])
+    assert np.allclose(np.array(summary["rollout"]), expected)
+
+
+def test_summarize_layers_skips_rollout_for_non_square_or_mixed_sizes() -> None:
+    cross = {"multi_head_attention_0": np.full((1, 2, 3, 5), 0.2)}
+    assert "rollout" not in summarize_layers(cross)
+    mixed = {"a": _uniform(4), "b": _uniform(6)}
+    summary = summarize_layers(mixed)
+    assert "rollout" not in summary
+    assert summary["layers"]["b"]["shape"] == [1, 2, 6, 6]
