@@ -17,7 +17,7 @@ demo: setup
 	$(VENV)/bin/neural-attn-client visualize examples/attention_examples/basic_transformer.neural --attention --output-dir attention_outputs
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu
@@ -40,7 +40,7 @@ types: $(PY)
 check: lint types proto-check test
 
 bench: setup
-	$(PY) -m tests.bench.bench_extract
+	$(PY) tests/bench/bench_extract.py
 
 clean:
 	rm -rf attention_outputs build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
