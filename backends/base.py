@@ -18,8 +18,10 @@ from neural_attn.dsl.ir import Network
 from neural_attn.errors import BackendUnavailableError, InvalidInputError
 
 BACKENDS = ("tensorflow", "pytorch")
-_MODULES = {"tensorflow": "neural_attn.backends.tensorflow_backend",
-            "pytorch": "neural_attn.backends.pytorch_backend"}
+_MODULES = {
+    "tensorflow": "neural_attn.backends.tensorflow_backend",
+    "pytorch": "neural_attn.backends.pytorch_backend",
+}
 _PACKAGES = {"tensorflow": "tensorflow-cpu==2.21.0", "pytorch": "torch==2.13.0"}
 
 
@@ -51,17 +53,23 @@ def input_forms(network: Network) -> list[InputForm]:
         emb = network.layers[0]
         seq = emb.input_shape[0]
         return [
-            InputForm((None, seq), "int64",
-                      f"token ids in [0, {emb['input_dim']}) through `{emb.name}`"),
-            InputForm((None, seq, emb["output_dim"]), "float32",
-                      f"already-embedded features (skips `{emb.name}`)"),
+            InputForm(
+                (None, seq), "int64", f"token ids in [0, {emb['input_dim']}) through `{emb.name}`"
+            ),
+            InputForm(
+                (None, seq, emb["output_dim"]),
+                "float32",
+                f"already-embedded features (skips `{emb.name}`)",
+            ),
         ]
     return [InputForm((None, *network.input_shape), "float32", "features")]
 
 
 def _fmt(shape: tuple[int | None, ...]) -> str:
-    inner = ", ".join("batch" if i == 0 and d is None else ("seq" if d is None else str(d))
-                      for i, d in enumerate(shape))
+    inner = ", ".join(
+        "batch" if i == 0 and d is None else ("seq" if d is None else str(d))
+        for i, d in enumerate(shape)
+    )
     return f"({inner})"
 
 
@@ -71,7 +79,10 @@ def prepare_input(network: Network, data: np.ndarray) -> PreparedInput:
     for index, form in enumerate(forms):
         if data.ndim != len(form.shape):
             continue
-        if any(want is not None and got != want for got, want in zip(data.shape, form.shape)):
+        if any(
+            want is not None and got != want
+            for got, want in zip(data.shape, form.shape, strict=True)
+        ):
             continue
         if data.shape[0] == 0 or any(d == 0 for d in data.shape):
             raise InvalidInputError(f"input has an empty dimension: shape {data.shape}")
@@ -90,8 +101,9 @@ def prepare_input(network: Network, data: np.ndarray) -> PreparedInput:
             continue
         if not np.all(np.isfinite(data)):
             raise InvalidInputError("input holds NaN or infinite values")
-        return PreparedInput(data.astype(np.float32), 1 if _embedding_first(network) and index
-                             else 0, None)
+        return PreparedInput(
+            data.astype(np.float32), 1 if _embedding_first(network) and index else 0, None
+        )
     accepted = " or ".join(f"{_fmt(f.shape)} {f.dtype} ({f.description})" for f in forms)
     raise InvalidInputError(
         f"input of shape {tuple(data.shape)} and dtype {data.dtype} does not fit network "
@@ -105,8 +117,10 @@ DEFAULT_DYNAMIC_LENGTH = 16
 def sample_input(network: Network, *, seed: int = 0, length: int | None = None) -> np.ndarray:
     """A deterministic sample input of batch 1 in the preferred form."""
     form = input_forms(network)[0]
-    shape = tuple(1 if i == 0 else (d if d is not None else (length or DEFAULT_DYNAMIC_LENGTH))
-                  for i, d in enumerate(form.shape))
+    shape = tuple(
+        1 if i == 0 else (d if d is not None else (length or DEFAULT_DYNAMIC_LENGTH))
+        for i, d in enumerate(form.shape)
+    )
     rng = np.random.default_rng(seed)
     if form.dtype == "int64":
         vocab = network.layers[0]["input_dim"]
@@ -165,7 +179,8 @@ def get_backend(name: str) -> Backend:
     except ImportError as exc:
         raise BackendUnavailableError(
             f"the {name} backend is not installed on this server ({exc}); "
-            f"install it with `pip install {_PACKAGES[name]}` or `pip install 'neural-attn[server]'`"
+            f"install it with `pip install {_PACKAGES[name]}` "
+            "or `pip install 'neural-attn[server]'`"
         ) from exc
     backend: Backend = module.BACKEND
     return backend

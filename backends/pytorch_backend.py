@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from neural_attn.backends import torch_layers
-from neural_attn.backends.base import Backend, BuiltModel, prepare_input, sample_input
+from neural_attn.backends.base import Backend, BuiltModel, prepare_input
 from neural_attn.backends.codegen import Constructor, render_call, render_module
 from neural_attn.backends.weights import initial_weights, weight_shapes
 from neural_attn.dsl.ir import Layer, Network
@@ -34,12 +34,15 @@ def constructor(layer: Layer) -> Constructor:
     width = layer.input_shape[-1] if layer.input_shape else None
     if kind in ("Dense", "Output"):
         return "Dense", {
-            "in_features": width, "units": layer["units"], "activation": layer["activation"],
+            "in_features": width,
+            "units": layer["units"],
+            "activation": layer["activation"],
             "use_bias": layer.get("use_bias", True),
         }
     if kind == "Embedding":
         return "nn.Embedding", {
-            "num_embeddings": layer["input_dim"], "embedding_dim": layer["output_dim"],
+            "num_embeddings": layer["input_dim"],
+            "embedding_dim": layer["output_dim"],
         }
     if kind == "LayerNormalization":
         return "nn.LayerNorm", {"normalized_shape": width, "eps": float(layer["epsilon"])}
@@ -47,13 +50,19 @@ def constructor(layer: Layer) -> Constructor:
         return "nn.Dropout", {"p": float(layer["rate"])}
     if kind == "TransformerEncoder":
         return "TransformerEncoderBlock", {
-            "d_model": width, "num_heads": layer["num_heads"], "ff_dim": layer["ff_dim"],
-            "dropout": float(layer["dropout"]), "activation": layer["activation"],
+            "d_model": width,
+            "num_heads": layer["num_heads"],
+            "ff_dim": layer["ff_dim"],
+            "dropout": float(layer["dropout"]),
+            "activation": layer["activation"],
         }
     if kind == "MultiHeadAttention":
         return "SelfAttention", {
-            "d_model": width, "num_heads": layer["num_heads"], "key_dim": layer["key_dim"],
-            "dropout": float(layer["dropout"]), "causal": bool(layer["causal"]),
+            "d_model": width,
+            "num_heads": layer["num_heads"],
+            "key_dim": layer["key_dim"],
+            "dropout": float(layer["dropout"]),
+            "causal": bool(layer["causal"]),
             "use_bias": bool(layer.get("use_bias", True)),
         }
     if kind in _SIMPLE:
@@ -85,6 +94,7 @@ def _from_torch(param: str, value: np.ndarray, shape: tuple[int, ...]) -> np.nda
 
 def _parameters(layer: Layer, block: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Neutral parameter name -> torch parameter, for one layer."""
+
     def attention(prefix: str, sa: Any) -> dict[str, torch.Tensor]:
         out = {}
         for part in ("query", "key", "value", "output"):
@@ -113,8 +123,10 @@ def _parameters(layer: Layer, block: torch.nn.Module) -> dict[str, torch.Tensor]
         return attention("", block)
     if kind == "TransformerEncoder":
         return {
-            **attention("attention/", block.attention), **norm("attention_norm/", block.attention_norm),
-            **dense("ffn_1/", block.ffn_1), **dense("ffn_2/", block.ffn_2),
+            **attention("attention/", block.attention),
+            **norm("attention_norm/", block.attention_norm),
+            **dense("ffn_1/", block.ffn_1),
+            **dense("ffn_2/", block.ffn_2),
             **norm("ffn_norm/", block.ffn_norm),
         }
     return {}
@@ -128,10 +140,17 @@ class PyTorchModel(BuiltModel):
         self.network = network
         self.device = device
         self._lock = threading.Lock()
-        self.model = torch_layers.NeuralNet(
-            [(layer.name, _resolve(c)(**kw))
-             for layer, (c, kw) in zip(network.layers, map(constructor, network.layers))]
-        ).to(device).eval()
+        self.model = (
+            torch_layers.NeuralNet(
+                [
+                    (layer.name, _resolve(name)(**kwargs))
+                    for layer in network.layers
+                    for name, kwargs in [constructor(layer)]
+                ]
+            )
+            .to(device)
+            .eval()
+        )
         self.set_weights(initial_weights(network, seed))
 
     def parameter_count(self) -> int:
@@ -184,8 +203,10 @@ def generate_code(network: Network) -> str:
         '    """The network as a torch module (random weights), in eval mode."""',
         "    model = NeuralNet(",
         "        [",
-        *(f"            ({layer.name!r}, {render_call(constructor(layer))}),"
-          for layer in network.layers),
+        *(
+            f"            ({layer.name!r}, {render_call(constructor(layer))}),"
+            for layer in network.layers
+        ),
         "        ]",
         "    )",
         "    return model.eval()",
@@ -195,8 +216,10 @@ def generate_code(network: Network) -> str:
         "    print(create_model())",
     ]
     return render_module(
-        backend="pytorch", network=network,
-        blocks_module=Path(torch_layers.__file__), body="\n".join(lines),
+        backend="pytorch",
+        network=network,
+        blocks_module=Path(torch_layers.__file__),
+        body="\n".join(lines),
     )
 
 

@@ -42,12 +42,16 @@ def constructor(layer: Layer) -> Constructor:
     kind = layer.type
     if kind in ("Dense", "Output"):
         return "keras.layers.Dense", {
-            "units": layer["units"], "activation": layer["activation"],
-            "use_bias": layer.get("use_bias", True), **name,
+            "units": layer["units"],
+            "activation": layer["activation"],
+            "use_bias": layer.get("use_bias", True),
+            **name,
         }
     if kind == "Embedding":
         return "keras.layers.Embedding", {
-            "input_dim": layer["input_dim"], "output_dim": layer["output_dim"], **name,
+            "input_dim": layer["input_dim"],
+            "output_dim": layer["output_dim"],
+            **name,
         }
     if kind == "LayerNormalization":
         return "keras.layers.LayerNormalization", {"epsilon": float(layer["epsilon"]), **name}
@@ -55,14 +59,20 @@ def constructor(layer: Layer) -> Constructor:
         return _SIMPLE[kind], {"rate": float(layer["rate"]), **name}
     if kind == "TransformerEncoder":
         return "TransformerEncoderBlock", {
-            "num_heads": layer["num_heads"], "ff_dim": layer["ff_dim"],
-            "dropout": float(layer["dropout"]), "activation": layer["activation"], **name,
+            "num_heads": layer["num_heads"],
+            "ff_dim": layer["ff_dim"],
+            "dropout": float(layer["dropout"]),
+            "activation": layer["activation"],
+            **name,
         }
     if kind == "MultiHeadAttention":
         return "SelfAttention", {
-            "num_heads": layer["num_heads"], "key_dim": layer["key_dim"],
-            "dropout": float(layer["dropout"]), "causal": bool(layer["causal"]),
-            "use_bias": bool(layer.get("use_bias", True)), **name,
+            "num_heads": layer["num_heads"],
+            "key_dim": layer["key_dim"],
+            "dropout": float(layer["dropout"]),
+            "causal": bool(layer["causal"]),
+            "use_bias": bool(layer.get("use_bias", True)),
+            **name,
         }
     if kind in _SIMPLE:
         return _SIMPLE[kind], name
@@ -78,6 +88,7 @@ def _resolve(dotted: str) -> Any:
 
 def _variables(layer: Layer, block: Any) -> dict[str, Any]:
     """Neutral parameter name -> Keras variable, for one layer."""
+
     def attention(prefix: str, sa: Any) -> dict[str, Any]:
         out = {}
         for part in ("query", "key", "value", "output"):
@@ -104,8 +115,10 @@ def _variables(layer: Layer, block: Any) -> dict[str, Any]:
         return attention("", block)
     if kind == "TransformerEncoder":
         return {
-            **attention("attention/", block.attention), **norm("attention_norm/", block.attention_norm),
-            **dense("ffn_1/", block.ffn_1), **dense("ffn_2/", block.ffn_2),
+            **attention("attention/", block.attention),
+            **norm("attention_norm/", block.attention_norm),
+            **dense("ffn_1/", block.ffn_1),
+            **dense("ffn_2/", block.ffn_2),
             **norm("ffn_norm/", block.ffn_norm),
         }
     return {}
@@ -164,7 +177,8 @@ class TensorFlowModel(BuiltModel):
             value = weights[key]
             if tuple(value.shape) != tuple(var.shape):
                 raise InvalidInputError(
-                    f"weight {key} has shape {tuple(value.shape)}; the model needs {tuple(var.shape)}"
+                    f"weight {key} has shape {tuple(value.shape)}; "
+                    f"the model needs {tuple(var.shape)}"
                 )
             var.assign(value.astype(np.float32))
 
@@ -192,8 +206,10 @@ def generate_code(network: Network) -> str:
         "    create_model().summary()",
     ]
     return render_module(
-        backend="tensorflow", network=network,
-        blocks_module=Path(tf_layers.__file__), body="\n".join(lines),
+        backend="tensorflow",
+        network=network,
+        blocks_module=Path(tf_layers.__file__),
+        body="\n".join(lines),
     )
 
 

@@ -72,9 +72,16 @@ def _compile_result(r: pb.CompileResponse) -> CompileResult:
         network_name=r.network_name,
         generated_code=r.generated_code,
         layers=tuple(
-            LayerInfo(l.name, l.type, _shape(l.input_shape), _shape(l.output_shape),
-                      l.is_attention, l.num_heads, l.line)
-            for l in r.layers
+            LayerInfo(
+                info.name,
+                info.type,
+                _shape(info.input_shape),
+                _shape(info.output_shape),
+                info.is_attention,
+                info.num_heads,
+                info.line,
+            )
+            for info in r.layers
         ),
         attention_layers=tuple(r.attention_layers),
         inputs=tuple(
@@ -184,8 +191,11 @@ class AttentionClient:
                 f"unknown backend {backend!r}; choose one of {', '.join(wire.BACKEND_CODES)}"
             )
         request = pb.CompileRequest(
-            source=source, filename=filename, backend=wire.BACKEND_CODES[backend],
-            seed=seed, network=network or "",
+            source=source,
+            filename=filename,
+            backend=wire.BACKEND_CODES[backend],
+            seed=seed,
+            network=network or "",
         )
         try:
             response = self._stub.Compile(request, timeout=self._timeout, metadata=self._metadata)
@@ -201,8 +211,14 @@ class AttentionClient:
 
     # -- ExtractAttention ----------------------------------------------------------------------
     def _extract_request(
-        self, model: str | CompileResult, data: np.ndarray | None, layers: Sequence[str] | None,
-        head: int | None, dtype: str, max_chunk_bytes: int, sequence_length: int,
+        self,
+        model: str | CompileResult,
+        data: np.ndarray | None,
+        layers: Sequence[str] | None,
+        head: int | None,
+        dtype: str,
+        max_chunk_bytes: int,
+        sequence_length: int,
         inline: bool,
     ) -> pb.ExtractRequest:
         model_id = model.model_id if isinstance(model, CompileResult) else model
@@ -267,7 +283,7 @@ class AttentionClient:
                 part = np.frombuffer(chunk.content, dtype=buffer.dtype)
                 if part.size != chunk.element_count or chunk.offset + part.size > buffer.size:
                     raise InvalidInputError(f"malformed chunk {chunk.chunk_index} of `{current}`")
-                buffer[chunk.offset: chunk.offset + part.size] = part
+                buffer[chunk.offset : chunk.offset + part.size] = part
                 filled += part.size
                 if chunk.chunk_index == chunk.num_chunks - 1:
                     if filled != buffer.size:
@@ -295,20 +311,30 @@ class AttentionClient:
         if (attention is None) == (model is None):
             raise InvalidInputError("analyze needs either attention tensors or a model, not both")
         if attention is not None:
-            request = pb.AnalyzeRequest(attention=pb.AttentionSet(layers=[
-                pb.NamedTensor(name=name, tensor=wire.to_proto(np.asarray(a, dtype=np.float32)))
-                for name, a in attention.items()
-            ]))
+            request = pb.AnalyzeRequest(
+                attention=pb.AttentionSet(
+                    layers=[
+                        pb.NamedTensor(
+                            name=name, tensor=wire.to_proto(np.asarray(a, dtype=np.float32))
+                        )
+                        for name, a in attention.items()
+                    ]
+                )
+            )
             return self._analyze(request)
         assert model is not None
         args = (model, data, layers, head, "float32", 0, 0)
         try:
-            return self._analyze(pb.AnalyzeRequest(extract=self._extract_request(*args, inline=False)))
+            return self._analyze(
+                pb.AnalyzeRequest(extract=self._extract_request(*args, inline=False))
+            )
         except ModelNotFoundError:
             model_id = model.model_id if isinstance(model, CompileResult) else model
             if model_id not in self._sources:
                 raise
-            return self._analyze(pb.AnalyzeRequest(extract=self._extract_request(*args, inline=True)))
+            return self._analyze(
+                pb.AnalyzeRequest(extract=self._extract_request(*args, inline=True))
+            )
 
     def _analyze(self, request: pb.AnalyzeRequest) -> dict[str, Any]:
         try:

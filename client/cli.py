@@ -24,8 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser("visualize", help="compile a .neural file and draw its attention")
     v.add_argument("file", help="the .neural model file")
-    v.add_argument("--attention", action="store_true",
-                   help="extract and draw attention (without it: print the layer table)")
+    v.add_argument(
+        "--attention",
+        action="store_true",
+        help="extract and draw attention (without it: print the layer table)",
+    )
     v.add_argument("--backend", choices=("tensorflow", "pytorch"), default="tensorflow")
     v.add_argument("--data", help="input .npy: token ids (batch, seq) or features (batch, seq, d)")
     v.add_argument("--tokens", help="comma-separated token labels, one per position")
@@ -60,11 +63,13 @@ def _visualize(args: argparse.Namespace) -> int:
         return 2
     tokens = [t.strip() for t in args.tokens.split(",")] if args.tokens else None
     server = args.server or os.environ.get("NEURAL_ATTN_SERVER")
-    viz = AttentionVisualizer(None, args.backend, server=server, seed=args.seed,
-                              network=args.network, progress=progress)
+    viz = AttentionVisualizer(
+        None, args.backend, server=server, seed=args.seed, network=args.network, progress=progress
+    )
     if not args.attention:
-        compiled = viz.client.compile_file(args.file, backend=args.backend, seed=args.seed,
-                                           network=args.network)
+        compiled = viz.client.compile_file(
+            args.file, backend=args.backend, seed=args.seed, network=args.network
+        )
         print(f"{compiled.network_name} ({compiled.backend}, {compiled.parameter_count} params)")
         for layer in compiled.layers:
             mark = "  [attention]" if layer.is_attention else ""
@@ -72,8 +77,13 @@ def _visualize(args: argparse.Namespace) -> int:
         print("add --attention to extract and draw attention")
         return 0
     result = viz.visualize_from_dsl(
-        args.file, _load_data(args.data), backend=args.backend, layer_name=args.layer,
-        head_index=args.head, tokens=tokens, output_dir=args.output_dir,
+        args.file,
+        _load_data(args.data),
+        backend=args.backend,
+        layer_name=args.layer,
+        head_index=args.head,
+        tokens=tokens,
+        output_dir=args.output_dir,
     )
     for warning in result["model"].warnings:
         print(f"warning: {warning}", file=sys.stderr)

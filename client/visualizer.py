@@ -147,11 +147,14 @@ class AttentionVisualizer:
         """
         model = self._current()
         weights = self._extract(
-            model, input_data, [layer_name] if layer_name else None,
+            model,
+            input_data,
+            [layer_name] if layer_name else None,
             sequence_length=len(tokens) if tokens else 0,
         )
-        figure = render.plot_heatmaps(weights, head=head_index, tokens=tokens,
-                                      output_path=output_path)
+        figure = render.plot_heatmaps(
+            weights, head=head_index, tokens=tokens, output_path=output_path
+        )
         return {
             "attention_weights": weights,
             "analysis": {name: analyze_attention_patterns(w) for name, w in weights.items()},
@@ -208,7 +211,9 @@ class AttentionVisualizer:
         path.write_text(compiled.generated_code, encoding="utf-8")
         written("code", path)
         path = render.create_interactive_html(
-            weights, tokens=tokens, analysis=analysis,
+            weights,
+            tokens=tokens,
+            analysis=analysis,
             output_path=out / "attention_interactive.html",
         )
         written("html", path)
@@ -216,11 +221,19 @@ class AttentionVisualizer:
         np.savez_compressed(path, **{name: w for name, w in weights.items()})
         written("npz", path)
         path = out / "analysis.json"
-        path.write_text(json.dumps(
-            {"model_id": compiled.model_id, "network": compiled.network_name,
-             "backend": compiled.backend, "device": compiled.device, **analysis},
-            indent=2,
-        ), encoding="utf-8")
+        path.write_text(
+            json.dumps(
+                {
+                    "model_id": compiled.model_id,
+                    "network": compiled.network_name,
+                    "backend": compiled.backend,
+                    "device": compiled.device,
+                    **analysis,
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
         written("analysis", path)
         return {
             "attention_weights": weights,
@@ -237,8 +250,9 @@ class AttentionVisualizer:
         output_path: str | os.PathLike[str] | None = None,
     ) -> Figure:
         """A grid of all heads; `attention_weights` is (num_heads, seq_len, seq_len)."""
-        return render.plot_attention_heads(attention_weights, tokens=tokens,
-                                           output_path=output_path)
+        return render.plot_attention_heads(
+            attention_weights, tokens=tokens, output_path=output_path
+        )
 
     def create_interactive_visualization(
         self,
@@ -247,10 +261,14 @@ class AttentionVisualizer:
         output_path: str | os.PathLike[str] = "attention_interactive.html",
     ) -> str:
         """A self-contained Plotly page (works offline); returns its path."""
-        return str(render.create_interactive_html(
-            attention_weights, tokens=tokens, analysis=summarize_layers(dict(attention_weights)),
-            output_path=output_path,
-        ))
+        return str(
+            render.create_interactive_html(
+                attention_weights,
+                tokens=tokens,
+                analysis=summarize_layers(dict(attention_weights)),
+                output_path=output_path,
+            )
+        )
 
     def analyze_attention_patterns(self, attention_weights: np.ndarray) -> dict[str, Any]:
         """Entropy, max attention, diagonal strength (per head and averaged), pattern labels."""

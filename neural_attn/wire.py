@@ -30,7 +30,9 @@ def numpy_dtype(code: int) -> np.dtype:
         return _TO_NUMPY[code]
     except KeyError:
         names = ", ".join(pb.DType.Name(c) for c in _TO_NUMPY)
-        raise InvalidInputError(f"unsupported tensor dtype code {code}; use one of {names}") from None
+        raise InvalidInputError(
+            f"unsupported tensor dtype code {code}; use one of {names}"
+        ) from None
 
 
 def dtype_code(dtype: np.dtype) -> int:

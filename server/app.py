@@ -34,7 +34,9 @@ def create_server(
         ("grpc.max_send_message_length", config.max_chunk_bytes + 64 * 1024),
     ]
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="neural-attn"),
+        futures.ThreadPoolExecutor(
+            max_workers=config.max_workers, thread_name_prefix="neural-attn"
+        ),
         interceptors=[ServiceInterceptor(config.auth_token)],
         options=options,
     )

@@ -74,7 +74,9 @@ def output_dtype(code: int) -> np.dtype:
     raise InvalidInputError("output_dtype must be FLOAT32 or FLOAT16")
 
 
-def chunk_elements(requested_bytes: int, *, default: int, low: int, high: int, itemsize: int) -> int:
+def chunk_elements(
+    requested_bytes: int, *, default: int, low: int, high: int, itemsize: int
+) -> int:
     """Elements per chunk so that no whole message exceeds the requested chunk size."""
     size = requested_bytes or default
     if size < low:
@@ -97,7 +99,7 @@ def chunks(
     flat = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
     count = max(1, -(-flat.size // per_chunk))
     for i in range(count):
-        part = flat[i * per_chunk: (i + 1) * per_chunk]
+        part = flat[i * per_chunk : (i + 1) * per_chunk]
         yield pb.AttentionChunk(
             model_id=model_id,
             layer_name=name,

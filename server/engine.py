@@ -112,13 +112,17 @@ class Engine:
                     f"no attention layer named `{name}` in `{net.name}`; "
                     f"attention layers: {', '.join(available)}"
                 )
-        chosen = tuple((i, layer) for i, layer in attention
-                       if not layer_names or layer.name in layer_names)
+        chosen = tuple(
+            (i, layer) for i, layer in attention if not layer_names or layer.name in layer_names
+        )
 
         if data is None:
-            if sequence_length < 0 or sequence_length > self.config.max_sequence_length:
-                raise InvalidInputError(
-                    f"sequence_length must be in [1, {self.config.max_sequence_length}]"
+            if sequence_length < 0:
+                raise InvalidInputError(f"sequence_length must be positive; got {sequence_length}")
+            if sequence_length > self.config.max_sequence_length:
+                raise ResourceLimitError(
+                    f"sequence_length {sequence_length} is over this server's limit of "
+                    f"{self.config.max_sequence_length}"
                 )
             data = sample_input(net, seed=entry.seed, length=sequence_length or None)
         elif data.size > self.config.max_input_elements:
@@ -146,15 +150,20 @@ class Engine:
         if total > self.config.max_attention_elements:
             raise ResourceLimitError(
                 f"this request would produce {total} attention values (batch {batch}, sequence "
-                f"{seq}, {len(attention)} layers); the limit is {self.config.max_attention_elements}"
+                f"{seq}, {len(attention)} layers); "
+                f"the limit is {self.config.max_attention_elements}"
             )
         return ExtractPlan(data, chosen, head)
 
     def run(self, entry: CompiledModel, plan: ExtractPlan) -> dict[str, np.ndarray]:
         """One forward pass; the attention of every planned layer, in model order."""
-        _, captured = entry.model.forward(plan.data, capture=[layer.name for _, layer in plan.layers])
+        _, captured = entry.model.forward(
+            plan.data, capture=[layer.name for _, layer in plan.layers]
+        )
         out = {}
         for _, layer in plan.layers:
             probs = captured[layer.name]
-            out[layer.name] = probs[:, plan.head: plan.head + 1] if plan.head is not None else probs
+            out[layer.name] = (
+                probs[:, plan.head : plan.head + 1] if plan.head is not None else probs
+            )
         return out

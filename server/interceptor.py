@@ -69,6 +69,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         if handler is None or not handler_call_details.method.startswith(_OURS):
             return handler
         if not self._authorized(handler_call_details):
+
             def deny(request: Any, context: grpc.ServicerContext) -> Any:
                 context.abort(
                     grpc.StatusCode.UNAUTHENTICATED,

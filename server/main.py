@@ -16,27 +16,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="neural-attn-server", description=__doc__)
     p.add_argument("--host", default=os.environ.get("NEURAL_ATTN_HOST", "0.0.0.0"))
     p.add_argument("--port", type=int, default=int(os.environ.get("NEURAL_ATTN_PORT", "50051")))
-    p.add_argument("--backend", choices=("tensorflow", "pytorch"),
-                   default=defaults.default_backend, help="backend when a request names none")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"),
-                   default=os.environ.get("NEURAL_ATTN_DEVICE", defaults.device))
+    p.add_argument(
+        "--backend",
+        choices=("tensorflow", "pytorch"),
+        default=defaults.default_backend,
+        help="backend when a request names none",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=os.environ.get("NEURAL_ATTN_DEVICE", defaults.device),
+    )
     p.add_argument("--max-workers", type=int, default=defaults.max_workers)
     p.add_argument("--max-cached-models", type=int, default=defaults.max_cached_models)
     p.add_argument("--max-sequence-length", type=int, default=defaults.max_sequence_length)
     p.add_argument("--max-message-bytes", type=int, default=defaults.max_message_bytes)
-    p.add_argument("--token", default=os.environ.get("NEURAL_ATTN_TOKEN"),
-                   help="require 'authorization: Bearer TOKEN' (default: $NEURAL_ATTN_TOKEN)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("NEURAL_ATTN_TOKEN"),
+        help="require 'authorization: Bearer TOKEN' (default: $NEURAL_ATTN_TOKEN)",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         from neural_attn.server.app import create_server
     except ImportError as exc:
-        print(f"neural-attn-server needs the server extras: pip install 'neural-attn[server]' "
-              f"({exc})", file=sys.stderr)
+        print(
+            f"neural-attn-server needs the server extras: pip install 'neural-attn[server]' "
+            f"({exc})",
+            file=sys.stderr,
+        )
         return 2
     config = ServerConfig(
         default_backend=args.backend,
@@ -49,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     server, port = create_server(host=args.host, port=args.port, config=config)
     server.start()
-    logging.getLogger("neural_attn.server").info("serving neural_attn.v1.AttentionService on %s:%d",
-                                                 args.host, port)
+    logging.getLogger("neural_attn.server").info(
+        "serving neural_attn.v1.AttentionService on %s:%d", args.host, port
+    )
     signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=5))
     try:
         server.wait_for_termination()

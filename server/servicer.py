@@ -47,8 +47,10 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
     def _plan(self, request: pb.ExtractRequest, entry: CompiledModel) -> ExtractPlan:
         data = None
         if request.HasField("input"):
-            size = wire.expected_nbytes(request.input) // wire.numpy_dtype(
-                request.input.dtype).itemsize
+            size = (
+                wire.expected_nbytes(request.input)
+                // wire.numpy_dtype(request.input.dtype).itemsize
+            )
             if size > self.config.max_input_elements:
                 raise ResourceLimitError(
                     f"input has {size} elements; this server accepts at most "
@@ -63,7 +65,9 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
             sequence_length=request.sequence_length,
         )
 
-    def Compile(self, request: pb.CompileRequest, context: grpc.ServicerContext) -> pb.CompileResponse:
+    def Compile(
+        self, request: pb.CompileRequest, context: grpc.ServicerContext
+    ) -> pb.CompileResponse:
         entry, cached = self._compile(request)
         return convert.compile_response(entry, cached=cached)
 
@@ -85,14 +89,21 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
         attention = self.engine.run(entry, plan)
         for index, layer in plan.layers:
             for chunk in convert.chunks(
-                model_id=entry.model_id, name=layer.name, index=index,
-                array=attention.pop(layer.name), dtype=dtype, per_chunk=per_chunk, head=plan.head,
+                model_id=entry.model_id,
+                name=layer.name,
+                index=index,
+                array=attention.pop(layer.name),
+                dtype=dtype,
+                per_chunk=per_chunk,
+                head=plan.head,
             ):
                 if not context.is_active():  # cancelled or past the deadline: stop the work
                     return
                 yield chunk
 
-    def Analyze(self, request: pb.AnalyzeRequest, context: grpc.ServicerContext) -> pb.AnalyzeResponse:
+    def Analyze(
+        self, request: pb.AnalyzeRequest, context: grpc.ServicerContext
+    ) -> pb.AnalyzeResponse:
         which = request.WhichOneof("source")
         if which == "attention":
             arrays = convert.attention_set(

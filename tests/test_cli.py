@@ -23,8 +23,14 @@ def _cli() -> list[str]:
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*_cli(), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)})
+    return subprocess.run(
+        [*_cli(), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)},
+    )
 
 
 def _png_is_a_picture(path: Path) -> None:
@@ -41,8 +47,16 @@ def test_visualize_tensorflow_basic_example(tmp_path):
     data = np.random.default_rng(0).standard_normal((1, 50, 256)).astype(np.float32)
     np.save(tmp_path / "input.npy", data)
     out = tmp_path / "out"
-    result = _run("visualize", str(EXAMPLES / "basic_transformer.neural"), "--attention",
-                  "--data", str(tmp_path / "input.npy"), "--output-dir", str(out), cwd=tmp_path)
+    result = _run(
+        "visualize",
+        str(EXAMPLES / "basic_transformer.neural"),
+        "--attention",
+        "--data",
+        str(tmp_path / "input.npy"),
+        "--output-dir",
+        str(out),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "embedded server" in result.stderr
     assert "Found 1 attention layer" in result.stdout
@@ -60,8 +74,9 @@ def test_visualize_tensorflow_basic_example(tmp_path):
     assert analysis["backend"] == "tensorflow"
     assert len(analysis["layers"]["transformer_encoder_0"]["attention_entropy"]) == 4
     page = (out / "attention_interactive.html").read_text()
-    blob = re.search(r'<script type="application/json" id="attention-data">(.*?)</script>', page,
-                     re.S)
+    blob = re.search(
+        r'<script type="application/json" id="attention-data">(.*?)</script>', page, re.S
+    )
     assert blob is not None
     assert "transformer_encoder_0" in blob.group(1)
     code = (out / "compiled_model_tensorflow.py").read_text()
@@ -75,10 +90,22 @@ def test_visualize_tensorflow_basic_example(tmp_path):
 def test_visualize_pytorch_tokens_layer_and_head(tmp_path):
     words = [f"w{i}" for i in range(32)]
     out = tmp_path / "out"
-    result = _run("visualize", str(EXAMPLES / "text_classification.neural"), "--attention",
-                  "--backend", "pytorch", "--tokens", ",".join(words),
-                  "--layer", "multi_head_attention_0", "--head", "1", "--output-dir", str(out),
-                  cwd=tmp_path)
+    result = _run(
+        "visualize",
+        str(EXAMPLES / "text_classification.neural"),
+        "--attention",
+        "--backend",
+        "pytorch",
+        "--tokens",
+        ",".join(words),
+        "--layer",
+        "multi_head_attention_0",
+        "--head",
+        "1",
+        "--output-dir",
+        str(out),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "Found 1 attention layer" in result.stdout
     assert "multi_head_attention_0: shape (1, 2, 32, 32)" in result.stdout
@@ -95,7 +122,16 @@ def test_bad_arguments_fail_with_a_message(tmp_path):
     assert "bad.neural:" in result.stderr and "^" in result.stderr
     missing = _run("visualize", str(tmp_path / "nope.neural"), "--attention", cwd=tmp_path)
     assert missing.returncode == 2 and "no such file" in missing.stderr
-    tokens = _run("visualize", str(EXAMPLES / "basic_transformer.neural"), "--attention",
-                  "--backend", "pytorch", "--tokens", "a,b,c", cwd=tmp_path)
+    tokens = _run(
+        "visualize",
+        str(EXAMPLES / "basic_transformer.neural"),
+        "--attention",
+        "--backend",
+        "pytorch",
+        "--tokens",
+        "a,b,c",
+        cwd=tmp_path,
+    )
     assert tokens.returncode == 1 and "3 tokens were given but the sequence length is 50" in (
-        tokens.stderr)
+        tokens.stderr
+    )

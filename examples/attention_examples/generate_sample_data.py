@@ -47,5 +47,5 @@ def generate(output_dir: Path, *, seed: int = 0) -> dict[str, Path]:
 
 if __name__ == "__main__":
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "data"
-    for name, path in generate(out).items():
+    for path in generate(out).values():
         print(f"wrote {path}")

@@ -44,17 +44,27 @@ def main() -> None:
     words = (words * 2)[:32]
     vocab = {w: i + 1 for i, w in enumerate(sorted(set(words)))}  # 0 is the padding id
     ids = np.array([[vocab[w] for w in words]], dtype=np.int64)
-    text = AttentionVisualizer(str(HERE / "text_classification.neural"), backend="pytorch",
-                               server=args.server)
+    text = AttentionVisualizer(
+        str(HERE / "text_classification.neural"), backend="pytorch", server=args.server
+    )
     weights = text.extract_attention_weights(ids)
     for name, w in weights.items():
         print(f"{name}: {w.shape}, rows sum to {w.sum(-1).mean():.4f}")
-    text.visualize(ids, layer_name="transformer_encoder_0", head_index=1, tokens=words,
-                   output_path=str(out / "text_pytorch_head1.png"))
-    text.plot_attention_heads(weights["transformer_encoder_0"][0], tokens=words,
-                              output_path=str(out / "text_pytorch_heads.png"))
-    page = text.create_interactive_visualization(weights, tokens=words,
-                                                 output_path=str(out / "text_pytorch.html"))
+    text.visualize(
+        ids,
+        layer_name="transformer_encoder_0",
+        head_index=1,
+        tokens=words,
+        output_path=str(out / "text_pytorch_head1.png"),
+    )
+    text.plot_attention_heads(
+        weights["transformer_encoder_0"][0],
+        tokens=words,
+        output_path=str(out / "text_pytorch_heads.png"),
+    )
+    page = text.create_interactive_visualization(
+        weights, tokens=words, output_path=str(out / "text_pytorch.html")
+    )
     print(f"interactive page: {page}")
 
     # 3. Compare layers of a deeper model: per-layer entropy, custom sparsity metric.
@@ -63,8 +73,10 @@ def main() -> None:
     for name, w in deep.extract_attention_weights(data).items():
         analysis = deep.analyze_attention_patterns(w)
         sparsity = float((w < 0.01).sum() / w.size)
-        print(f"{name}: entropy {analysis['avg_entropy']:.3f}, sparsity {sparsity:.2%}, "
-              f"patterns {analysis['pattern_per_head']}")
+        print(
+            f"{name}: entropy {analysis['avg_entropy']:.3f}, sparsity {sparsity:.2%}, "
+            f"patterns {analysis['pattern_per_head']}"
+        )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,9 @@ def test_already_embedded_input_skips_the_embedding(network, backend):
     embedded = model.get_weights()["embedding_0/embeddings"][ids]
     _, from_ids = model.forward(ids, capture=["transformer_encoder_0"])
     _, from_floats = model.forward(embedded.astype(np.float32), capture=["transformer_encoder_0"])
-    np.testing.assert_allclose(from_ids["transformer_encoder_0"],
-                               from_floats["transformer_encoder_0"], atol=1e-6)
+    np.testing.assert_allclose(
+        from_ids["transformer_encoder_0"], from_floats["transformer_encoder_0"], atol=1e-6
+    )
 
 
 def test_same_seed_same_model_in_both_backends(network):
@@ -75,4 +76,6 @@ def test_same_seed_same_model_in_both_backends(network):
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    assert tf_model.parameter_count() == pt_model.parameter_count() == sum(v.size for v in a.values())
+    assert (
+        tf_model.parameter_count() == pt_model.parameter_count() == sum(v.size for v in a.values())
+    )

@@ -54,8 +54,10 @@ def main() -> None:
             )
             model = get_backend(backend).build(network, seed=0)
             forward = _median_seconds(lambda m=model: m.forward(data), args.repeats)
-            print(f"{backend:<12}{extract * 1e3:>14.1f}{forward * 1e3:>14.1f}"
-                  f"{extract / forward:>8.2f}")
+            print(
+                f"{backend:<12}{extract * 1e3:>14.1f}{forward * 1e3:>14.1f}"
+                f"{extract / forward:>8.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from neural_attn.analysis import analyze_attention_patterns, summarize_layers
 from neural_attn.client.render import (
     PNG_DPI,
     create_interactive_html,
@@ -20,9 +23,6 @@ from neural_attn.client.render import (
     plot_attention_heads,
     plot_heatmaps,
 )
-from PIL import Image
-
-from neural_attn.analysis import analyze_attention_patterns, summarize_layers
 from neural_attn.errors import InvalidInputError
 
 TOKENS = ["The", "cat", "sat", "on", "the", "mat", "and", "the", "dog", "ran", "away", "."]

@@ -20,7 +20,11 @@ def test_importing_the_client_loads_no_framework():
 
 def test_public_surface():
     assert sorted(client_pkg.__all__) == [
-        "AttentionClient", "AttentionVisualizer", "CompileResult", "InputSpec", "LayerInfo",
+        "AttentionClient",
+        "AttentionVisualizer",
+        "CompileResult",
+        "InputSpec",
+        "LayerInfo",
     ]
 
 
@@ -32,8 +36,15 @@ def test_visualizer_has_the_feature_documents_methods():
     expected = {
         "extract_attention_weights": ["input_data", "layer_names"],
         "visualize": ["input_data", "layer_name", "head_index", "tokens", "output_path"],
-        "visualize_from_dsl": ["dsl_file", "input_data", "backend", "layer_name", "head_index",
-                               "tokens", "output_dir"],
+        "visualize_from_dsl": [
+            "dsl_file",
+            "input_data",
+            "backend",
+            "layer_name",
+            "head_index",
+            "tokens",
+            "output_dir",
+        ],
         "plot_attention_heads": ["attention_weights", "tokens", "output_path"],
         "create_interactive_visualization": ["attention_weights", "tokens", "output_path"],
         "analyze_attention_patterns": ["attention_weights"],

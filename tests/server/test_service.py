@@ -98,13 +98,17 @@ def test_layer_head_and_float16_selection(client, backend):
     model = client.compile(SMALL, backend=backend)
     data = _data(3)
     full = dict(client.extract_attention(model, data))
-    one = dict(client.extract_attention(model, data, layers=["transformer_encoder_1"], head=2,
-                                        dtype="float16"))
+    one = dict(
+        client.extract_attention(
+            model, data, layers=["transformer_encoder_1"], head=2, dtype="float16"
+        )
+    )
     assert list(one) == ["transformer_encoder_1"]
     assert one["transformer_encoder_1"].dtype == np.float16
     assert one["transformer_encoder_1"].shape == (2, 1, 10, 10)
-    np.testing.assert_allclose(one["transformer_encoder_1"][:, 0],
-                               full["transformer_encoder_1"][:, 2], atol=1e-3)
+    np.testing.assert_allclose(
+        one["transformer_encoder_1"][:, 0], full["transformer_encoder_1"][:, 2], atol=1e-3
+    )
 
 
 def test_sample_input_is_deterministic(client):
@@ -127,8 +131,9 @@ def test_analyze_sent_attention_matches_local_analysis(client):
         got = remote["layers"][name]
         assert got["num_heads"] == 4
         np.testing.assert_allclose(got["attention_entropy"], local["attention_entropy"], rtol=1e-5)
-        np.testing.assert_allclose(got["diagonal_attention_strength"],
-                                   local["diagonal_attention_strength"], rtol=1e-5)
+        np.testing.assert_allclose(
+            got["diagonal_attention_strength"], local["diagonal_attention_strength"], rtol=1e-5
+        )
         assert got["pattern_per_head"] == local["pattern_per_head"]
     assert np.asarray(remote["rollout"]).shape == (10, 10)
 
@@ -163,8 +168,9 @@ def test_wrong_input_shape_names_the_shapes_that_work(client):
 def test_malformed_tensor_bytes_are_refused(server_target):
     stub = pb_grpc.AttentionServiceStub(grpc.insecure_channel(server_target))
     bad = pb.Tensor(dtype=pb.FLOAT32, shape=[1, 10, 16], content=b"\x00" * 12)
-    request = pb.ExtractRequest(compile=pb.CompileRequest(source=SMALL, backend=pb.PYTORCH),
-                                input=bad)
+    request = pb.ExtractRequest(
+        compile=pb.CompileRequest(source=SMALL, backend=pb.PYTORCH), input=bad
+    )
     with pytest.raises(grpc.RpcError) as info:
         list(stub.ExtractAttention(request, timeout=60))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -235,8 +241,9 @@ def test_reflection_lists_the_service(server_target):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     stub = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(server_target))
-    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
-        list_services="")]))
+    responses = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert "neural_attn.v1.AttentionService" in names
     assert "grpc.health.v1.Health" in names
@@ -251,8 +258,9 @@ def test_token_is_required_when_configured():
     server, port = create_server(port=0, config=ServerConfig(auth_token="s3cret"))
     server.start()
     try:
-        with AttentionClient(f"127.0.0.1:{port}", token="wrong") as c, pytest.raises(
-            AuthenticationError
+        with (
+            AttentionClient(f"127.0.0.1:{port}", token="wrong") as c,
+            pytest.raises(AuthenticationError),
         ):
             c.compile(NO_ATTENTION)
         with AttentionClient(f"127.0.0.1:{port}", token="s3cret") as c:
