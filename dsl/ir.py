@@ -172,6 +172,9 @@ class Network:
     train: tuple[tuple[str, Value], ...] = ()
     execution: tuple[tuple[str, Value], ...] = ()
     warnings: tuple[str, ...] = ()
+    # HPO expressions met outside layers (optimizer, train, ...), by path such as
+    # "optimizer.learning_rate"; each was replaced by its default in the fields above.
+    search_space: tuple[tuple[str, HPO], ...] = ()
 
     @property
     def output_shape(self) -> Shape:

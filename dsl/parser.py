@@ -1,0 +1,319 @@
+"""Text to syntax IR: the cached lark parser and the transformer that builds ``Program``.
+
+Only syntax is checked here (plus the shape of ``HPO(...)`` expressions, whose default must be
+known to build the node). Meaning (layer types, parameters, shapes) is ``resolve.py``'s job.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import LarkError, UnexpectedInput, VisitError
+
+from neural_attn.errors import DSLError, DSLSyntaxError
+
+from .ir import HPO, Arg, Call, LayerCall, Macro, Name, NetworkDecl, Pos, Program, Value
+from .syntax_errors import error_from_lark, source_line
+
+__all__ = ["parse"]
+
+# Values beyond these sizes are refused rather than risk Python's int/str conversion limits.
+_MAX_DIGITS = 100
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
+HPO_KINDS = ("choice", "range", "log_range")
+
+
+@lru_cache(maxsize=1)
+def _lark() -> Lark:
+    return Lark.open("grammar.lark", rel_to=__file__, parser="lalr", propagate_positions=True)
+
+
+def parse(source: str, *, filename: str = "<string>") -> Program:
+    """Parse Neural DSL text into a ``Program`` (syntax only, nothing resolved)."""
+    try:
+        tree = _lark().parse(source)
+    except UnexpectedInput as exc:
+        raise error_from_lark(exc, source, filename) from None
+    except LarkError as exc:  # pragma: no cover - lark raises UnexpectedInput for bad text
+        raise DSLSyntaxError(f"could not parse this file ({exc})", filename=filename) from None
+    except RecursionError:
+        raise _too_deep(filename) from None
+    try:
+        return _ToIR(source, filename).transform(tree)
+    except VisitError as exc:
+        if isinstance(exc.orig_exc, RecursionError):
+            raise _too_deep(filename) from None
+        raise exc.orig_exc from None
+    except RecursionError:
+        raise _too_deep(filename) from None
+
+
+def _too_deep(filename: str) -> DSLSyntaxError:
+    return DSLSyntaxError(
+        "values are nested too deeply to read (too many brackets inside brackets)",
+        filename=filename,
+    )
+
+
+def _pos(item: Any) -> Pos:
+    """Position of a token or of a rule's meta."""
+    return Pos(item.line, item.column)
+
+
+class _Args(list[Arg]):
+    """The arguments of a layer or call, as written (a marker type for ``layer``)."""
+
+
+class _Suffix:
+    def __init__(self, kind: str, value: Any, pos: Pos) -> None:
+        self.kind, self.value, self.pos = kind, value, pos
+
+
+@v_args(meta=True)
+class _ToIR(Transformer[Token, Program]):
+    """Lark tree to syntax IR; every method is named after the grammar rule it builds."""
+
+    def __init__(self, source: str, filename: str) -> None:
+        super().__init__()
+        self.source = source
+        self.filename = filename
+
+    def _error(self, message: str, pos: Pos, hint: str | None = None) -> DSLError:
+        return DSLSyntaxError(
+            message,
+            filename=self.filename,
+            line=pos.line,
+            column=pos.column,
+            source_line=source_line(self.source, pos.line),
+            hint=hint,
+        )
+
+    # ------------------------------------------------------------------ program
+
+    def start(self, meta: Any, children: list[Any]) -> Program:
+        macros = tuple(c for c in children if isinstance(c, Macro))
+        networks = tuple(c for c in children if isinstance(c, NetworkDecl))
+        return Program(self.filename, self.source, macros, networks)
+
+    def macro(self, meta: Any, children: list[Any]) -> Macro:
+        _kw, name, *body = children
+        return Macro(str(name), tuple(body), _pos(meta))
+
+    def network(self, meta: Any, children: list[Any]) -> NetworkDecl:
+        _kw, name, *sections = children
+        seen: dict[str, Pos] = {}
+        input_shape: tuple[Value, ...] = ()
+        input_pos = _pos(meta)
+        layers: tuple[LayerCall, ...] = ()
+        others: list[tuple[str, Value, Pos]] = []
+        for key, value, pos in sections:
+            canon = "execution" if key == "execute" else key
+            if canon in seen:
+                first = seen[canon]
+                raise self._error(
+                    f"`{key}` is given twice in network `{name}` (first on line {first.line})",
+                    pos,
+                    hint="keep one of them",
+                )
+            seen[canon] = pos
+            if key == "input":
+                input_shape = value if isinstance(value, tuple) else (value,)
+                input_pos = pos
+            elif key == "layers":
+                layers = value
+            else:
+                others.append((key, value, pos))
+        return NetworkDecl(str(name), _pos(meta), input_shape, input_pos, layers, tuple(others))
+
+    # ------------------------------------------------------------------ sections
+
+    def input_section(self, meta: Any, children: list[Any]) -> tuple[str, Value, Pos]:
+        return ("input", children[1], _pos(meta))
+
+    def layers_section(self, meta: Any, children: list[Any]) -> tuple[str, Any, Pos]:
+        return ("layers", tuple(children[1:]), _pos(meta))
+
+    def value_section(self, meta: Any, children: list[Any]) -> tuple[str, Value, Pos]:
+        return (str(children[0]), children[1], _pos(meta))
+
+    def block_section(self, meta: Any, children: list[Any]) -> tuple[str, Value, Pos]:
+        key = str(children[0])
+        entries: tuple[Arg, ...] = tuple(children[1:])
+        seen: set[str] = set()
+        for entry in entries:
+            if entry.name in seen:
+                raise self._error(f"`{entry.name}` is given twice in the `{key}` block", entry.pos)
+            seen.add(str(entry.name))
+        return (key, entries, _pos(meta))
+
+    def entry(self, meta: Any, children: list[Any]) -> Arg:
+        return Arg(str(children[0]), children[1], _pos(children[0]))
+
+    # ------------------------------------------------------------------ layers
+
+    def layer(self, meta: Any, children: list[Any]) -> LayerCall:
+        name, *rest = children
+        args: _Args | None = None
+        found: dict[str, _Suffix] = {}
+        for item in rest:
+            if isinstance(item, _Args):
+                args = item
+            elif isinstance(item, _Suffix):
+                if item.kind in found:
+                    words = {"repeat": "`* N`", "device": "`@ device`", "body": "a `{ ... }` body"}
+                    raise self._error(f"`{name}` has {words[item.kind]} twice", item.pos)
+                found[item.kind] = item
+        return LayerCall(
+            type=str(name),
+            args=tuple(args or ()),
+            pos=_pos(name),
+            repeat=found["repeat"].value if "repeat" in found else 1,
+            children=found["body"].value if "body" in found else (),
+            device=found["device"].value if "device" in found else None,
+            has_parens=args is not None,
+        )
+
+    def repeat(self, meta: Any, children: list[Any]) -> _Suffix:
+        return _Suffix("repeat", self._int(children[0]), _pos(meta))
+
+    def device(self, meta: Any, children: list[Any]) -> _Suffix:
+        return _Suffix("device", self._unquote(children[0]), _pos(meta))
+
+    def body(self, meta: Any, children: list[Any]) -> _Suffix:
+        return _Suffix("body", tuple(children), _pos(meta))
+
+    def arguments(self, meta: Any, children: list[Any]) -> _Args:
+        args = _Args(children)
+        seen_named: set[str] = set()
+        owner = self._owner_of(meta)
+        for arg in args:
+            if arg.name is None and seen_named:
+                raise self._error(
+                    f"a positional argument cannot follow named ones in the arguments of {owner}",
+                    arg.pos,
+                    hint="put positional arguments first, or name this one",
+                )
+            if arg.name is not None:
+                if arg.name in seen_named:
+                    raise self._error(
+                        f"`{arg.name}` is given twice in the arguments of {owner}", arg.pos
+                    )
+                seen_named.add(arg.name)
+        return args
+
+    def _owner_of(self, meta: Any) -> str:
+        # The name right before the `(` that opens these arguments, for messages only.
+        line = source_line(self.source, meta.line)
+        head = line[: meta.column - 1].rstrip()
+        word = ""
+        for ch in reversed(head):
+            if not (ch.isalnum() or ch == "_"):
+                break
+            word = ch + word
+        return f"`{word}`" if word else "this call"
+
+    def kwarg(self, meta: Any, children: list[Any]) -> Arg:
+        return Arg(str(children[0]), children[1], _pos(children[0]))
+
+    def posarg(self, meta: Any, children: list[Any]) -> Arg:
+        return Arg(None, children[0], _pos(meta))
+
+    # ------------------------------------------------------------------ values
+
+    def string(self, meta: Any, children: list[Any]) -> str:
+        return self._unquote(children[0])
+
+    def integer(self, meta: Any, children: list[Any]) -> int:
+        return self._int(children[0])
+
+    def real(self, meta: Any, children: list[Any]) -> float:
+        return self._float(children[0])
+
+    def neg_integer(self, meta: Any, children: list[Any]) -> int:
+        return -self._int(children[0])
+
+    def neg_real(self, meta: Any, children: list[Any]) -> float:
+        return -self._float(children[0])
+
+    def true(self, meta: Any, children: list[Any]) -> bool:
+        return True
+
+    def false(self, meta: Any, children: list[Any]) -> bool:
+        return False
+
+    def none(self, meta: Any, children: list[Any]) -> None:
+        return None
+
+    def name(self, meta: Any, children: list[Any]) -> Name:
+        return Name(str(children[0]), _pos(children[0]))
+
+    def tuple_value(self, meta: Any, children: list[Any]) -> tuple[Value, ...]:
+        return tuple(children)
+
+    def list_value(self, meta: Any, children: list[Any]) -> tuple[Value, ...]:
+        return tuple(children)
+
+    def call(self, meta: Any, children: list[Any]) -> Call | HPO:
+        func, args = str(children[0]), children[1]
+        positional = tuple(a.value for a in args if a.name is None)
+        named = tuple((a.name, a.value) for a in args if a.name is not None)
+        if func == "HPO":
+            return self._hpo(positional, named, _pos(meta))
+        return Call(func, positional, named, _pos(meta))
+
+    def _hpo(self, args: tuple[Value, ...], kwargs: Any, pos: Pos) -> HPO:
+        form = "choice(a, b, ...), range(low, high, step=s) or log_range(low, high)"
+        inner = args[0] if len(args) == 1 and not kwargs else None
+        if not isinstance(inner, Call) or inner.func not in HPO_KINDS:
+            raise self._error(f"`HPO(...)` takes one search space: {form}", pos)
+        kind, values, named = inner.func, inner.args, dict(inner.kwargs)
+        if kind == "choice":
+            if not values or named:
+                raise self._error("`HPO(choice(...))` needs at least one value to choose", pos)
+            return HPO(kind, values, inner.kwargs, values[0], pos)
+        allowed = {"step"} if kind == "range" else set()
+        numbers = [v for v in values if _is_number(v)]
+        extra = set(named) - allowed
+        max_args = 3 if kind == "range" else 2
+        if extra or len(numbers) != len(values) or not 2 <= len(values) <= max_args:
+            raise self._error(f"`HPO({kind}(...))` takes two numbers, low and high: {form}", pos)
+        low, high = values[0], values[1]
+        step = named.get("step", values[2] if len(values) == 3 else None)
+        if low > high:  # type: ignore[operator]
+            raise self._error(f"`HPO({kind}({low}, {high}))`: low is above high", pos)
+        if step is not None and (not _is_number(step) or step <= 0):  # type: ignore[operator]
+            raise self._error(f"`HPO({kind}(...))`: `step` must be a number above 0", pos)
+        if kind == "log_range" and low <= 0:  # type: ignore[operator]
+            raise self._error("`HPO(log_range(low, high))` needs low above 0", pos)
+        return HPO(kind, values, inner.kwargs, low, pos)
+
+    # ------------------------------------------------------------------ tokens
+
+    def _int(self, tok: Token) -> int:
+        if len(tok) > _MAX_DIGITS:
+            raise self._error(f"this number has more than {_MAX_DIGITS} digits", _pos(tok))
+        return int(tok)
+
+    def _float(self, tok: Token) -> float:
+        if len(tok) > _MAX_DIGITS:
+            raise self._error(f"this number has more than {_MAX_DIGITS} digits", _pos(tok))
+        return float(tok)
+
+    def _unquote(self, tok: Token) -> str:
+        body, out, i = str(tok)[1:-1], [], 0
+        while i < len(body):
+            ch = body[i]
+            if ch == "\\" and i + 1 < len(body):
+                nxt = body[i + 1]
+                out.append(_ESCAPES.get(nxt, "\\" + nxt))
+                i += 2
+            else:
+                out.append(ch)
+                i += 1
+        return "".join(out)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
