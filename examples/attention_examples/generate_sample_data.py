@@ -29,7 +29,7 @@ def generate(output_dir: Path, *, seed: int = 0) -> dict[str, Path]:
     basic = np.sin(positions * rng.uniform(0.5, 2.0, size=(1, 1, 256))) + 0.3 * rng.standard_normal(
         (1, 50, 256)
     )
-    tokens = SENTENCE[:32]
+    tokens = (SENTENCE * 2)[:32]  # text_classification.neural reads 32 positions
     vocab = {word: i + 1 for i, word in enumerate(sorted(set(tokens)))}  # 0 stays the padding id
     files = {
         "basic_input.npy": basic.astype(np.float32),
