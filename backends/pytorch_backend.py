@@ -92,7 +92,7 @@ def _from_torch(param: str, value: np.ndarray, shape: tuple[int, ...]) -> np.nda
     return value.reshape(shape)
 
 
-def _parameters(layer: Layer, block: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _parameters(layer: Layer, block: Any) -> dict[str, torch.Tensor]:
     """Neutral parameter name -> torch parameter, for one layer."""
 
     def attention(prefix: str, sa: Any) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ WeightShapes = dict[str, tuple[int, ...]]
 
 
 def _dense(prefix: str, fan_in: int, units: int, use_bias: bool = True) -> WeightShapes:
-    shapes = {f"{prefix}kernel": (fan_in, units)}
+    shapes: WeightShapes = {f"{prefix}kernel": (fan_in, units)}
     if use_bias:
         shapes[f"{prefix}bias"] = (units,)
     return shapes

@@ -288,7 +288,7 @@ class AttentionClient:
                 if chunk.chunk_index == chunk.num_chunks - 1:
                     if filled != buffer.size:
                         raise InvalidInputError(f"layer `{current}` arrived incomplete")
-                    yield current, buffer.reshape(tuple(chunk.shape))
+                    yield chunk.layer_name, buffer.reshape(tuple(chunk.shape))
                     current = None
         except grpc.RpcError as exc:
             raise _translate(exc) from None

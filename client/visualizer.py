@@ -218,7 +218,7 @@ class AttentionVisualizer:
         )
         written("html", path)
         path = out / "attention_weights.npz"
-        np.savez_compressed(path, **{name: w for name, w in weights.items()})
+        np.savez_compressed(path, **weights)  # type: ignore[arg-type]
         written("npz", path)
         path = out / "analysis.json"
         path.write_text(

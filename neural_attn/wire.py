@@ -5,12 +5,14 @@ The one codec both sides use; `dsl/` and `backends/` never see a proto message.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from neural_attn.errors import InvalidInputError
 from neural_attn.v1 import attention_pb2 as pb
 
-_TO_NUMPY = {
+_TO_NUMPY: dict[Any, np.dtype[Any]] = {
     pb.FLOAT32: np.dtype("<f4"),
     pb.FLOAT16: np.dtype("<f2"),
     pb.FLOAT64: np.dtype("<f8"),
@@ -20,11 +22,11 @@ _TO_NUMPY = {
 _FROM_NUMPY = {dt.newbyteorder("=").str: code for code, dt in _TO_NUMPY.items()}
 _FROM_NUMPY.update({dt.str: code for code, dt in _TO_NUMPY.items()})
 
-BACKEND_NAMES = {pb.TENSORFLOW: "tensorflow", pb.PYTORCH: "pytorch"}
+BACKEND_NAMES: dict[Any, str] = {pb.TENSORFLOW: "tensorflow", pb.PYTORCH: "pytorch"}
 BACKEND_CODES = {name: code for code, name in BACKEND_NAMES.items()}
 
 
-def numpy_dtype(code: int) -> np.dtype:
+def numpy_dtype(code: int) -> np.dtype[Any]:
     """The numpy dtype of a wire dtype code; InvalidInputError for an unknown one."""
     try:
         return _TO_NUMPY[code]
@@ -35,7 +37,7 @@ def numpy_dtype(code: int) -> np.dtype:
         ) from None
 
 
-def dtype_code(dtype: np.dtype) -> int:
+def dtype_code(dtype: np.dtype[Any] | str) -> Any:
     """The wire dtype code of a numpy dtype; InvalidInputError for one we do not carry."""
     dt = np.dtype(dtype)
     code = _FROM_NUMPY.get(dt.str) or _FROM_NUMPY.get(dt.newbyteorder("<").str)
@@ -46,7 +48,7 @@ def dtype_code(dtype: np.dtype) -> int:
     return code
 
 
-def to_proto(array: np.ndarray, *, dtype: np.dtype | None = None) -> pb.Tensor:
+def to_proto(array: np.ndarray, *, dtype: np.dtype[Any] | None = None) -> pb.Tensor:
     """Encode `array` (optionally cast to `dtype`) as a Tensor message."""
     arr = np.asarray(array)
     if dtype is not None:

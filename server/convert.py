@@ -17,7 +17,7 @@ from neural_attn.v1 import attention_pb2 as pb
 _CHUNK_OVERHEAD = 512
 
 
-def backend_name(code: int, default: str) -> str:
+def backend_name(code: Any, default: str) -> str:
     if code == pb.BACKEND_UNSPECIFIED:
         return default
     try:

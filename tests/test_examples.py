@@ -69,12 +69,20 @@ def test_generated_tokens_match_the_ids(sample_data):
 def test_python_api_demo_runs_end_to_end(tmp_path):
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "visualize_attention_demo.py"), "--output-dir", "out"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "transformer_encoder_0: (1, 4, 50, 50)" in result.stdout
     assert "multi_head_attention_0: (1, 2, 32, 32), rows sum to 1.0000" in result.stdout
     out = tmp_path / "out"
-    for name in ("basic_tensorflow/attention_heatmap.png", "basic_tensorflow/analysis.json",
-                 "text_pytorch_head1.png", "text_pytorch_heads.png", "text_pytorch.html"):
+    for name in (
+        "basic_tensorflow/attention_heatmap.png",
+        "basic_tensorflow/analysis.json",
+        "text_pytorch_head1.png",
+        "text_pytorch_heads.png",
+        "text_pytorch.html",
+    ):
         assert (out / name).stat().st_size > 1000, name

@@ -12,9 +12,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_generated_stubs_are_fresh(tmp_path):
     proto = "protos/neural_attn/v1/attention.proto"
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-Iprotos", f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", proto],
-        cwd=ROOT, check=True,
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-Iprotos",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            proto,
+        ],
+        cwd=ROOT,
+        check=True,
     )
     for name in ("attention_pb2.py", "attention_pb2.pyi", "attention_pb2_grpc.py"):
         fresh = (tmp_path / "neural_attn" / "v1" / name).read_text()
