@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neural_attn.dsl.ir import Network
+from neural_attn.dsl.ir import Layer, Network
 from neural_attn.errors import BackendUnavailableError, InvalidInputError
 
 BACKENDS = ("tensorflow", "pytorch")
@@ -65,6 +65,20 @@ def input_forms(network: Network) -> list[InputForm]:
     return [InputForm((None, *network.input_shape), "float32", "features")]
 
 
+def _max_length(network: Network) -> tuple[int, str] | None:
+    """The longest sequence the network takes and the layer that bounds it, if one does."""
+    bounds: list[tuple[int, str]] = []
+
+    def visit(layers: tuple[Layer, ...]) -> None:
+        for layer in layers:
+            if layer.type == "PositionalEncoding" and layer.get("max_len") is not None:
+                bounds.append((int(layer["max_len"]), layer.name))
+            visit(layer.children)
+
+    visit(network.layers)
+    return min(bounds) if bounds else None
+
+
 def _fmt(shape: tuple[int | None, ...]) -> str:
     inner = ", ".join(
         "batch" if i == 0 and d is None else ("seq" if d is None else str(d))
@@ -86,6 +100,12 @@ def prepare_input(network: Network, data: np.ndarray) -> PreparedInput:
             continue
         if data.shape[0] == 0 or any(d == 0 for d in data.shape):
             raise InvalidInputError(f"input has an empty dimension: shape {data.shape}")
+        bound = _max_length(network)
+        if bound is not None and data.shape[1] > bound[0]:
+            raise InvalidInputError(
+                f"the sequence has {data.shape[1]} steps but `{bound[1]}` covers at most "
+                f"{bound[0]} positions (max_len)"
+            )
         if form.dtype == "int64":
             if not np.issubdtype(data.dtype, np.integer):
                 continue
@@ -117,9 +137,12 @@ DEFAULT_DYNAMIC_LENGTH = 16
 def sample_input(network: Network, *, seed: int = 0, length: int | None = None) -> np.ndarray:
     """A deterministic sample input of batch 1 in the preferred form."""
     form = input_forms(network)[0]
+    dynamic = length or DEFAULT_DYNAMIC_LENGTH
+    bound = _max_length(network)
+    if bound is not None:
+        dynamic = min(dynamic, bound[0])
     shape = tuple(
-        1 if i == 0 else (d if d is not None else (length or DEFAULT_DYNAMIC_LENGTH))
-        for i, d in enumerate(form.shape)
+        1 if i == 0 else (d if d is not None else dynamic) for i, d in enumerate(form.shape)
     )
     rng = np.random.default_rng(seed)
     if form.dtype == "int64":

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from neural_attn.backends import torch_layers
+from neural_attn.backends import torch_layers, torch_recurrent, torch_spatial
 from neural_attn.backends.base import Backend, BuiltModel, prepare_input
-from neural_attn.backends.codegen import Constructor, render_call, render_module
+from neural_attn.backends.codegen import Call, instantiate, render_call, render_module
+from neural_attn.backends.torch_weights import Tensors, from_torch, to_torch, walk
 from neural_attn.backends.weights import initial_weights, weight_shapes
 from neural_attn.dsl.ir import Layer, Network
 from neural_attn.errors import InvalidInputError
@@ -24,12 +25,97 @@ from neural_attn.errors import InvalidInputError
 _SIMPLE = {
     "GlobalAveragePooling1D": "GlobalAveragePooling1D",
     "GlobalMaxPooling1D": "GlobalMaxPooling1D",
+    "GlobalAveragePooling2D": "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D": "GlobalMaxPooling2D",
     "Flatten": "nn.Flatten",
 }
+_POOLS = ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D")
+_RECURRENT = ("LSTM", "GRU", "SimpleRNN")
+_BLOCK_MODULES = (torch_layers, torch_spatial, torch_recurrent)
 
 
-def constructor(layer: Layer) -> Constructor:
+def _width(layer: Layer) -> int:
+    width = layer.input_shape[-1] if layer.input_shape else None
+    if width is None:
+        raise InvalidInputError(
+            f"{layer.type} `{layer.name}` needs a known size of its input's last axis; "
+            f"it gets {layer.input_shape}"
+        )
+    return int(width)
+
+
+def constructor(layer: Layer) -> Call:
     """The torch constructor call for one IR layer (used by the builder and the code writer)."""
+    kind = layer.type
+    if kind in ("Conv1D", "Conv2D"):
+        return Call(
+            kind,
+            {
+                "in_channels": _width(layer),
+                "filters": layer["filters"],
+                "kernel_size": layer["kernel_size"],
+                "strides": layer["strides"],
+                "padding": layer["padding"],
+                "activation": layer["activation"],
+            },
+        )
+    if kind in _POOLS:
+        return Call(
+            kind,
+            {
+                "pool_size": layer["pool_size"],
+                "strides": layer["strides"],
+                "padding": layer["padding"],
+            },
+        )
+    if kind == "BatchNormalization":
+        return Call(
+            "BatchNormalization",
+            {
+                "num_features": _width(layer),
+                "momentum": float(layer["momentum"]),
+                "epsilon": float(layer["epsilon"]),
+            },
+        )
+    if kind == "Activation":
+        return Call("Activation", {"activation": layer["activation"]})
+    if kind in _RECURRENT:
+        return Call(
+            kind,
+            {
+                "input_size": _width(layer),
+                "units": layer["units"],
+                "return_sequences": layer["return_sequences"],
+            },
+        )
+    if kind == "ResidualConnection":
+        return Call(
+            "Residual",
+            {
+                "layers": [(child.name, constructor(child)) for child in layer.children],
+                "shortcut": layer["shortcut"],
+            },
+        )
+    if kind == "PositionalEncoding":
+        return Call(
+            "PositionalEncoding",
+            {"d_model": _width(layer), "max_len": layer["max_len"], "kind": layer["kind"]},
+        )
+    if kind == "TransformerDecoder":
+        return Call(
+            "TransformerDecoderBlock",
+            {
+                "d_model": _width(layer),
+                "num_heads": layer["num_heads"],
+                "ff_dim": layer["ff_dim"],
+                "dropout": float(layer["dropout"]),
+                "activation": layer["activation"],
+            },
+        )
+    return Call(*_core(layer))
+
+
+def _core(layer: Layer) -> tuple[str, dict[str, Any]]:
     kind = layer.type
     width = layer.input_shape[-1] if layer.input_shape else None
     if kind in ("Dense", "Output"):
@@ -71,65 +157,13 @@ def constructor(layer: Layer) -> Constructor:
 
 
 def _resolve(dotted: str) -> Any:
-    obj: Any = {"nn": torch.nn, **vars(torch_layers)}[dotted.split(".")[0]]
+    names: dict[str, Any] = {"nn": torch.nn}
+    for module in _BLOCK_MODULES:
+        names.update(vars(module))
+    obj: Any = names[dotted.split(".")[0]]
     for part in dotted.split(".")[1:]:
         obj = getattr(obj, part)
     return obj
-
-
-# Neutral layout -> torch layout and back. A kernel (in, out) is a Linear weight (out, in).
-def _to_torch(param: str, value: np.ndarray) -> np.ndarray:
-    if param.endswith(("query_kernel", "key_kernel", "value_kernel")):  # (d, heads, key_dim)
-        return value.reshape(value.shape[0], -1).T
-    if param.endswith("kernel"):  # (in, out) or the attention output's (heads, key_dim, d)
-        return value.reshape(-1, value.shape[-1]).T
-    return value.reshape(-1) if param.endswith("bias") else value
-
-
-def _from_torch(param: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if param.endswith("kernel"):
-        return np.ascontiguousarray(value.T).reshape(shape)
-    return value.reshape(shape)
-
-
-def _parameters(layer: Layer, block: Any) -> dict[str, torch.Tensor]:
-    """Neutral parameter name -> torch parameter, for one layer."""
-
-    def attention(prefix: str, sa: Any) -> dict[str, torch.Tensor]:
-        out = {}
-        for part in ("query", "key", "value", "output"):
-            linear = getattr(sa, part)
-            out[f"{prefix}{part}_kernel"] = linear.weight
-            if linear.bias is not None:
-                out[f"{prefix}{part}_bias"] = linear.bias
-        return out
-
-    def dense(prefix: str, d: Any) -> dict[str, torch.Tensor]:
-        linear = d.linear
-        bias = {f"{prefix}bias": linear.bias} if linear.bias is not None else {}
-        return {f"{prefix}kernel": linear.weight, **bias}
-
-    def norm(prefix: str, n: Any) -> dict[str, torch.Tensor]:
-        return {f"{prefix}gamma": n.weight, f"{prefix}beta": n.bias}
-
-    kind = layer.type
-    if kind in ("Dense", "Output"):
-        return dense("", block)
-    if kind == "Embedding":
-        return {"embeddings": block.weight}
-    if kind == "LayerNormalization":
-        return norm("", block)
-    if kind == "MultiHeadAttention":
-        return attention("", block)
-    if kind == "TransformerEncoder":
-        return {
-            **attention("attention/", block.attention),
-            **norm("attention_norm/", block.attention_norm),
-            **dense("ffn_1/", block.ffn_1),
-            **dense("ffn_2/", block.ffn_2),
-            **norm("ffn_norm/", block.ffn_norm),
-        }
-    return {}
 
 
 class PyTorchModel(BuiltModel):
@@ -143,9 +177,8 @@ class PyTorchModel(BuiltModel):
         self.model = (
             torch_layers.NeuralNet(
                 [
-                    (layer.name, _resolve(name)(**kwargs))
+                    (layer.name, instantiate(constructor(layer), _resolve))
                     for layer in network.layers
-                    for name, kwargs in [constructor(layer)]
                 ]
             )
             .to(device)
@@ -168,30 +201,48 @@ class PyTorchModel(BuiltModel):
         probs = {k: v.float().cpu().numpy() for k, v in store.items() if k in wanted}
         return out.float().cpu().numpy(), probs
 
-    def _all_parameters(self) -> dict[str, torch.Tensor]:
-        return {
-            f"{layer.name}/{param}": tensor
-            for layer in self.network.layers
-            for param, tensor in _parameters(layer, self.model.blocks[layer.name]).items()
-        }
+    def _all_parameters(self) -> dict[str, tuple[str, str, Tensors]]:
+        out: dict[str, tuple[str, str, Tensors]] = {}
+        for layer in self.network.layers:
+            out.update(walk(layer, self.model.blocks[layer.name], f"{layer.name}/"))
+        return out
 
     def get_weights(self) -> dict[str, np.ndarray]:
         shapes = weight_shapes(self.network)
+
+        def numpy(t: torch.Tensor) -> np.ndarray:
+            return t.detach().cpu().numpy()
+
         return {
-            key: _from_torch(key, t.detach().cpu().numpy(), shapes[key])
-            for key, t in self._all_parameters().items()
+            key: from_torch(
+                kind,
+                param,
+                tuple(map(numpy, t)) if isinstance(t, tuple) else numpy(t),
+                shapes[key],
+            )
+            for key, (kind, param, t) in self._all_parameters().items()
         }
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        shapes = weight_shapes(self.network)
         with torch.no_grad():
-            for key, tensor in self._all_parameters().items():
-                value = _to_torch(key, np.asarray(weights[key], dtype=np.float32))
-                if tuple(value.shape) != tuple(tensor.shape):
+            for key, (kind, param, tensors) in self._all_parameters().items():
+                given = np.asarray(weights[key], dtype=np.float32)
+                if tuple(given.shape) != shapes[key]:
                     raise InvalidInputError(
-                        f"weight {key} has shape {tuple(weights[key].shape)}, which does not fit "
-                        f"the model's {tuple(tensor.shape)} (torch layout)"
+                        f"weight {key} has shape {tuple(given.shape)}; "
+                        f"the model needs {shapes[key]}"
                     )
-                tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+                values = to_torch(kind, param, given)
+                pairs = zip(
+                    tensors if isinstance(tensors, tuple) else (tensors,),
+                    values if isinstance(values, tuple) else (values,),
+                    strict=True,
+                )
+                for tensor, value in pairs:
+                    tensor.copy_(
+                        torch.from_numpy(np.ascontiguousarray(value)).reshape(tensor.shape)
+                    )
 
     def generated_code(self) -> str:
         return generate_code(self.network)
@@ -204,7 +255,7 @@ def generate_code(network: Network) -> str:
         "    model = NeuralNet(",
         "        [",
         *(
-            f"            ({layer.name!r}, {render_call(constructor(layer))}),"
+            f"            ({layer.name!r}, {render_call(constructor(layer), 3)}),"
             for layer in network.layers
         ),
         "        ]",
@@ -218,7 +269,7 @@ def generate_code(network: Network) -> str:
     return render_module(
         backend="pytorch",
         network=network,
-        blocks_module=Path(torch_layers.__file__),
+        blocks_modules=[Path(m.__file__ or "") for m in _BLOCK_MODULES],
         body="\n".join(lines),
     )
 

@@ -23,7 +23,7 @@ import tensorflow as tf  # noqa: E402
 
 from neural_attn.backends import tf_layers  # noqa: E402
 from neural_attn.backends.base import Backend, BuiltModel, prepare_input, sample_input  # noqa: E402
-from neural_attn.backends.codegen import Constructor, render_call, render_module  # noqa: E402
+from neural_attn.backends.codegen import Call, instantiate, render_call, render_module  # noqa: E402
 from neural_attn.backends.weights import initial_weights  # noqa: E402
 from neural_attn.dsl.ir import Layer, Network  # noqa: E402
 from neural_attn.errors import InvalidInputError  # noqa: E402
@@ -32,12 +32,79 @@ _SIMPLE = {
     "Dropout": "keras.layers.Dropout",
     "GlobalAveragePooling1D": "keras.layers.GlobalAveragePooling1D",
     "GlobalMaxPooling1D": "keras.layers.GlobalMaxPooling1D",
+    "GlobalAveragePooling2D": "keras.layers.GlobalAveragePooling2D",
+    "GlobalMaxPooling2D": "keras.layers.GlobalMaxPooling2D",
     "Flatten": "keras.layers.Flatten",
 }
+_POOLS = ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D")
 
 
-def constructor(layer: Layer) -> Constructor:
+def constructor(layer: Layer) -> Call:
     """The Keras constructor call for one IR layer (used by the builder and the code writer)."""
+    name = {"name": layer.name}
+    kind = layer.type
+    if kind in ("Conv1D", "Conv2D"):
+        return Call(
+            f"keras.layers.{kind}",
+            {
+                "filters": layer["filters"],
+                "kernel_size": layer["kernel_size"],
+                "strides": layer["strides"],
+                "padding": layer["padding"],
+                "activation": layer["activation"],
+                **name,
+            },
+        )
+    if kind in _POOLS:
+        return Call(
+            f"keras.layers.{kind}",
+            {
+                "pool_size": layer["pool_size"],
+                "strides": layer["strides"],
+                "padding": layer["padding"],
+                **name,
+            },
+        )
+    if kind == "BatchNormalization":
+        return Call(
+            "keras.layers.BatchNormalization",
+            {"momentum": float(layer["momentum"]), "epsilon": float(layer["epsilon"]), **name},
+        )
+    if kind == "Activation":
+        return Call("keras.layers.Activation", {"activation": layer["activation"], **name})
+    if kind in ("LSTM", "GRU", "SimpleRNN"):
+        return Call(
+            f"keras.layers.{kind}",
+            {"units": layer["units"], "return_sequences": layer["return_sequences"], **name},
+        )
+    if kind == "ResidualConnection":
+        return Call(
+            "ResidualBlock",
+            {
+                "layers": [constructor(child) for child in layer.children],
+                "shortcut": layer["shortcut"],
+                **name,
+            },
+        )
+    if kind == "PositionalEncoding":
+        return Call(
+            "PositionalEncoding", {"max_len": layer["max_len"], "kind": layer["kind"], **name}
+        )
+    if kind == "TransformerDecoder":
+        return Call(
+            "TransformerDecoderBlock",
+            {
+                "num_heads": layer["num_heads"],
+                "ff_dim": layer["ff_dim"],
+                "dropout": float(layer["dropout"]),
+                "activation": layer["activation"],
+                **name,
+            },
+        )
+    return Call(*_core(layer))
+
+
+def _core(layer: Layer) -> tuple[str, dict[str, Any]]:
     name = {"name": layer.name}
     kind = layer.type
     if kind in ("Dense", "Output"):
@@ -105,6 +172,26 @@ def _variables(layer: Layer, block: Any) -> dict[str, Any]:
         return {f"{prefix}gamma": n.gamma, f"{prefix}beta": n.beta}
 
     kind = layer.type
+    if kind == "ResidualConnection":
+        sublayers = {sub.name: sub for sub in block.body}
+        return {
+            f"{child.name}/{param}": var
+            for child in layer.children
+            for param, var in _variables(child, sublayers[child.name]).items()
+        }
+    if kind in ("Conv1D", "Conv2D"):
+        return {"kernel": block.kernel, "bias": block.bias}
+    if kind == "BatchNormalization":
+        return {
+            **norm("", block),
+            "moving_mean": block.moving_mean,
+            "moving_variance": block.moving_variance,
+        }
+    if kind in ("LSTM", "GRU", "SimpleRNN"):
+        cell = block.cell
+        return {"kernel": cell.kernel, "recurrent_kernel": cell.recurrent_kernel, "bias": cell.bias}
+    if kind == "PositionalEncoding":
+        return {"embeddings": block.embeddings} if layer["kind"] == "learned" else {}
     if kind in ("Dense", "Output"):
         return dense("", block)
     if kind == "Embedding":
@@ -113,7 +200,7 @@ def _variables(layer: Layer, block: Any) -> dict[str, Any]:
         return norm("", block)
     if kind == "MultiHeadAttention":
         return attention("", block)
-    if kind == "TransformerEncoder":
+    if kind in ("TransformerEncoder", "TransformerDecoder"):
         return {
             **attention("attention/", block.attention),
             **norm("attention_norm/", block.attention_norm),
@@ -134,7 +221,7 @@ class TensorFlowModel(BuiltModel):
         self._lock = threading.Lock()
         with tf.device(self._tf_device):
             self.model = tf_layers.NeuralModel(
-                [_resolve(c)(**kw) for c, kw in map(constructor, network.layers)],
+                [instantiate(constructor(layer), _resolve) for layer in network.layers],
                 name=network.name,
             )
             self.model(sample_input(network, seed=seed, length=2))  # builds every variable
@@ -193,7 +280,7 @@ def generate_code(network: Network) -> str:
         '    """The network as a Keras model (random weights), built for INPUT_SHAPE."""',
         "    model = NeuralModel(",
         "        [",
-        *(f"            {render_call(constructor(layer))}," for layer in network.layers),
+        *(f"            {render_call(constructor(layer), 3)}," for layer in network.layers),
         "        ],",
         f"        name={network.name!r},",
         "    )",
@@ -208,7 +295,7 @@ def generate_code(network: Network) -> str:
     return render_module(
         backend="tensorflow",
         network=network,
-        blocks_module=Path(tf_layers.__file__),
+        blocks_modules=[Path(tf_layers.__file__)],
         body="\n".join(lines),
     )
 

@@ -8,9 +8,18 @@ TransformerEncoder block (the documented architecture, identical in the PyTorch 
     x = LayerNorm_1(x + Dropout(a))  # epsilon 1e-6
     f = Dense(d)(act(Dense(ff_dim)(x)))
     x = LayerNorm_2(x + Dropout(f))  # epsilon 1e-6
+
+TransformerDecoder block (decoder-only): the same block with causal self-attention, so query i
+attends to keys 0..i only and the probabilities above the diagonal are exactly 0.
+
+Every other layer is Keras's own (Conv1D/2D, pooling, BatchNormalization, LSTM, GRU,
+SimpleRNN, ...), data channels-last, plus ResidualBlock and PositionalEncoding below.
 """
 
+import math
+
 import keras
+import numpy as np
 
 ENCODER_NORM_EPSILON = 1e-6
 
@@ -118,7 +127,98 @@ class TransformerEncoderBlock(keras.layers.Layer):
         return config
 
 
+class TransformerDecoderBlock(TransformerEncoderBlock):
+    """Decoder-only block: the encoder block with causal self-attention."""
+
+    def __init__(self, num_heads, ff_dim, dropout=0.1, activation="relu", **kwargs):
+        kwargs.pop("causal", None)
+        super().__init__(num_heads, ff_dim, dropout, activation, causal=True, **kwargs)
+
+
 ATTENTION_BLOCKS = (SelfAttention, TransformerEncoderBlock)
+
+
+def sinusoid_table(length, width):
+    """sin/cos positional table (length, width), float32; even columns sin, odd cos.
+
+    pe[p, 2i] = sin(p / 10000^(2i/width)), pe[p, 2i+1] = cos(p / 10000^(2i/width)); computed in
+    float64 and rounded once, so both backends give the same float32 values.
+    """
+    half = math.ceil(width / 2)
+    inv_freq = np.power(10000.0, -2.0 * np.arange(half, dtype=np.float64) / width)
+    angles = keras.ops.arange(length, dtype="float64")[:, None] * inv_freq[None, :]
+    table = keras.ops.stack([keras.ops.sin(angles), keras.ops.cos(angles)], axis=-1)
+    return keras.ops.cast(keras.ops.reshape(table, (length, 2 * half))[:, :width], "float32")
+
+
+class PositionalEncoding(keras.layers.Layer):
+    """x + pe[:seq]: a fixed sinusoid table, or a learned one of max_len rows (`embeddings`)."""
+
+    def __init__(self, max_len=None, kind="sinusoidal", **kwargs):
+        super().__init__(**kwargs)
+        self.max_len = max_len
+        self.kind = kind
+
+    def build(self, input_shape):
+        if self.kind == "learned":
+            self.embeddings = self.add_weight(
+                name="embeddings", shape=(self.max_len, input_shape[-1]), initializer="zeros"
+            )
+        self.built = True
+
+    def call(self, x):
+        length = keras.ops.shape(x)[1]
+        if self.kind == "learned":
+            pe = keras.ops.convert_to_tensor(self.embeddings)[:length]
+        else:
+            pe = sinusoid_table(length, x.shape[-1])
+        return x + keras.ops.cast(pe, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(max_len=self.max_len, kind=self.kind)
+        return config
+
+
+class ResidualBlock(keras.layers.Layer):
+    """out = body(x) + x, or body(x) + projection(x) where the projection is the last layer.
+
+    `layers` are the body's layers in order; with shortcut="projection" the last of them is
+    applied to the block's input instead (e.g. a strided 1x1 Conv2D).
+    """
+
+    def __init__(self, layers, shortcut="identity", **kwargs):
+        super().__init__(**kwargs)
+        self.body = list(layers)
+        self.shortcut = shortcut
+
+    @property
+    def _main(self):
+        return self.body[:-1] if self.shortcut == "projection" else self.body
+
+    def build(self, input_shape):
+        shape = input_shape
+        for layer in self._main:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        if self.shortcut == "projection":
+            self.body[-1].build(input_shape)
+        self.built = True
+
+    def call(self, x, training=False):
+        y = x
+        for layer in self._main:
+            y = layer(y, training=training)
+        return y + (self.body[-1](x, training=training) if self.shortcut == "projection" else x)
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape
+        for layer in self._main:
+            shape = layer.compute_output_shape(shape)
+        return shape
 
 
 class NeuralModel(keras.Model):

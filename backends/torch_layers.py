@@ -12,6 +12,12 @@ TransformerEncoder block (the documented architecture, identical in the TensorFl
     x = LayerNorm_1(x + Dropout(a))  # epsilon 1e-6
     f = Linear(d)(act(Linear(ff_dim)(x)))
     x = LayerNorm_2(x + Dropout(f))  # epsilon 1e-6
+
+TransformerDecoder block (decoder-only): the same block with causal self-attention, so query i
+attends to keys 0..i only and the probabilities above the diagonal are exactly 0.
+
+Data is channels-last everywhere, as in Keras: (batch, steps, features) or (batch, H, W, C).
+Convolutions and pooling (the next module) permute to channels-first inside themselves only.
 """
 
 import math
@@ -24,6 +30,7 @@ ENCODER_NORM_EPSILON = 1e-6
 
 ACTIVATIONS = {
     None: lambda x: x,
+    "linear": lambda x: x,
     "relu": F.relu,
     "gelu": F.gelu,
     "tanh": torch.tanh,
@@ -109,6 +116,109 @@ class TransformerEncoderBlock(nn.Module):
         x = self.attention_norm(x + self.attention_dropout(a))
         x = self.ffn_norm(x + self.ffn_dropout(self.ffn_2(self.ffn_1(x))))
         return x, probs
+
+
+class TransformerDecoderBlock(TransformerEncoderBlock):
+    """Decoder-only block: the encoder block with causal self-attention."""
+
+    def __init__(self, d_model, num_heads, ff_dim, dropout=0.1, activation="relu"):
+        super().__init__(d_model, num_heads, ff_dim, dropout, activation, causal=True)
+
+
+class Activation(nn.Module):
+    def __init__(self, activation=None):
+        super().__init__()
+        self.activation = activation
+
+    def forward(self, x):
+        return ACTIVATIONS[self.activation](x)
+
+
+class BatchNormalization(nn.Module):
+    """Keras BatchNormalization over the last axis.
+
+    The moving statistics are parameters that take no gradient (not buffers), so that
+    `parameters()` counts what Keras's `count_params()` counts. Eval mode uses them; train
+    mode uses the batch's statistics and updates them as Keras does:
+    moving = moving * momentum + batch * (1 - momentum).
+    """
+
+    def __init__(self, num_features, momentum=0.99, epsilon=1e-3):
+        super().__init__()
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.gamma = nn.Parameter(torch.ones(num_features))
+        self.beta = nn.Parameter(torch.zeros(num_features))
+        self.moving_mean = nn.Parameter(torch.zeros(num_features), requires_grad=False)
+        self.moving_variance = nn.Parameter(torch.ones(num_features), requires_grad=False)
+
+    def forward(self, x):
+        if self.training:
+            axes = tuple(range(x.dim() - 1))
+            mean, var = x.mean(dim=axes), x.var(dim=axes, unbiased=False)
+            with torch.no_grad():
+                self.moving_mean.mul_(self.momentum).add_(mean * (1 - self.momentum))
+                self.moving_variance.mul_(self.momentum).add_(var * (1 - self.momentum))
+        else:
+            mean, var = self.moving_mean, self.moving_variance
+        return (x - mean) * torch.rsqrt(var + self.epsilon) * self.gamma + self.beta
+
+
+def sinusoid_table(length, width, device=None):
+    """sin/cos positional table (length, width), float32; even columns sin, odd cos.
+
+    pe[p, 2i] = sin(p / 10000^(2i/width)), pe[p, 2i+1] = cos(p / 10000^(2i/width)); computed in
+    float64 and rounded once, so both backends give the same float32 values.
+    """
+    half = math.ceil(width / 2)
+    steps = torch.arange(half, dtype=torch.float64, device=device)
+    inv_freq = torch.pow(torch.tensor(10000.0, dtype=torch.float64), -2.0 * steps / width)
+    angles = torch.arange(length, dtype=torch.float64, device=device)[:, None] * inv_freq[None]
+    table = torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1)
+    return table.reshape(length, 2 * half)[:, :width].float()
+
+
+class PositionalEncoding(nn.Module):
+    """x + pe[:seq]: a fixed sinusoid table, or a learned one of max_len rows (`embeddings`)."""
+
+    def __init__(self, d_model, max_len=None, kind="sinusoidal"):
+        super().__init__()
+        self.d_model = d_model
+        self.max_len = max_len
+        self.kind = kind
+        if kind == "learned":
+            self.embeddings = nn.Parameter(torch.zeros(max_len, d_model))
+
+    def forward(self, x):
+        length = x.shape[1]
+        if self.kind == "learned":
+            pe = self.embeddings[:length]
+        else:
+            pe = sinusoid_table(length, self.d_model, x.device)
+        return x + pe.to(x.dtype)
+
+
+class Residual(nn.Module):
+    """out = body(x) + x, or body(x) + projection(x) where the projection is the last layer.
+
+    `layers` are (name, module) pairs of the body in order; with shortcut="projection" the
+    last of them is applied to the block's input instead (e.g. a strided 1x1 Conv2D).
+    """
+
+    def __init__(self, layers, shortcut="identity"):
+        super().__init__()
+        self.layers = nn.ModuleDict(layers)
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        body = list(self.layers.values())
+        main = body[:-1] if self.shortcut == "projection" else body
+        y = x
+        for layer in main:
+            y = layer(y)
+            if isinstance(layer, ATTENTION_BLOCKS):
+                y = y[0]  # (output, probabilities)
+        return y + (body[-1](x) if self.shortcut == "projection" else x)
 
 
 class GlobalAveragePooling1D(nn.Module):

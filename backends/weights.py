@@ -6,8 +6,22 @@ a dense kernel is ``(in, out)``, an attention query kernel ``(d_model, heads, ke
 attention output kernel ``(heads, key_dim, d_model)``. Each backend maps these onto its own
 tensors, so the same seed gives the same model in TensorFlow and PyTorch.
 
-Initialisation (documented, the same everywhere): kernels Glorot-uniform over (fan_in, fan_out),
-biases and LayerNorm beta zero, LayerNorm gamma one, embeddings N(0, 1).
+Layouts of the other layers (Keras 3's own):
+- Conv1D kernel ``(k, in, filters)``, Conv2D kernel ``(kh, kw, in, filters)``, bias ``(filters,)``;
+- BatchNormalization ``gamma``, ``beta``, ``moving_mean``, ``moving_variance``, each
+  ``(channels,)``;
+- LSTM ``kernel (in, 4u)``, ``recurrent_kernel (u, 4u)``, ``bias (4u,)``, gates i, f, c, o;
+- GRU (reset_after) ``kernel (in, 3u)``, ``recurrent_kernel (u, 3u)``, ``bias (2, 3u)`` (input
+  bias, recurrent bias), gates z, r, h;
+- SimpleRNN ``kernel (in, u)``, ``recurrent_kernel (u, u)``, ``bias (u,)``;
+- TransformerDecoder: the encoder's parameters; learned PositionalEncoding ``embeddings
+  (max_len, d)``;
+- ResidualConnection: its sub-layers' parameters under their own names,
+  ``residual_connection_0/conv2d_1/kernel``.
+
+Initialisation (documented, the same everywhere): kernels (recurrent ones too) Glorot-uniform
+over (fan_in, fan_out), a convolution's fans multiplied by its window; biases, beta and
+moving means zero; gamma and moving variances one; embeddings N(0, 1).
 """
 
 from __future__ import annotations
@@ -44,10 +58,59 @@ def _attention(prefix: str, d_model: int, heads: int, key_dim: int, use_bias: bo
     return shapes
 
 
+def _encoder(layer: Layer, width: int) -> WeightShapes:
+    heads = layer["num_heads"]
+    return {
+        **_attention("attention/", width, heads, width // heads, True),
+        **_norm("attention_norm/", width),
+        **_dense("ffn_1/", width, layer["ff_dim"]),
+        **_dense("ffn_2/", layer["ff_dim"], width),
+        **_norm("ffn_norm/", width),
+    }
+
+
+_GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
+
+
+def _recurrent(kind: str, width: int, units: int) -> WeightShapes:
+    gates = _GATES[kind]
+    bias = (2, gates * units) if kind == "GRU" else (gates * units,)
+    return {
+        "kernel": (width, gates * units),
+        "recurrent_kernel": (units, gates * units),
+        "bias": bias,
+    }
+
+
 def layer_weight_shapes(layer: Layer) -> WeightShapes:
     """The parameters of one layer, in a fixed order, without the layer-name prefix."""
     width = layer.input_shape[-1] if layer.input_shape else None
     kind = layer.type
+    if kind == "ResidualConnection":
+        return {
+            f"{child.name}/{param}": shape
+            for child in layer.children
+            for param, shape in layer_weight_shapes(child).items()
+        }
+    if kind in ("Conv1D", "Conv2D"):
+        assert width is not None
+        filters = layer["filters"]
+        return {"kernel": (*layer["kernel_size"], width, filters), "bias": (filters,)}
+    if kind == "BatchNormalization":
+        assert width is not None
+        return {
+            **_norm("", width),
+            "moving_mean": (width,),
+            "moving_variance": (width,),
+        }
+    if kind in _GATES:
+        assert width is not None
+        return _recurrent(kind, width, layer["units"])
+    if kind == "PositionalEncoding":
+        assert width is not None
+        if layer["kind"] == "learned":
+            return {"embeddings": (layer["max_len"], width)}
+        return {}
     if kind in ("Dense", "Output"):
         assert width is not None
         return _dense("", width, layer["units"], layer.get("use_bias", True))
@@ -61,16 +124,9 @@ def layer_weight_shapes(layer: Layer) -> WeightShapes:
         return _attention(
             "", width, layer["num_heads"], layer["key_dim"], layer.get("use_bias", True)
         )
-    if kind == "TransformerEncoder":
+    if kind in ("TransformerEncoder", "TransformerDecoder"):
         assert width is not None
-        heads = layer["num_heads"]
-        return {
-            **_attention("attention/", width, heads, width // heads, True),
-            **_norm("attention_norm/", width),
-            **_dense("ffn_1/", width, layer["ff_dim"]),
-            **_dense("ffn_2/", layer["ff_dim"], width),
-            **_norm("ffn_norm/", width),
-        }
+        return _encoder(layer, width)
     return {}
 
 
@@ -101,9 +157,9 @@ def initial_weights(network: Network, seed: int) -> dict[str, np.ndarray]:
             value = rng.uniform(-limit, limit, size=shape)
         elif param == "embeddings":
             value = rng.standard_normal(shape)
-        elif param == "gamma":
+        elif param in ("gamma", "moving_variance"):
             value = np.ones(shape)
-        else:  # biases, beta
+        else:  # biases, beta, moving_mean
             value = np.zeros(shape)
         weights[key] = value.astype(np.float32)
     return weights
@@ -112,6 +168,7 @@ def initial_weights(network: Network, seed: int) -> dict[str, np.ndarray]:
 def _fans(param: str, shape: tuple[int, ...]) -> tuple[int, int]:
     if param == "output_kernel":  # (heads, key_dim, d_model)
         return shape[0] * shape[1], shape[2]
-    if len(shape) == 3:  # (d_model, heads, key_dim)
+    if param in ("query_kernel", "key_kernel", "value_kernel"):  # (d_model, heads, key_dim)
         return shape[0], shape[1] * shape[2]
-    return shape[0], shape[1]
+    window = int(np.prod(shape[:-2]))  # a convolution's (k, in, out) or (kh, kw, in, out)
+    return window * shape[-2], window * shape[-1]

@@ -9,13 +9,14 @@ resolved ``key_dim`` of MultiHeadAttention).
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .ir import Shape
+from .ir import Name, Shape
 from .values import ACTIVATIONS, ParamError, convert
 
 __all__ = [
@@ -45,15 +46,33 @@ class Param:
     """One parameter: its canonical name, the kind of value it takes and its default."""
 
     name: str
-    kind: str  # a key of values.CONVERTERS
+    kind: str  # a key of values.CONVERTERS, or "choice" (one of `choices`)
     default: Any = REQUIRED
+    choices: tuple[str, ...] = ()
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
 
     def convert(self, value: Any) -> Any:
+        if self.kind == "choice":
+            return _choice(self.choices, value)
         return convert(self.kind, value)
+
+
+def _choice(choices: tuple[str, ...], value: Any) -> str:
+    word = value.name if isinstance(value, Name) else value
+    if not isinstance(word, str):
+        raise ParamError(" or ".join(f'"{c}"' for c in choices))
+    if word.lower() not in choices:
+        close = difflib.get_close_matches(word.lower(), choices, n=1, cutoff=0.6)
+        raise ParamError(
+            " or ".join(f'"{c}"' for c in choices),
+            f"choose one of {', '.join(choices)}",
+            unknown=word,
+            suggestion=close[0] if close else None,
+        )
+    return word.lower()
 
 
 class ShapeError(Exception):
@@ -166,6 +185,26 @@ def _attention(p: dict[str, Any], shape: Shape, ctx: ShapeContext) -> Shape:
     return shape
 
 
+def _positional(p: dict[str, Any], shape: Shape, ctx: ShapeContext) -> Shape:
+    _sequence(ctx, shape)
+    steps, max_len = shape[0], p["max_len"]
+    if max_len is not None and steps is not None and steps > max_len:
+        raise ShapeError(
+            f"PositionalEncoding `{ctx.name}` covers max_len={max_len} positions but the "
+            f"sequence has {steps} ({ctx.source})",
+            "raise max_len, or leave it out so that it follows the sequence length",
+        )
+    if max_len is None:
+        if steps is None and p["kind"] == "learned":
+            raise ctx.need(
+                "a fixed sequence length or max_len (a learned encoding has one row per position)",
+                'give PositionalEncoding(max_len=N, kind="learned") or declare a fixed length '
+                "in `input:`",
+            )
+        p["max_len"] = steps
+    return shape
+
+
 def _global1d(p: dict[str, Any], shape: Shape, ctx: ShapeContext) -> Shape:
     if len(shape) != 2:
         raise ctx.need("a (steps, features) input")
@@ -253,6 +292,21 @@ _SPECS = [
         Param("num_layers", "pos_int", 1),
         Param("activation", "activation", "relu"),
         Param("use_attention_mask", "bool", False),
+    ),
+    _spec(
+        "TransformerDecoder",
+        _transformer,
+        Param("num_heads", "pos_int"),
+        Param("ff_dim", "pos_int"),
+        Param("dropout", "rate", 0.1),
+        Param("num_layers", "pos_int", 1),
+        Param("activation", "activation", "relu"),
+    ),
+    _spec(
+        "PositionalEncoding",
+        _positional,
+        Param("max_len", "opt_pos_int", None),
+        Param("kind", "choice", "sinusoidal", choices=("sinusoidal", "learned")),
     ),
     _spec(
         "MultiHeadAttention",

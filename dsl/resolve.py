@@ -1,7 +1,8 @@
 """Syntax IR to a resolved ``Network``: expansion, binding, naming, shapes, validation.
 
 The passes, in order:
-1. expand macros, ``* N`` and ``TransformerEncoder(num_layers=N)`` into one plan per layer;
+1. expand macros, ``* N`` and ``TransformerEncoder/Decoder(num_layers=N)`` into one plan per
+   layer;
 2. bind arguments to parameter names (positional by the spec's order), fill defaults, check
    values, replace HPO expressions by their default;
 3. name layers (snake_case type + index per type, in file order; ``name=`` overrides);
@@ -33,6 +34,7 @@ __all__ = ["MAX_LAYERS", "resolve_network"]
 
 # A file may not expand into more layers than this (``Dense(1) * 10**9`` is refused, not run).
 MAX_LAYERS = 10_000
+_STACKED = ("TransformerEncoder", "TransformerDecoder")  # num_layers=N expands to N blocks
 _DEVICE = re.compile(r"(cpu|gpu|cuda|mps|tpu|auto)(:[0-9]+)?\Z", re.IGNORECASE)
 
 
@@ -213,7 +215,7 @@ class _Resolver(Binder):
             )
         params, search, explicit = self._bind(call, spec)
         copies = call.repeat
-        if spec.type == "TransformerEncoder" and params["num_layers"] > 1:
+        if spec.type in _STACKED and params["num_layers"] > 1:
             copies *= params["num_layers"]  # one block per layer, each named and captured apart
             params["num_layers"] = 1
         plans: list[_Plan] = []

@@ -48,9 +48,13 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -
     return (x - mean) / np.sqrt(var + eps) * gamma + beta
 
 
-def encoder(x: np.ndarray, w: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    """The documented post-norm block with a ReLU feed-forward; returns (output, probs)."""
-    a, probs = attention(x, w, prefix + "attention/")
+def encoder(
+    x: np.ndarray, w: dict[str, np.ndarray], prefix: str, *, causal: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The documented post-norm block with a ReLU feed-forward; returns (output, probs).
+
+    With causal=True it is the TransformerDecoder block."""
+    a, probs = attention(x, w, prefix + "attention/", causal=causal)
     x = layer_norm(
         x + a, w[prefix + "attention_norm/gamma"], w[prefix + "attention_norm/beta"], 1e-6
     )
@@ -58,3 +62,107 @@ def encoder(x: np.ndarray, w: dict[str, np.ndarray], prefix: str) -> tuple[np.nd
     f = f @ w[prefix + "ffn_2/kernel"] + w[prefix + "ffn_2/bias"]
     x = layer_norm(x + f, w[prefix + "ffn_norm/gamma"], w[prefix + "ffn_norm/beta"], 1e-6)
     return x, probs
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def same_pads(n: int, k: int, s: int) -> tuple[int, int, int]:
+    """TensorFlow's "same": (output size, padding before, padding after)."""
+    out = -(-n // s)
+    total = max((out - 1) * s + k - n, 0)
+    return out, total // 2, total - total // 2
+
+
+def conv2d(
+    x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, strides: tuple[int, int], padding: str
+) -> np.ndarray:
+    """x (batch, H, W, C), Keras kernel (kh, kw, C, filters); a plain loop over output cells."""
+    kh, kw = kernel.shape[:2]
+    (sh, sw), (_, h, wd, _) = strides, x.shape
+    if padding == "same":
+        oh, top, bottom = same_pads(h, kh, sh)
+        ow, left, right = same_pads(wd, kw, sw)
+        x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    else:
+        oh, ow = (h - kh) // sh + 1, (wd - kw) // sw + 1
+    out = np.zeros((x.shape[0], oh, ow, kernel.shape[-1]))
+    for i in range(oh):
+        for j in range(ow):
+            patch = x[:, i * sh : i * sh + kh, j * sw : j * sw + kw, :]
+            out[:, i, j] = np.einsum("bhwc,hwcf->bf", patch, kernel) + bias
+    return out
+
+
+def average_pool2d_same(
+    x: np.ndarray, size: tuple[int, int], strides: tuple[int, int]
+) -> np.ndarray:
+    """Keras AveragePooling2D(padding="same"): the mean over the window's real cells only."""
+    (_, h, wd, c), (kh, kw), (sh, sw) = x.shape, size, strides
+    oh, top, _ = same_pads(h, kh, sh)
+    ow, left, _ = same_pads(wd, kw, sw)
+    out = np.zeros((x.shape[0], oh, ow, c))
+    for i in range(oh):
+        for j in range(ow):
+            r0, c0 = i * sh - top, j * sw - left
+            window = x[:, max(r0, 0) : r0 + kh, max(c0, 0) : c0 + kw, :]
+            out[:, i, j] = window.mean(axis=(1, 2))
+    return out
+
+
+def lstm(x: np.ndarray, kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Keras LSTM (gates i, f, c, o), zero initial state; returns every step's h."""
+    units = recurrent.shape[0]
+    h = np.zeros((x.shape[0], units))
+    c = np.zeros_like(h)
+    steps = []
+    for t in range(x.shape[1]):
+        z = x[:, t] @ kernel + h @ recurrent + bias
+        i, f, g, o = (z[:, n * units : (n + 1) * units] for n in range(4))
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+        h = sigmoid(o) * np.tanh(c)
+        steps.append(h)
+    return np.stack(steps, axis=1)
+
+
+def gru(x: np.ndarray, kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Keras 3 GRU, reset_after=True (gates z, r, h; bias rows input, recurrent)."""
+    units = recurrent.shape[0]
+    h = np.zeros((x.shape[0], units))
+    steps = []
+    for t in range(x.shape[1]):
+        xi = x[:, t] @ kernel + bias[0]
+        hi = h @ recurrent + bias[1]
+        z = sigmoid(xi[:, :units] + hi[:, :units])
+        r = sigmoid(xi[:, units : 2 * units] + hi[:, units : 2 * units])
+        candidate = np.tanh(xi[:, 2 * units :] + r * hi[:, 2 * units :])
+        h = z * h + (1 - z) * candidate
+        steps.append(h)
+    return np.stack(steps, axis=1)
+
+
+def simple_rnn(
+    x: np.ndarray, kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray
+) -> np.ndarray:
+    h = np.zeros((x.shape[0], recurrent.shape[0]))
+    steps = []
+    for t in range(x.shape[1]):
+        h = np.tanh(x[:, t] @ kernel + h @ recurrent + bias)
+        steps.append(h)
+    return np.stack(steps, axis=1)
+
+
+def batch_norm(x: np.ndarray, w: dict[str, np.ndarray], prefix: str, eps: float) -> np.ndarray:
+    scale = w[prefix + "gamma"] / np.sqrt(w[prefix + "moving_variance"] + eps)
+    return (x - w[prefix + "moving_mean"]) * scale + w[prefix + "beta"]
+
+
+def sinusoid(length: int, width: int) -> np.ndarray:
+    """pe[p, 2i] = sin(p / 10000^(2i/width)), pe[p, 2i+1] = cos(p / 10000^(2i/width))."""
+    pe = np.zeros((length, width))
+    for p in range(length):
+        for col in range(width):
+            angle = p / 10000 ** (2 * (col // 2) / width)
+            pe[p, col] = np.sin(angle) if col % 2 == 0 else np.cos(angle)
+    return pe
