@@ -22,7 +22,7 @@ from neural_attn.errors import (
 from neural_attn.v1 import attention_pb2 as pb
 from neural_attn.v1 import attention_pb2_grpc as pb_grpc
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # inline weights files can be large
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,15 @@ class CompileResult:
     parameter_count: int
     attention_path: str
     cached: bool
+    weights_sha256: str = ""  # of the trained weights loaded; "" for random initialisation
+
+
+_WEIGHTS_FORMATS = {
+    "npz": pb.NEUTRAL_NPZ,
+    "keras_h5": pb.KERAS_WEIGHTS_H5,
+    "keras_archive": pb.KERAS_ARCHIVE,
+    "torch": pb.TORCH_STATE_DICT,
+}
 
 
 def _shape(dims: Sequence[int]) -> tuple[int | None, ...]:
@@ -93,6 +102,7 @@ def _compile_result(r: pb.CompileResponse) -> CompileResult:
         parameter_count=r.parameter_count,
         attention_path=r.attention_path,
         cached=r.cached,
+        weights_sha256=r.weights_sha256,
     )
 
 
@@ -176,16 +186,18 @@ class AttentionClient:
             self._channel.close()
 
     # -- Compile -------------------------------------------------------------------------------
-    def compile(
+    def _compile_request(
         self,
         source: str,
         *,
-        filename: str = "<string>",
-        backend: str = "tensorflow",
-        seed: int = 0,
-        network: str | None = None,
-    ) -> CompileResult:
-        """Compile DSL source on the server; the result's model_id names it in later calls."""
+        filename: str,
+        backend: str,
+        seed: int,
+        network: str | None,
+        weights: str | os.PathLike[str] | bytes | None,
+        weights_format: str | None,
+        server_weights: str | None,
+    ) -> pb.CompileRequest:
         if backend not in wire.BACKEND_CODES:
             raise InvalidInputError(
                 f"unknown backend {backend!r}; choose one of {', '.join(wire.BACKEND_CODES)}"
@@ -196,6 +208,56 @@ class AttentionClient:
             backend=wire.BACKEND_CODES[backend],
             seed=seed,
             network=network or "",
+        )
+        if weights is not None and server_weights is not None:
+            raise InvalidInputError("give weights or server_weights, not both")
+        if weights_format is not None and weights_format not in _WEIGHTS_FORMATS:
+            raise InvalidInputError(
+                f"weights_format must be one of {', '.join(_WEIGHTS_FORMATS)}; "
+                f"got {weights_format!r}"
+            )
+        fmt = _WEIGHTS_FORMATS.get(weights_format or "", pb.WEIGHTS_FORMAT_UNSPECIFIED)
+        if isinstance(weights, bytes):
+            request.weights.CopyFrom(pb.Weights(content=weights, format=fmt))
+        elif weights is not None:
+            path = Path(weights)
+            request.weights.CopyFrom(
+                pb.Weights(content=path.read_bytes(), filename=path.name, format=fmt)
+            )
+        elif server_weights is not None:
+            request.weights.CopyFrom(pb.Weights(path=server_weights, format=fmt))
+        return request
+
+    def compile(
+        self,
+        source: str,
+        *,
+        filename: str = "<string>",
+        backend: str = "tensorflow",
+        seed: int = 0,
+        network: str | None = None,
+        weights: str | os.PathLike[str] | bytes | None = None,
+        weights_format: str | None = None,
+        server_weights: str | None = None,
+    ) -> CompileResult:
+        """Compile DSL source on the server; the result's model_id names it in later calls.
+
+        Args:
+            weights: trained weights to load: a local file (sent to the server) or its bytes.
+                Neutral `.npz`, Keras `.weights.h5`/`.keras`, or a PyTorch `state_dict` file;
+                any of them loads into either backend.
+            weights_format: "npz", "keras_h5", "keras_archive" or "torch" (default: guessed).
+            server_weights: a file under the server's weights directory, instead of `weights`.
+        """
+        request = self._compile_request(
+            source,
+            filename=filename,
+            backend=backend,
+            seed=seed,
+            network=network,
+            weights=weights,
+            weights_format=weights_format,
+            server_weights=server_weights,
         )
         try:
             response = self._stub.Compile(request, timeout=self._timeout, metadata=self._metadata)
@@ -208,6 +270,66 @@ class AttentionClient:
     def compile_file(self, path: str | os.PathLike[str], **options: Any) -> CompileResult:
         path = Path(path)
         return self.compile(path.read_text(encoding="utf-8"), filename=str(path), **options)
+
+    def export_weights(
+        self,
+        source: str,
+        *,
+        filename: str = "<string>",
+        backend: str = "tensorflow",
+        seed: int = 0,
+        network: str | None = None,
+        weights: str | os.PathLike[str] | bytes | None = None,
+        weights_format: str | None = None,
+        server_weights: str | None = None,
+    ) -> bytes:
+        """The compiled model's weights as a framework-neutral `.npz` (bytes).
+
+        With `weights` in one framework's format this converts them: the result loads into
+        either backend.
+        """
+        request = self._compile_request(
+            source,
+            filename=filename,
+            backend=backend,
+            seed=seed,
+            network=network,
+            weights=weights,
+            weights_format=weights_format,
+            server_weights=server_weights,
+        )
+        try:
+            reply = self._stub.ExportWeights(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+        return bytes(reply.content)
+
+    def server_info(self) -> dict[str, Any]:
+        """Version, backends installed (with version and device) and limits of the server."""
+        try:
+            info = self._stub.GetServerInfo(
+                pb.ServerInfoRequest(), timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+        return {
+            "version": info.version,
+            "default_backend": info.default_backend,
+            "backends": {
+                b.name: {
+                    "available": b.available,
+                    "version": b.version,
+                    "device": b.device,
+                    "detail": b.detail,
+                }
+                for b in info.backends
+            },
+            "max_message_bytes": info.max_message_bytes,
+            "max_sequence_length": info.max_sequence_length,
+            "weights_directory": info.weights_directory,
+        }
 
     # -- ExtractAttention ----------------------------------------------------------------------
     def _extract_request(

@@ -12,33 +12,57 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from neural_attn.errors import NeuralAttnError
+
+if TYPE_CHECKING:
+    from neural_attn.client.visualizer import AttentionVisualizer
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="the .neural model file")
+    p.add_argument("--backend", choices=("tensorflow", "pytorch"), default="tensorflow")
+    p.add_argument("--server", help="host:port of a neural-attn server (default: embedded)")
+    p.add_argument("--seed", type=int, default=0, help="weight-initialisation seed")
+    p.add_argument("--network", help="which network, when the file defines several")
+    p.add_argument(
+        "--weights",
+        help="trained weights file sent to the server: neutral .npz, Keras .weights.h5 / "
+        ".keras, or a PyTorch state_dict (.pt); any of them fits either backend",
+    )
+    p.add_argument("--server-weights", help="a weights file under the server's --weights-dir")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neural-attn-client", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser("visualize", help="compile a .neural file and draw its attention")
-    v.add_argument("file", help="the .neural model file")
+    _model_options(v)
     v.add_argument(
         "--attention",
         action="store_true",
         help="extract and draw attention (without it: print the layer table)",
     )
-    v.add_argument("--backend", choices=("tensorflow", "pytorch"), default="tensorflow")
     v.add_argument("--data", help="input .npy: token ids (batch, seq) or features (batch, seq, d)")
     v.add_argument("--tokens", help="comma-separated token labels, one per position")
     v.add_argument("--layer", help="only this attention layer, e.g. transformer_encoder_1")
     v.add_argument("--head", type=int, help="draw this head instead of the mean of heads")
-    v.add_argument("--server", help="host:port of a neural-attn server (default: embedded)")
+    v.add_argument("--batch-index", type=int, default=0, help="which item of a batch to draw")
     v.add_argument("--output-dir", default="attention_outputs")
-    v.add_argument("--seed", type=int, default=0, help="weight-initialisation seed")
-    v.add_argument("--network", help="which network, when the file defines several")
-    v.add_argument("--quiet", action="store_true", help="no progress lines")
+    e = sub.add_parser(
+        "export-weights",
+        help="write a model's weights (e.g. converted from --weights) as a neutral .npz",
+    )
+    _model_options(e)
+    e.add_argument("-o", "--output", required=True, help="the .npz to write")
+    i = sub.add_parser("info", help="what a server runs: backends, devices, limits")
+    i.add_argument("--server", help="host:port (default: embedded)")
     return p
 
 
@@ -51,25 +75,43 @@ def _load_data(path: str | None) -> np.ndarray | None:
         raise SystemExit(f"error: cannot read --data {path}: {exc}") from None
 
 
-def _visualize(args: argparse.Namespace) -> int:
-    from neural_attn.client.visualizer import AttentionVisualizer
-
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
     def progress(line: str) -> None:
-        if not args.quiet:
+        if not getattr(args, "quiet", False):
             print(f"... {line}", file=sys.stderr, flush=True)
 
-    if not Path(args.file).is_file():
-        print(f"error: no such file: {args.file}", file=sys.stderr)
-        return 2
-    tokens = [t.strip() for t in args.tokens.split(",")] if args.tokens else None
-    server = args.server or os.environ.get("NEURAL_ATTN_SERVER")
-    viz = AttentionVisualizer(
-        None, args.backend, server=server, seed=args.seed, network=args.network, progress=progress
+    return progress
+
+
+def _visualizer(args: argparse.Namespace) -> AttentionVisualizer:
+    from neural_attn.client.visualizer import AttentionVisualizer
+
+    return AttentionVisualizer(
+        None,
+        args.backend,
+        server=args.server or os.environ.get("NEURAL_ATTN_SERVER"),
+        seed=args.seed,
+        network=args.network,
+        weights=args.weights,
+        server_weights=args.server_weights,
+        progress=_progress(args),
     )
+
+
+def _check_file(path: str) -> None:
+    if not Path(path).is_file():
+        print(f"error: no such file: {path}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    _check_file(args.file)
+    if args.weights:
+        _check_file(args.weights)
+    tokens = [t.strip() for t in args.tokens.split(",")] if args.tokens else None
+    viz = _visualizer(args)
     if not args.attention:
-        compiled = viz.client.compile_file(
-            args.file, backend=args.backend, seed=args.seed, network=args.network
-        )
+        compiled = viz.compile(args.file, args.backend)
         print(f"{compiled.network_name} ({compiled.backend}, {compiled.parameter_count} params)")
         for layer in compiled.layers:
             mark = "  [attention]" if layer.is_attention else ""
@@ -84,6 +126,7 @@ def _visualize(args: argparse.Namespace) -> int:
         head_index=args.head,
         tokens=tokens,
         output_dir=args.output_dir,
+        batch_index=args.batch_index,
     )
     for warning in result["model"].warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -94,10 +137,47 @@ def _visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_weights(args: argparse.Namespace) -> int:
+    _check_file(args.file)
+    viz = _visualizer(args)
+    options = viz.compile_options(args.backend)
+    content = viz.client.export_weights(
+        Path(args.file).read_text(encoding="utf-8"), filename=args.file, **options
+    )
+    Path(args.output).write_bytes(content)
+    print(f"wrote {args.output} ({len(content)} bytes, neutral .npz: loads into either backend)")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from neural_attn.client._client import AttentionClient
+    from neural_attn.client._embedded import embedded_target
+
+    target = args.server or os.environ.get("NEURAL_ATTN_SERVER") or embedded_target()
+    with AttentionClient(target) as client:
+        info = client.server_info()
+    print(f"neural-attn server {info['version']} at {target}")
+    for name, backend in info["backends"].items():
+        state = (
+            f"{backend['version']} on {backend['device']}"
+            if backend["available"]
+            else (f"unavailable: {backend['detail']}")
+        )
+        print(f"  {name:<12} {state}")
+    print(
+        f"  max sequence length {info['max_sequence_length']}, "
+        f"weights directory {'on' if info['weights_directory'] else 'off'}"
+    )
+    return 0
+
+
+_COMMANDS = {"visualize": _visualize, "export-weights": _export_weights, "info": _info}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _visualize(args)
+        return _COMMANDS[args.command](args)
     except NeuralAttnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -40,6 +40,8 @@ PNG_DPI = 100
 # Past this many positions an axis shows every k-th token so the labels stay readable.
 MAX_TICK_LABELS = 40
 HTML_DECIMALS = 4
+# Batches up to this size put every item on the page (selectable); larger ones only the chosen.
+MAX_PAGE_ITEMS = 8
 _COLORMAP = "viridis"
 
 
@@ -324,28 +326,40 @@ def create_interactive_html(
     labels: list[str] = []
     data_layers: list[dict[str, Any]] = []
     tables: list[str] = []
+    first_visible: int | None = None
     for name, attention in attention_by_layer.items():
         item = _item(attention, batch_index=batch_index, name=name)
         heads, q, k = item.shape
         query_tokens, key_tokens = _axis_tokens(tokens, q, k)
         x, y = _unique_labels(key_tokens, k), _unique_labels(query_tokens, q)
         mean = item.mean(axis=0)
-        views = [(f"mean of {heads} heads", mean)] + [(f"head {h}", item[h]) for h in range(heads)]
-        for view, matrix in views:
-            traces.append(
-                go.Heatmap(
-                    z=np.round(matrix, HTML_DECIMALS).astype(np.float32),
-                    x=x,
-                    y=y,
-                    zmin=0.0,
-                    colorscale="Viridis",
-                    colorbar={"title": {"text": "attention"}},
-                    hovertemplate="query: %{y}<br>key: %{x}<br>attention: %{z:.4f}<extra></extra>",
-                    name=f"{name} — {view}",
-                    visible=not traces,
+        # Small batches carry every item so the page can switch between them.
+        batch = int(np.shape(attention)[0]) if np.ndim(attention) == 4 else 1
+        items = list(range(batch)) if 1 < batch <= MAX_PAGE_ITEMS else [batch_index]
+        for b in items:
+            drawn = item if b == batch_index else _item(attention, batch_index=b, name=name)
+            prefix = f"item {b} — " if len(items) > 1 else ""
+            views = [(f"mean of {heads} heads", drawn.mean(axis=0))]
+            views += [(f"head {h}", drawn[h]) for h in range(heads)]
+            if b == batch_index and first_visible is None:
+                first_visible = len(traces)
+            for view, matrix in views:
+                traces.append(
+                    go.Heatmap(
+                        z=np.round(matrix, HTML_DECIMALS).astype(np.float32),
+                        x=x,
+                        y=y,
+                        zmin=0.0,
+                        colorscale="Viridis",
+                        colorbar={"title": {"text": "attention"}},
+                        hovertemplate=(
+                            "query: %{y}<br>key: %{x}<br>attention: %{z:.4f}<extra></extra>"
+                        ),
+                        name=f"{prefix}{name} — {view}",
+                        visible=False,
+                    )
                 )
-            )
-            labels.append(f"{name} — {view}")
+                labels.append(f"{prefix}{name} — {view}")
         data_layers.append(
             {
                 "name": name,
@@ -365,15 +379,18 @@ def create_interactive_html(
         }
         for t, label in enumerate(labels)
     ]
+    assert first_visible is not None
+    traces[first_visible].visible = True
     fig = go.Figure(data=traces)
     fig.update_layout(
-        title={"text": labels[0], "x": 0.0, "xanchor": "left", "xref": "paper"},
+        title={"text": labels[first_visible], "x": 0.0, "xanchor": "left", "xref": "paper"},
         height=760,
         xaxis={"title": {"text": "key"}, "side": "bottom"},
         yaxis={"title": {"text": "query"}, "autorange": "reversed"},
         updatemenus=[
             {
                 "buttons": buttons,
+                "active": first_visible,  # the dropdown opens on the chosen item
                 "direction": "down",
                 "showactive": True,
                 "x": 1.0,

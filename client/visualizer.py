@@ -37,14 +37,17 @@ class AttentionVisualizer:
     """Extract, analyze and draw the attention of a Neural DSL model.
 
     Args:
-        model: the model to work on: a path to a `.neural` file, `.neural` source text, a
-            `model_id` or `CompileResult` from `AttentionClient.compile`; None when using
+        model: the model to work on: a path to a `.neural` file, `.neural` source text, or a
+            `CompileResult` from `AttentionClient.compile`; None when using
             `visualize_from_dsl` only.
         backend: 'tensorflow' or 'pytorch'.
         server: "host:port" of a neural-attn server (default: $NEURAL_ATTN_SERVER, else an
             embedded server in this process).
         client: an `AttentionClient` to use instead (its server wins over `server`).
         seed: weight-initialisation seed of the compiled model.
+        weights: trained weights to load: a local file (neutral .npz, Keras .weights.h5 /
+            .keras, PyTorch state_dict), sent to the server; any format fits either backend.
+        server_weights: a weights file under the server's weights directory instead.
         progress: called with a line of text at each step of long work.
     """
 
@@ -57,11 +60,15 @@ class AttentionVisualizer:
         client: AttentionClient | None = None,
         seed: int = 0,
         network: str | None = None,
+        weights: str | os.PathLike[str] | None = None,
+        server_weights: str | None = None,
         progress: Progress | None = None,
     ) -> None:
         self.model = model
         self.backend = backend
         self.seed = seed
+        self.weights = weights
+        self.server_weights = server_weights
         self.network = network
         self._server = server
         self._client = client
@@ -81,31 +88,40 @@ class AttentionVisualizer:
             self._client = AttentionClient(target)
         return self._client
 
-    def _compile(self, model: Any, backend: str) -> CompileResult:
+    def compile_options(self, backend: str) -> dict[str, Any]:
+        """The options every compile of this visualizer sends (backend, seed, weights...)."""
+        return {
+            "backend": backend,
+            "seed": self.seed,
+            "network": self.network,
+            "weights": self.weights,
+            "server_weights": self.server_weights,
+        }
+
+    def compile(self, model: Any, backend: str | None = None) -> CompileResult:
+        """Compile (once) a .neural path or source; a CompileResult is passed through."""
         if isinstance(model, CompileResult):
             return model
+        backend = backend or self.backend
         key = (str(model), backend)
         if key not in self._compiled:
-            options = {"backend": backend, "seed": self.seed, "network": self.network}
             text = str(model)
             if "{" in text:
                 self._progress(f"compiling DSL source ({backend})")
-                result = self.client.compile(text, **options)
-            elif text.endswith(".neural") or os.path.isfile(text):
+                result = self.client.compile(text, **self.compile_options(backend))
+            else:
                 self._progress(f"compiling {text} ({backend})")
-                result = self.client.compile_file(text, **options)
-            else:  # a model_id compiled earlier
-                return model  # type: ignore[no-any-return]
+                result = self.client.compile_file(text, **self.compile_options(backend))
             self._compiled[key] = result
         return self._compiled[key]
 
-    def _current(self) -> Any:
+    def _current(self) -> CompileResult:
         if self.model is None:
             raise InvalidInputError(
                 "this AttentionVisualizer has no model: pass a .neural path or source as `model`, "
                 "or use visualize_from_dsl"
             )
-        return self._compile(self.model, self.backend)
+        return self.compile(self.model, self.backend)
 
     def _extract(
         self,
@@ -171,6 +187,8 @@ class AttentionVisualizer:
         head_index: int | None = None,
         tokens: Sequence[str] | None = None,
         output_dir: str | os.PathLike[str] = "attention_outputs",
+        *,
+        batch_index: int = 0,
     ) -> dict[str, Any]:
         """Compile a .neural file, extract its attention and write every output file.
 
@@ -178,7 +196,7 @@ class AttentionVisualizer:
         compiled_model_{backend}.py, attention_interactive.html, attention_weights.npz,
         analysis.json. Returns {"attention_weights", "analysis", "files", "model", "summary"}.
         """
-        compiled = self._compile(str(dsl_file), backend)
+        compiled = self.compile(str(dsl_file), backend)
         _check_tokens(compiled, input_data, tokens)
         layers = [layer_name] if layer_name else None
         weights = self._extract(
@@ -201,11 +219,15 @@ class AttentionVisualizer:
             self._progress(f"wrote {path}")
 
         path = out / "attention_heatmap.png"
-        render.plot_heatmaps(weights, head=head_index, tokens=tokens, output_path=path)
+        render.plot_heatmaps(
+            weights, head=head_index, tokens=tokens, batch_index=batch_index, output_path=path
+        )
         written("heatmap", path)
         for name, w in weights.items():
             path = out / f"attention_heads_{_safe_name(name)}.png"
-            render.plot_attention_heads(w, tokens=tokens, title=name, output_path=path)
+            render.plot_attention_heads(
+                w, tokens=tokens, title=name, batch_index=batch_index, output_path=path
+            )
             written(f"heads:{name}", path)
         path = out / f"compiled_model_{compiled.backend}.py"
         path.write_text(compiled.generated_code, encoding="utf-8")

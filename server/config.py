@@ -13,7 +13,7 @@ class ServerConfig:
 
     default_backend: str = "tensorflow"
     device: str = "auto"  # auto | cpu | cuda
-    max_message_bytes: int = 64 * MIB  # largest request the server accepts
+    max_message_bytes: int = 512 * MIB  # largest request (inline weights files are large)
     max_source_bytes: int = 1 * MIB  # largest .neural source
     max_input_elements: int = 16 * MIB  # elements of one input tensor
     max_sequence_length: int = 8192
@@ -22,5 +22,9 @@ class ServerConfig:
     max_chunk_bytes: int = 4 * MIB - 64 * 1024  # stays under gRPC's default 4 MiB message cap
     min_chunk_bytes: int = 1024
     max_cached_models: int = 16
+    max_parameters: int = 500_000_000  # a model over this is refused before it is built
+    max_layers: int = 2_000
+    weights_dir: str | None = None  # where Weights.path names files; None: inline weights only
+    max_weights_bytes: int = 2048 * MIB
     max_workers: int = 8
     auth_token: str | None = None  # when set, calls need "authorization: Bearer <token>"

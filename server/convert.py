@@ -7,9 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from neural_attn import wire
-from neural_attn.backends.base import input_forms
+from neural_attn import __version__, wire
+from neural_attn.backends import info, weight_files
+from neural_attn.backends.base import BACKENDS, input_forms
 from neural_attn.errors import InvalidInputError
+from neural_attn.server.config import ServerConfig
 from neural_attn.server.engine import CompiledModel
 from neural_attn.v1 import attention_pb2 as pb
 
@@ -63,6 +65,45 @@ def compile_response(entry: CompiledModel, *, cached: bool) -> pb.CompileRespons
         parameter_count=model.parameter_count(),
         attention_path=model.attention_path,
         cached=cached,
+        weights_sha256=entry.weights_sha256,
+    )
+
+
+_WEIGHTS_FORMATS = {
+    pb.NEUTRAL_NPZ: weight_files.NPZ,
+    pb.KERAS_WEIGHTS_H5: weight_files.KERAS_H5,
+    pb.KERAS_ARCHIVE: weight_files.KERAS_ARCHIVE,
+    pb.TORCH_STATE_DICT: weight_files.TORCH,
+}
+
+
+def weights_format(code: Any) -> str | None:
+    """The weights format named in a request; None when it is left to be guessed."""
+    if code == pb.WEIGHTS_FORMAT_UNSPECIFIED:
+        return None
+    try:
+        return _WEIGHTS_FORMATS[code]
+    except KeyError:
+        raise InvalidInputError(f"unknown weights format code {code}") from None
+
+
+def server_info(config: ServerConfig) -> pb.ServerInfo:
+    return pb.ServerInfo(
+        version=__version__,
+        backends=[
+            pb.BackendInfo(
+                name=s.name,
+                available=s.available,
+                version=s.version,
+                device=s.device,
+                detail=s.detail,
+            )
+            for s in (info.status(name, config.device) for name in BACKENDS)
+        ],
+        default_backend=config.default_backend,
+        max_message_bytes=config.max_message_bytes,
+        max_sequence_length=config.max_sequence_length,
+        weights_directory=bool(config.weights_dir),
     )
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from neural_attn.backends.base import BuiltModel, get_backend, prepare_input, sample_input
+from neural_attn.backends.weight_files import to_neutral, to_npz
+from neural_attn.backends.weights import weight_shapes
 from neural_attn.dsl import compile_source, network_to_dict
 from neural_attn.dsl.ir import Layer, Network
 from neural_attn.errors import (
@@ -26,12 +30,25 @@ from neural_attn.server.cache import ModelCache
 from neural_attn.server.config import ServerConfig
 
 
+@dataclass(frozen=True)
+class WeightsInput:
+    """Trained weights as received: the file's bytes and its format (backends.weight_files)."""
+
+    content: bytes
+    format: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
 @dataclass
 class CompiledModel:
     model_id: str
     network: Network
     model: BuiltModel
     seed: int
+    weights_sha256: str = ""
     _code: str | None = field(default=None, repr=False)
 
     @property
@@ -50,10 +67,15 @@ class ExtractPlan:
     head: int | None
 
 
-def model_id_for(network: Network, *, backend: str, seed: int) -> str:
-    """Content address: the normalized IR (no positions, no file name), backend and seed."""
+def model_id_for(network: Network, *, backend: str, seed: int, weights_sha256: str = "") -> str:
+    """Content address: the normalized IR (no positions, no file name), backend, seed, weights."""
     canonical = json.dumps(
-        {"network": network_to_dict(network), "backend": backend, "seed": seed, "weights": None},
+        {
+            "network": network_to_dict(network),
+            "backend": backend,
+            "seed": seed,
+            "weights": weights_sha256 or None,
+        },
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -66,7 +88,14 @@ class Engine:
         self.cache: ModelCache[CompiledModel] = ModelCache(config.max_cached_models)
 
     def compile(
-        self, source: str, *, filename: str, backend: str, seed: int, network: str | None
+        self,
+        source: str,
+        *,
+        filename: str,
+        backend: str,
+        seed: int,
+        network: str | None,
+        weights: WeightsInput | None = None,
     ) -> tuple[CompiledModel, bool]:
         """Parse, check and build (or find cached); returns the model and whether it was cached."""
         if len(source.encode("utf-8")) > self.config.max_source_bytes:
@@ -77,13 +106,61 @@ class Engine:
         backend = backend or self.config.default_backend
         impl = get_backend(backend)  # UNIMPLEMENTED when not installed, before any parsing work
         net = compile_source(source, filename=filename or "<string>", network=network or None)
-        model_id = model_id_for(net, backend=backend, seed=seed)
-        return self.cache.get_or_build(
-            model_id,
-            lambda: CompiledModel(
-                model_id, net, impl.build(net, seed=seed, device=self.config.device), seed
-            ),
-        )
+        self._check_size(net)
+        digest = weights.sha256 if weights else ""
+        model_id = model_id_for(net, backend=backend, seed=seed, weights_sha256=digest)
+
+        def build() -> CompiledModel:
+            trained = to_neutral(net, weights.content, weights.format) if weights else None
+            model = impl.build(net, seed=seed, device=self.config.device)
+            if trained is not None:
+                model.set_weights(trained)
+            return CompiledModel(model_id, net, model, seed, digest)
+
+        return self.cache.get_or_build(model_id, build)
+
+    def _check_size(self, net: Network) -> None:
+        if len(net.layers) > self.config.max_layers:
+            raise ResourceLimitError(
+                f"network `{net.name}` has {len(net.layers)} layers; this server builds at most "
+                f"{self.config.max_layers}"
+            )
+        count = sum(math.prod(shape) for shape in weight_shapes(net).values())
+        if count > self.config.max_parameters:
+            raise ResourceLimitError(
+                f"network `{net.name}` has {count:,} parameters; this server builds at most "
+                f"{self.config.max_parameters:,}"
+            )
+
+    def weights_file(self, relative: str) -> bytes:
+        """Read a weights file named relative to the configured weights directory, never
+        outside it."""
+        if not self.config.weights_dir:
+            raise InvalidInputError(
+                "this server has no weights directory (neural-attn-server --weights-dir DIR); "
+                "send the weights file's content instead"
+            )
+        root = Path(self.config.weights_dir).resolve()
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root) or Path(relative).is_absolute():
+            raise InvalidInputError(
+                f"weights path {relative!r} is outside the server's weights directory"
+            )
+        if not path.is_file():
+            raise InvalidInputError(
+                f"no weights file {relative!r} in the server's weights directory"
+            )
+        size = path.stat().st_size
+        if size > self.config.max_weights_bytes:
+            raise ResourceLimitError(
+                f"weights file {relative!r} is {size} bytes; the limit is "
+                f"{self.config.max_weights_bytes}"
+            )
+        return path.read_bytes()
+
+    def export_weights(self, entry: CompiledModel) -> bytes:
+        """The model's weights as a neutral .npz."""
+        return to_npz(entry.model.get_weights())
 
     def lookup(self, model_id: str) -> CompiledModel | None:
         return self.cache.get(model_id)

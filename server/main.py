@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         max_sequence_length=args.max_sequence_length,
         max_message_bytes=args.max_message_bytes,
         auth_token=args.token or None,
+        weights_dir=args.weights_dir,
     )
     server, port = create_server(host=args.host, port=args.port, config=config)
     server.start()

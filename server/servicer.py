@@ -9,9 +9,10 @@ import grpc
 
 from neural_attn import wire
 from neural_attn.analysis import summarize_layers
+from neural_attn.backends.weight_files import guess_format
 from neural_attn.errors import InvalidInputError, ModelNotFoundError, ResourceLimitError
 from neural_attn.server import convert
-from neural_attn.server.engine import CompiledModel, Engine, ExtractPlan
+from neural_attn.server.engine import CompiledModel, Engine, ExtractPlan, WeightsInput
 from neural_attn.v1 import attention_pb2 as pb
 from neural_attn.v1 import attention_pb2_grpc as pb_grpc
 
@@ -28,7 +29,22 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
             backend=convert.backend_name(request.backend, self.config.default_backend),
             seed=request.seed,
             network=request.network or None,
+            weights=self._weights(request),
         )
+
+    def _weights(self, request: pb.CompileRequest) -> WeightsInput | None:
+        if not request.HasField("weights"):
+            return None
+        weights = request.weights
+        which = weights.WhichOneof("source")
+        if which == "content":
+            content, name = weights.content, weights.filename
+        elif which == "path":
+            content, name = self.engine.weights_file(weights.path), weights.path
+        else:
+            raise InvalidInputError("weights need either content or a path")
+        fmt = convert.weights_format(weights.format) or guess_format(name, content)
+        return WeightsInput(content, fmt)
 
     def _resolve(self, request: pb.ExtractRequest) -> CompiledModel:
         which = request.WhichOneof("model")
@@ -115,3 +131,14 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
             attention = self.engine.run(entry, self._plan(request.extract, entry))
             return convert.analyze_response(summarize_layers(attention), model_id=entry.model_id)
         raise InvalidInputError("an analyze request needs attention tensors or an extract request")
+
+    def ExportWeights(
+        self, request: pb.CompileRequest, context: grpc.ServicerContext
+    ) -> pb.WeightsFile:
+        entry, _ = self._compile(request)
+        return pb.WeightsFile(model_id=entry.model_id, content=self.engine.export_weights(entry))
+
+    def GetServerInfo(
+        self, request: pb.ServerInfoRequest, context: grpc.ServicerContext
+    ) -> pb.ServerInfo:
+        return convert.server_info(self.config)

@@ -37,7 +37,13 @@ def test_wire_contract_names():
     service = pb.DESCRIPTOR.services_by_name["AttentionService"]
     assert pb.DESCRIPTOR.package == "neural_attn.v1"
     methods = {m.name: m for m in service.methods}
-    assert set(methods) == {"Compile", "ExtractAttention", "Analyze"}
+    assert set(methods) == {
+        "Compile",
+        "ExtractAttention",
+        "Analyze",
+        "ExportWeights",
+        "GetServerInfo",
+    }
     assert methods["ExtractAttention"].server_streaming
     assert not methods["Compile"].server_streaming
     tensor = pb.Tensor.DESCRIPTOR.fields_by_name

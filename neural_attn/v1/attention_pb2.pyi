@@ -21,6 +21,14 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FLOAT64: _ClassVar[DType]
     INT32: _ClassVar[DType]
     INT64: _ClassVar[DType]
+
+class WeightsFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WEIGHTS_FORMAT_UNSPECIFIED: _ClassVar[WeightsFormat]
+    NEUTRAL_NPZ: _ClassVar[WeightsFormat]
+    KERAS_WEIGHTS_H5: _ClassVar[WeightsFormat]
+    KERAS_ARCHIVE: _ClassVar[WeightsFormat]
+    TORCH_STATE_DICT: _ClassVar[WeightsFormat]
 BACKEND_UNSPECIFIED: Backend
 TENSORFLOW: Backend
 PYTORCH: Backend
@@ -30,6 +38,11 @@ FLOAT16: DType
 FLOAT64: DType
 INT32: DType
 INT64: DType
+WEIGHTS_FORMAT_UNSPECIFIED: WeightsFormat
+NEUTRAL_NPZ: WeightsFormat
+KERAS_WEIGHTS_H5: WeightsFormat
+KERAS_ARCHIVE: WeightsFormat
+TORCH_STATE_DICT: WeightsFormat
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "content")
@@ -41,19 +54,75 @@ class Tensor(_message.Message):
     content: bytes
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., content: _Optional[bytes] = ...) -> None: ...
 
+class Weights(_message.Message):
+    __slots__ = ("content", "path", "format", "filename")
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    content: bytes
+    path: str
+    format: WeightsFormat
+    filename: str
+    def __init__(self, content: _Optional[bytes] = ..., path: _Optional[str] = ..., format: _Optional[_Union[WeightsFormat, str]] = ..., filename: _Optional[str] = ...) -> None: ...
+
 class CompileRequest(_message.Message):
-    __slots__ = ("source", "filename", "backend", "seed", "network")
+    __slots__ = ("source", "filename", "backend", "seed", "network", "weights")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     source: str
     filename: str
     backend: Backend
     seed: int
     network: str
-    def __init__(self, source: _Optional[str] = ..., filename: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., seed: _Optional[int] = ..., network: _Optional[str] = ...) -> None: ...
+    weights: Weights
+    def __init__(self, source: _Optional[str] = ..., filename: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., seed: _Optional[int] = ..., network: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ...) -> None: ...
+
+class WeightsFile(_message.Message):
+    __slots__ = ("model_id", "content")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    content: bytes
+    def __init__(self, model_id: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class ServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BackendInfo(_message.Message):
+    __slots__ = ("name", "available", "version", "device", "detail")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    available: bool
+    version: str
+    device: str
+    detail: str
+    def __init__(self, name: _Optional[str] = ..., available: _Optional[bool] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ServerInfo(_message.Message):
+    __slots__ = ("version", "backends", "default_backend", "max_message_bytes", "max_sequence_length", "weights_directory")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    backends: _containers.RepeatedCompositeFieldContainer[BackendInfo]
+    default_backend: str
+    max_message_bytes: int
+    max_sequence_length: int
+    weights_directory: bool
+    def __init__(self, version: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., default_backend: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_sequence_length: _Optional[int] = ..., weights_directory: _Optional[bool] = ...) -> None: ...
 
 class LayerInfo(_message.Message):
     __slots__ = ("name", "type", "input_shape", "output_shape", "is_attention", "num_heads", "line")
@@ -84,7 +153,7 @@ class InputSpec(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., description: _Optional[str] = ...) -> None: ...
 
 class CompileResponse(_message.Message):
-    __slots__ = ("model_id", "backend", "network_name", "generated_code", "layers", "attention_layers", "inputs", "warnings", "device", "parameter_count", "attention_path", "cached")
+    __slots__ = ("model_id", "backend", "network_name", "generated_code", "layers", "attention_layers", "inputs", "warnings", "device", "parameter_count", "attention_path", "cached", "weights_sha256")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     NETWORK_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +166,7 @@ class CompileResponse(_message.Message):
     PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_PATH_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     backend: Backend
     network_name: str
@@ -109,7 +179,8 @@ class CompileResponse(_message.Message):
     parameter_count: int
     attention_path: str
     cached: bool
-    def __init__(self, model_id: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., network_name: _Optional[str] = ..., generated_code: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., attention_layers: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[InputSpec, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., parameter_count: _Optional[int] = ..., attention_path: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
+    weights_sha256: str
+    def __init__(self, model_id: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., network_name: _Optional[str] = ..., generated_code: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., attention_layers: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[InputSpec, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., parameter_count: _Optional[int] = ..., attention_path: _Optional[str] = ..., cached: _Optional[bool] = ..., weights_sha256: _Optional[str] = ...) -> None: ...
 
 class ExtractRequest(_message.Message):
     __slots__ = ("model_id", "compile", "input", "layer_names", "head", "output_dtype", "max_chunk_bytes", "sequence_length")

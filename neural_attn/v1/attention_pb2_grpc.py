@@ -51,6 +51,16 @@ class AttentionServiceStub:
                 request_serializer=neural__attn_dot_v1_dot_attention__pb2.AnalyzeRequest.SerializeToString,
                 response_deserializer=neural__attn_dot_v1_dot_attention__pb2.AnalyzeResponse.FromString,
                 _registered_method=True)
+        self.ExportWeights = channel.unary_unary(
+                '/neural_attn.v1.AttentionService/ExportWeights',
+                request_serializer=neural__attn_dot_v1_dot_attention__pb2.CompileRequest.SerializeToString,
+                response_deserializer=neural__attn_dot_v1_dot_attention__pb2.WeightsFile.FromString,
+                _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/neural_attn.v1.AttentionService/GetServerInfo',
+                request_serializer=neural__attn_dot_v1_dot_attention__pb2.ServerInfoRequest.SerializeToString,
+                response_deserializer=neural__attn_dot_v1_dot_attention__pb2.ServerInfo.FromString,
+                _registered_method=True)
 
 
 class AttentionServiceServicer:
@@ -79,6 +89,20 @@ class AttentionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportWeights(self, request, context):
+        """The compiled model's weights in the framework-neutral .npz format (any backend loads it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServerInfo(self, request, context):
+        """What this server runs: version, backends installed, the device each uses, limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AttentionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +120,16 @@ def add_AttentionServiceServicer_to_server(servicer, server):
                     servicer.Analyze,
                     request_deserializer=neural__attn_dot_v1_dot_attention__pb2.AnalyzeRequest.FromString,
                     response_serializer=neural__attn_dot_v1_dot_attention__pb2.AnalyzeResponse.SerializeToString,
+            ),
+            'ExportWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportWeights,
+                    request_deserializer=neural__attn_dot_v1_dot_attention__pb2.CompileRequest.FromString,
+                    response_serializer=neural__attn_dot_v1_dot_attention__pb2.WeightsFile.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=neural__attn_dot_v1_dot_attention__pb2.ServerInfoRequest.FromString,
+                    response_serializer=neural__attn_dot_v1_dot_attention__pb2.ServerInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +215,60 @@ class AttentionService:
             '/neural_attn.v1.AttentionService/Analyze',
             neural__attn_dot_v1_dot_attention__pb2.AnalyzeRequest.SerializeToString,
             neural__attn_dot_v1_dot_attention__pb2.AnalyzeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neural_attn.v1.AttentionService/ExportWeights',
+            neural__attn_dot_v1_dot_attention__pb2.CompileRequest.SerializeToString,
+            neural__attn_dot_v1_dot_attention__pb2.WeightsFile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neural_attn.v1.AttentionService/GetServerInfo',
+            neural__attn_dot_v1_dot_attention__pb2.ServerInfoRequest.SerializeToString,
+            neural__attn_dot_v1_dot_attention__pb2.ServerInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -231,23 +231,28 @@ def test_html_has_a_trace_per_layer_and_head_and_a_dropdown(
 ) -> None:
     path, layers = page
     traces, layout = _plot_json(path.read_text(encoding="utf-8"))
+    # A small batch puts every item on the page; the chosen one (item 1) shows first.
     expected = [
-        f"{name} — {view}"
+        f"item {b} — {name} — {view}"
         for name in layers
+        for b in (0, 1)
         for view in ["mean of 3 heads", "head 0", "head 1", "head 2"]
     ]
     assert [t["name"] for t in traces] == expected
     assert all(t["type"] == "heatmap" for t in traces)
-    assert [t["visible"] for t in traces] == [True] + [False] * (len(expected) - 1)
-    buttons = layout["updatemenus"][0]["buttons"]
+    assert [t["visible"] for t in traces] == [i == 4 for i in range(len(expected))]
+    menu = layout["updatemenus"][0]
+    assert menu["active"] == 4
+    buttons = menu["buttons"]
     assert [b["label"] for b in buttons] == expected
     for index, button in enumerate(buttons):
         visible = button["args"][0]["visible"]
         assert visible == [i == index for i in range(len(expected))]
-    # The plotted values are the input (batch item 1) to 4 decimals; rows are queries.
-    item = layers["transformer_encoder_1"][1].astype(np.float64)
-    np.testing.assert_allclose(_z(traces[4]), item.mean(axis=0), atol=6e-5)
-    np.testing.assert_allclose(_z(traces[6]), item[1], atol=6e-5)
+    # The plotted values are the input to 4 decimals; rows are queries.
+    for b, start in ((0, 8), (1, 12)):
+        item = layers["transformer_encoder_1"][b].astype(np.float64)
+        np.testing.assert_allclose(_z(traces[start]), item.mean(axis=0), atol=6e-5)
+        np.testing.assert_allclose(_z(traces[start + 2]), item[1], atol=6e-5)
     # Repeated tokens stay separate cells; hover names query, key and value.
     assert len(set(traces[0]["x"])) == 12 and traces[0]["x"][0] == "The"
     assert "query" in traces[0]["hovertemplate"] and "%{z" in traces[0]["hovertemplate"]

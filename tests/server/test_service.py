@@ -277,3 +277,9 @@ def test_unknown_backend_is_refused_and_missing_one_is_unimplemented(client, mon
     monkeypatch.setitem(base._MODULES, "pytorch", "neural_attn.backends.not_installed")
     with pytest.raises(BackendUnavailableError, match="pip install torch==2.13.0"):
         client.compile(SMALL, backend="pytorch", seed=999)
+
+
+def test_models_over_the_size_limits_are_refused_before_building(client):
+    big = "network Big {\n  input: (100000,)\n  layers:\n    Dense(100000)\n}\n"
+    with pytest.raises(ResourceLimitError, match="10,000,100,000 parameters"):
+        client.compile(big, backend="pytorch")

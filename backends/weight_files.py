@@ -1,0 +1,227 @@
+"""Trained weights files: read any supported format into the framework-neutral layout.
+
+Formats: our neutral `.npz` ("layer/param" -> array, see `backends.weights`), Keras
+`.weights.h5` and `.keras` archives of the generated TensorFlow model, and PyTorch `state_dict`
+files of the generated PyTorch model. Every format loads into either backend: a file is read
+by the backend that wrote it (into a scratch model), turned into the neutral layout, then
+loaded into the model being served.
+
+Nothing user-supplied is ever executed: `torch.load(..., weights_only=True)`; only the weights
+file inside a `.keras` archive is read (its config, which could name code, never is); `.npz`
+with `allow_pickle=False`. A file that does not fit is refused naming the first layer that
+does not fit and both shapes.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neural_attn.backends.weights import weight_shapes
+from neural_attn.dsl.ir import Network
+from neural_attn.errors import InvalidInputError
+
+NPZ, KERAS_H5, KERAS_ARCHIVE, TORCH = "npz", "keras_h5", "keras_archive", "torch"
+FORMATS = (NPZ, KERAS_H5, KERAS_ARCHIVE, TORCH)
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def guess_format(filename: str, content: bytes) -> str:
+    """The format of a weights file, from its name, else from its first bytes."""
+    name = filename.lower()
+    for suffix, fmt in (
+        (".npz", NPZ),
+        (".h5", KERAS_H5),
+        (".keras", KERAS_ARCHIVE),
+        (".pt", TORCH),
+        (".pth", TORCH),
+        (".bin", TORCH),
+    ):
+        if name.endswith(suffix):
+            return fmt
+    if content.startswith(_HDF5_MAGIC):
+        return KERAS_H5
+    if content.startswith(b"PK"):
+        try:
+            names = zipfile.ZipFile(io.BytesIO(content)).namelist()
+        except zipfile.BadZipFile:
+            names = []
+        if "model.weights.h5" in names:
+            return KERAS_ARCHIVE
+        if any(n.endswith("data.pkl") for n in names):
+            return TORCH
+        if names and all(n.endswith(".npy") for n in names):
+            return NPZ
+    raise InvalidInputError(
+        "cannot tell the format of the weights file; name it *.npz, *.weights.h5, *.keras or "
+        "*.pt, or give the format explicitly"
+    )
+
+
+def check_neutral(network: Network, weights: dict[str, np.ndarray]) -> None:
+    """Refuse weights that do not fit, naming the first layer that does not and both shapes."""
+    expected = weight_shapes(network)
+    for key, shape in expected.items():
+        layer = key.split("/", 1)[0]
+        if key not in weights:
+            raise InvalidInputError(
+                f"the weights do not fit layer `{layer}`: `{key}` of shape {shape} is missing"
+            )
+        got = tuple(np.shape(weights[key]))
+        if got != shape:
+            raise InvalidInputError(
+                f"the weights do not fit layer `{layer}`: `{key}` is {got} in the file but the "
+                f"model needs {shape}"
+            )
+    extra = [key for key in weights if key not in expected]
+    if extra:
+        raise InvalidInputError(
+            f"the weights file has `{extra[0]}`, which is no parameter of this model "
+            f"({len(extra)} unknown in all)"
+        )
+
+
+def read_npz(content: bytes) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(content), allow_pickle=False) as npz:
+            return {key: np.asarray(npz[key], dtype=np.float32) for key in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise InvalidInputError(f"not a readable .npz weights file: {exc}") from None
+
+
+def to_npz(weights: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **weights)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def to_neutral(network: Network, content: bytes, fmt: str) -> dict[str, np.ndarray]:
+    """Read a weights file of any format into the checked, neutral layout."""
+    if fmt == NPZ:
+        weights = read_npz(content)
+    elif fmt == TORCH:
+        weights = _from_torch(network, content)
+    elif fmt in (KERAS_H5, KERAS_ARCHIVE):
+        weights = _from_keras(network, content, archive=fmt == KERAS_ARCHIVE)
+    else:
+        raise InvalidInputError(f"unknown weights format {fmt!r}; use one of {', '.join(FORMATS)}")
+    check_neutral(network, weights)
+    return weights
+
+
+def _scratch(network: Network, backend: str) -> Any:
+    from neural_attn.backends.base import get_backend
+
+    return get_backend(backend).build(network, seed=0, device="cpu")
+
+
+def _from_torch(network: Network, content: bytes) -> dict[str, np.ndarray]:
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise InvalidInputError(
+            f"not a PyTorch state_dict that loads with weights_only=True: {exc}"
+        ) from None
+    if not isinstance(state, dict):
+        raise InvalidInputError("the PyTorch file holds no state_dict (a dict of tensors)")
+    scratch = _scratch(network, "pytorch")
+    expected = scratch.model.state_dict()
+    for key, tensor in expected.items():
+        layer = key.split(".")[1] if key.startswith("blocks.") else key
+        if key not in state:
+            raise InvalidInputError(
+                f"the weights do not fit layer `{layer}`: `{key}` of shape "
+                f"{tuple(tensor.shape)} is missing from the state_dict"
+            )
+        got = tuple(getattr(state[key], "shape", ()))
+        if got != tuple(tensor.shape):
+            raise InvalidInputError(
+                f"the weights do not fit layer `{layer}`: `{key}` is {got} in the file but the "
+                f"model needs {tuple(tensor.shape)}"
+            )
+    extra = [key for key in state if key not in expected]
+    if extra:
+        raise InvalidInputError(f"the state_dict has `{extra[0]}`, which this model does not")
+    scratch.model.load_state_dict(state)
+    weights: dict[str, np.ndarray] = scratch.get_weights()
+    return weights
+
+
+def _snake(name: str) -> str:
+    # Keras's own rule for the names under which a list of layers is saved.
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _h5_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    import h5py
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda n, o: (
+                shapes.__setitem__(n, tuple(o.shape)) if isinstance(o, h5py.Dataset) else None
+            )
+        )
+    return shapes
+
+
+def _from_keras(network: Network, content: bytes, *, archive: bool) -> dict[str, np.ndarray]:
+    scratch = _scratch(network, "tensorflow")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.weights.h5"
+        if archive:
+            try:
+                with zipfile.ZipFile(io.BytesIO(content)) as z:
+                    path.write_bytes(z.read("model.weights.h5"))
+            except (zipfile.BadZipFile, KeyError):
+                raise InvalidInputError(
+                    "not a .keras archive with model.weights.h5 inside"
+                ) from None
+        else:
+            path.write_bytes(content)
+        if not path.read_bytes()[:8] == _HDF5_MAGIC:
+            raise InvalidInputError("not an HDF5 (.weights.h5) file")
+        fresh = Path(tmp) / "fresh.weights.h5"
+        scratch.model.save_weights(fresh)
+        _check_keras(network, scratch.model, _h5_shapes(fresh), _h5_shapes(path))
+        scratch.model.load_weights(path)
+    weights: dict[str, np.ndarray] = scratch.get_weights()
+    return weights
+
+
+def _check_keras(
+    network: Network, model: Any, want: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]]
+) -> None:
+    counts: dict[str, int] = {}
+    for layer, block in zip(network.layers, model.blocks, strict=True):
+        cls = _snake(type(block).__name__)
+        n = counts.get(cls, 0)
+        counts[cls] = n + 1
+        prefix = f"blocks/{cls}" + (f"_{n}" if n else "") + "/"
+        for path, shape in want.items():
+            if not path.startswith(prefix):
+                continue
+            if path not in got:
+                raise InvalidInputError(
+                    f"the weights do not fit layer `{layer.name}`: `{path}` of shape {shape} "
+                    "is missing from the file"
+                )
+            if got[path] != shape:
+                raise InvalidInputError(
+                    f"the weights do not fit layer `{layer.name}`: `{path}` is {got[path]} in the "
+                    f"file but the model needs {shape}"
+                )
+    extra = [path for path in got if path not in want]
+    if extra:
+        raise InvalidInputError(f"the weights file has `{extra[0]}`, which this model does not")

@@ -1,0 +1,213 @@
+"""Trained weights: every format loads into either backend through the real server, a file
+that does not fit is refused precisely, and attention follows the weights."""
+
+from __future__ import annotations
+
+import io
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
+
+from reference import encoder  # noqa: E402
+
+from neural_attn.backends.base import get_backend  # noqa: E402
+from neural_attn.backends.weights import initial_weights  # noqa: E402
+from neural_attn.dsl import compile_source  # noqa: E402
+from neural_attn.errors import InvalidInputError  # noqa: E402
+
+BACKENDS = ("tensorflow", "pytorch")
+SOURCE = """
+network Trained {
+  input: (9,)
+  layers:
+    Embedding(input_dim=30, output_dim=16)
+    TransformerEncoder(num_heads=4, ff_dim=24)
+    GlobalAveragePooling1D()
+    Output(units=3, activation="softmax")
+}
+"""
+IDS = np.array([[3, 1, 4, 1, 5, 9, 2, 6, 5], [2, 7, 1, 8, 2, 8, 1, 8, 2]], dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def network():
+    return compile_source(SOURCE)
+
+
+@pytest.fixture(scope="module")
+def trained(network):
+    """'Trained' weights: not what any seed gives, with sharp attention."""
+    rng = np.random.default_rng(42)
+    weights = initial_weights(network, seed=123)
+    for key in weights:
+        weights[key] = weights[key] + 0.1 * rng.standard_normal(weights[key].shape).astype(
+            np.float32
+        )
+        if key.endswith(("query_kernel", "key_kernel")):
+            weights[key] *= 3.0
+    return weights
+
+
+def _reference(weights):
+    w = {k: v.astype(np.float64) for k, v in weights.items()}
+    _, probs = encoder(w["embedding_0/embeddings"][IDS], w, "transformer_encoder_0/")
+    return probs
+
+
+def _native_files(network, trained, tmp_path):
+    """The same trained weights in each framework's own format."""
+    torch_model = get_backend("pytorch").build(network, seed=0)
+    torch_model.set_weights(trained)
+    import torch
+
+    pt = tmp_path / "trained.pt"
+    torch.save(torch_model.model.state_dict(), pt)
+    tf_model = get_backend("tensorflow").build(network, seed=0)
+    tf_model.set_weights(trained)
+    h5 = tmp_path / "trained.weights.h5"
+    tf_model.model.save_weights(h5)
+    archive = tmp_path / "trained.keras"
+    with zipfile.ZipFile(archive, "w") as z:  # the layout of a Keras v3 archive
+        z.writestr("metadata.json", '{"keras_version": "3"}')
+        z.writestr("config.json", '{"class_name": "Evil", "module": "os"}')  # never read
+        z.write(h5, "model.weights.h5")
+    npz = tmp_path / "trained.npz"
+    np.savez(npz, **trained)
+    return {"torch": pt, "keras_h5": h5, "keras_archive": archive, "npz": npz}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_format_loads_into_either_backend(client, network, trained, tmp_path, backend):
+    expected = _reference(trained)
+    ids = set()
+    for fmt, path in _native_files(network, trained, tmp_path).items():
+        model = client.compile(SOURCE, backend=backend, weights=path)
+        assert model.weights_sha256, fmt
+        ids.add(model.model_id)
+        attention = dict(client.extract_attention(model, IDS))["transformer_encoder_0"]
+        np.testing.assert_allclose(attention, expected, atol=1e-5, err_msg=fmt)
+    assert len(ids) == 4  # the file's bytes are part of the model id
+    random_init = client.compile(SOURCE, backend=backend)
+    assert random_init.weights_sha256 == "" and random_init.model_id not in ids
+
+
+def test_export_weights_converts_between_frameworks(client, network, trained, tmp_path):
+    files = _native_files(network, trained, tmp_path)
+    npz = client.export_weights(SOURCE, backend="tensorflow", weights=files["torch"])
+    with np.load(io.BytesIO(npz)) as exported:
+        assert sorted(exported.files) == sorted(trained)
+        for key in trained:
+            np.testing.assert_allclose(exported[key], trained[key], atol=1e-7, err_msg=key)
+    a = client.compile(SOURCE, backend="pytorch", weights=npz, weights_format="npz")
+    b = client.compile(SOURCE, backend="tensorflow", weights=files["keras_h5"])
+    got_a = dict(client.extract_attention(a, IDS))["transformer_encoder_0"]
+    got_b = dict(client.extract_attention(b, IDS))["transformer_encoder_0"]
+    np.testing.assert_allclose(got_a, got_b, atol=1e-5)
+
+
+def test_planted_zero_query_gives_exactly_uniform_attention(client, network, trained):
+    planted = dict(trained)
+    for key in ("query_kernel", "query_bias"):
+        full = f"transformer_encoder_0/attention/{key}"
+        planted[full] = np.zeros_like(planted[full])
+    buffer = io.BytesIO()
+    np.savez(buffer, **planted)
+    for backend in BACKENDS:
+        model = client.compile(SOURCE, backend=backend, weights=buffer.getvalue())
+        attention = dict(client.extract_attention(model, IDS))["transformer_encoder_0"]
+        np.testing.assert_allclose(attention, 1.0 / 9, rtol=1e-6, atol=0)
+
+
+def test_weights_that_do_not_fit_name_the_layer_and_both_shapes(client, network, trained, tmp_path):
+    wrong = dict(trained)
+    wrong["output_0/kernel"] = np.zeros((16, 4), np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, **wrong)
+    with pytest.raises(InvalidInputError, match=r"`output_0`.*\(16, 4\).*\(16, 3\)"):
+        client.compile(SOURCE, backend="pytorch", weights=buffer.getvalue())
+
+    other = SOURCE.replace("units=3", "units=5")
+    files = _native_files(
+        compile_source(other), initial_weights(compile_source(other), 1), tmp_path
+    )
+    for fmt in ("torch", "keras_h5"):
+        # each framework names the kernel in its own layout: (in, out) or torch's (out, in)
+        pattern = r"fit layer `output_0`.*\((16, 5|5, 16)\).*\((16, 3|3, 16)\)"
+        with pytest.raises(InvalidInputError, match=pattern):
+            client.compile(SOURCE, backend="tensorflow", weights=files[fmt])
+    with pytest.raises(InvalidInputError, match="cannot tell the format"):
+        client.compile(SOURCE, backend="pytorch", weights=b"garbage")
+    with pytest.raises(InvalidInputError, match="weights_only=True"):
+        client.compile(SOURCE, backend="pytorch", weights=b"garbage", weights_format="torch")
+
+
+def test_weights_directory_paths_stay_inside(network, trained, tmp_path):
+    from neural_attn.client import AttentionClient
+    from neural_attn.server.app import create_server
+    from neural_attn.server.config import ServerConfig
+
+    root = tmp_path / "weights"
+    (root / "team").mkdir(parents=True)
+    np.savez(root / "team" / "trained.npz", **trained)
+    np.savez(tmp_path / "secret.npz", **trained)
+    server, port = create_server(port=0, config=ServerConfig(weights_dir=str(root)))
+    server.start()
+    try:
+        with AttentionClient(f"127.0.0.1:{port}") as c:
+            assert c.server_info()["weights_directory"] is True
+            model = c.compile(SOURCE, backend="pytorch", server_weights="team/trained.npz")
+            got = dict(c.extract_attention(model, IDS))["transformer_encoder_0"]
+            np.testing.assert_allclose(got, _reference(trained), atol=1e-5)
+            for escape in ("../secret.npz", str(tmp_path / "secret.npz"), "team/../../secret.npz"):
+                with pytest.raises(InvalidInputError, match="outside the server's weights"):
+                    c.compile(SOURCE, backend="pytorch", server_weights=escape)
+            with pytest.raises(InvalidInputError, match="no weights file"):
+                c.compile(SOURCE, backend="pytorch", server_weights="team/missing.npz")
+    finally:
+        server.stop(None)
+
+
+def test_without_a_weights_directory_paths_are_refused(client):
+    with pytest.raises(InvalidInputError, match="no weights directory"):
+        client.compile(SOURCE, backend="pytorch", server_weights="x.npz")
+
+
+def test_attention_is_bit_identical_across_server_restarts(trained):
+    from neural_attn.client import AttentionClient
+    from neural_attn.server.app import create_server
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **trained)
+    runs = []
+    for _ in range(2):
+        server, port = create_server(port=0)
+        server.start()
+        try:
+            with AttentionClient(f"127.0.0.1:{port}") as c:
+                run = {}
+                for backend in BACKENDS:
+                    for weights in (None, buffer.getvalue()):
+                        model = c.compile(SOURCE, backend=backend, seed=9, weights=weights)
+                        run[(backend, weights is None, model.model_id)] = dict(
+                            c.extract_attention(model, IDS)
+                        )["transformer_encoder_0"]
+                runs.append(run)
+        finally:
+            server.stop(None)
+    assert runs[0].keys() == runs[1].keys()
+    for key in runs[0]:
+        assert runs[0][key].tobytes() == runs[1][key].tobytes(), key
+
+
+def test_server_info_reports_backends_and_devices(client):
+    info = client.server_info()
+    assert info["default_backend"] == "tensorflow"
+    for name in BACKENDS:
+        backend = info["backends"][name]
+        assert backend["available"] and backend["version"]
+        assert backend["device"] in ("cpu", "cuda:0")
