@@ -182,8 +182,11 @@ class BuiltModel(ABC):
         """Load parameters in the framework-neutral layout of `backends.weights`."""
 
     @abstractmethod
-    def generated_code(self) -> str:
-        """The readable `compiled_model_{backend}.py` with `create_model()`."""
+    def generated_code(self, network: Network | None = None) -> str:
+        """The readable `compiled_model_{backend}.py` with `create_model()`.
+
+        `network` may differ from the built one only in its file name (the header names it).
+        """
 
 
 class Backend(ABC):

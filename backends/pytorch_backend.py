@@ -17,10 +17,15 @@ import torch
 from neural_attn.backends import torch_layers, torch_recurrent, torch_spatial
 from neural_attn.backends.base import Backend, BuiltModel, prepare_input
 from neural_attn.backends.codegen import Call, instantiate, render_call, render_module
+from neural_attn.backends.info import resolve_device
 from neural_attn.backends.torch_weights import Tensors, from_torch, to_torch, walk
 from neural_attn.backends.weights import initial_weights, weight_shapes
 from neural_attn.dsl.ir import Layer, Network
 from neural_attn.errors import InvalidInputError
+
+# Keep GPU attention float32-exact: no TF32 in matmuls or convolutions.
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
 
 _SIMPLE = {
     "GlobalAveragePooling1D": "GlobalAveragePooling1D",
@@ -244,8 +249,8 @@ class PyTorchModel(BuiltModel):
                         torch.from_numpy(np.ascontiguousarray(value)).reshape(tensor.shape)
                     )
 
-    def generated_code(self) -> str:
-        return generate_code(self.network)
+    def generated_code(self, network: Network | None = None) -> str:
+        return generate_code(network or self.network)
 
 
 def generate_code(network: Network) -> str:
@@ -278,8 +283,7 @@ class PyTorchBackend(Backend):
     name = "pytorch"
 
     def build(self, network: Network, *, seed: int, device: str = "auto") -> BuiltModel:
-        resolved = "cuda" if torch.cuda.is_available() and device in ("auto", "cuda") else "cpu"
-        return PyTorchModel(network, seed=seed, device=resolved)
+        return PyTorchModel(network, seed=seed, device=resolve_device(self.name, device))
 
 
 BACKEND = PyTorchBackend()

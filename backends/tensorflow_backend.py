@@ -24,9 +24,13 @@ import tensorflow as tf  # noqa: E402
 from neural_attn.backends import tf_layers  # noqa: E402
 from neural_attn.backends.base import Backend, BuiltModel, prepare_input, sample_input  # noqa: E402
 from neural_attn.backends.codegen import Call, instantiate, render_call, render_module  # noqa: E402
+from neural_attn.backends.info import resolve_device  # noqa: E402
 from neural_attn.backends.weights import initial_weights  # noqa: E402
 from neural_attn.dsl.ir import Layer, Network  # noqa: E402
 from neural_attn.errors import InvalidInputError  # noqa: E402
+
+# TF32 matmuls on Ampere+ GPUs round to 10 mantissa bits: attention must be float32-exact.
+tf.config.experimental.enable_tensor_float_32_execution(False)
 
 _SIMPLE = {
     "Dropout": "keras.layers.Dropout",
@@ -269,8 +273,8 @@ class TensorFlowModel(BuiltModel):
                 )
             var.assign(value.astype(np.float32))
 
-    def generated_code(self) -> str:
-        return generate_code(self.network)
+    def generated_code(self, network: Network | None = None) -> str:
+        return generate_code(network or self.network)
 
 
 def generate_code(network: Network) -> str:
@@ -304,9 +308,7 @@ class TensorFlowBackend(Backend):
     name = "tensorflow"
 
     def build(self, network: Network, *, seed: int, device: str = "auto") -> BuiltModel:
-        has_gpu = bool(tf.config.list_physical_devices("GPU"))
-        resolved = "cuda:0" if has_gpu and device in ("auto", "cuda") else "cpu"
-        return TensorFlowModel(network, seed=seed, device=resolved)
+        return TensorFlowModel(network, seed=seed, device=resolve_device(self.name, device))
 
 
 BACKEND = TensorFlowBackend()

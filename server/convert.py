@@ -32,13 +32,15 @@ def _dims(shape: tuple[int | None, ...]) -> list[int]:
     return [-1 if d is None else int(d) for d in shape]
 
 
-def compile_response(entry: CompiledModel, *, cached: bool) -> pb.CompileResponse:
+def compile_response(
+    entry: CompiledModel, *, cached: bool, filename: str = ""
+) -> pb.CompileResponse:
     net, model = entry.network, entry.model
     return pb.CompileResponse(
         model_id=entry.model_id,
         backend=wire.BACKEND_CODES[model.backend],
         network_name=net.name,
-        generated_code=entry.code,
+        generated_code=entry.code(filename),
         layers=[
             pb.LayerInfo(
                 name=layer.name,

@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +49,13 @@ class CompiledModel:
     model: BuiltModel
     seed: int
     weights_sha256: str = ""
-    _code: str | None = field(default=None, repr=False)
 
-    @property
-    def code(self) -> str:
-        if self._code is None:
-            self._code = self.model.generated_code()
-        return self._code
+    def code(self, filename: str | None = None) -> str:
+        """The generated code, its header naming `filename` (the model id ignores file names)."""
+        network = self.network
+        if filename and filename != network.filename:
+            network = replace(network, filename=filename)
+        return self.model.generated_code(network)
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ class Engine:
         if not attention:
             raise NoAttentionLayersError(
                 f"network `{net.name}` has no attention layers (TransformerEncoder, "
-                "MultiHeadAttention); add one to visualize attention"
+                "TransformerDecoder, MultiHeadAttention); add one to visualize attention"
             )
         available = [layer.name for _, layer in attention]
         for name in layer_names:

@@ -85,7 +85,7 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
         self, request: pb.CompileRequest, context: grpc.ServicerContext
     ) -> pb.CompileResponse:
         entry, cached = self._compile(request)
-        return convert.compile_response(entry, cached=cached)
+        return convert.compile_response(entry, cached=cached, filename=request.filename)
 
     def ExtractAttention(
         self, request: pb.ExtractRequest, context: grpc.ServicerContext
