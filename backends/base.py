@@ -43,6 +43,23 @@ class PreparedInput:
     token_ids: np.ndarray | None  # (batch, seq) ids when they went through an Embedding
 
 
+def padding_masked_layers(network: Network) -> frozenset[str]:
+    """Attention layers whose padding keys (token id 0) are masked.
+
+    All of them when the first layer is `Embedding(mask_zero=true)`; else the
+    `TransformerEncoder(use_attention_mask=true)` ones. Masking needs token ids: input that is
+    already embedded has no ids, so nothing is masked then.
+    """
+    if not _embedding_first(network):
+        return frozenset()
+    everywhere = bool(network.layers[0].get("mask_zero", False))
+    return frozenset(
+        layer.name
+        for layer in network.attention_layers
+        if everywhere or layer.get("use_attention_mask", False)
+    )
+
+
 def _embedding_first(network: Network) -> bool:
     return bool(network.layers) and network.layers[0].type == "Embedding"
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from neural_attn.backends import torch_layers, torch_recurrent, torch_spatial
-from neural_attn.backends.base import Backend, BuiltModel, prepare_input
+from neural_attn.backends.base import Backend, BuiltModel, padding_masked_layers, prepare_input
 from neural_attn.backends.codegen import Call, instantiate, render_call, render_module
 from neural_attn.backends.info import resolve_device
 from neural_attn.backends.torch_weights import Tensors, from_torch, to_torch, walk
@@ -49,7 +49,19 @@ def _width(layer: Layer) -> int:
     return int(width)
 
 
-def constructor(layer: Layer) -> Call:
+def constructor(layer: Layer, padding: Collection[str] = ()) -> Call:
+    """The constructor call for one IR layer, `mask_padding` on the attention layers named in
+    `padding` (see base.padding_masked_layers).
+
+    Used by the builder and the code writer alike.
+    """
+    call = _constructor(layer)
+    if layer.is_attention:
+        call.kwargs["mask_padding"] = layer.name in padding
+    return call
+
+
+def _constructor(layer: Layer) -> Call:
     """The torch constructor call for one IR layer (used by the builder and the code writer)."""
     kind = layer.type
     if kind in ("Conv1D", "Conv2D"):
@@ -176,13 +188,14 @@ class PyTorchModel(BuiltModel):
     attention_path = "explicit softmax(QK^T/sqrt(d_k)) in torch_layers.SelfAttention (no SDPA)"
 
     def __init__(self, network: Network, *, seed: int, device: str) -> None:
+        padding = padding_masked_layers(network)
         self.network = network
         self.device = device
         self._lock = threading.Lock()
         self.model = (
             torch_layers.NeuralNet(
                 [
-                    (layer.name, instantiate(constructor(layer), _resolve))
+                    (layer.name, instantiate(constructor(layer, padding), _resolve))
                     for layer in network.layers
                 ]
             )
@@ -254,13 +267,14 @@ class PyTorchModel(BuiltModel):
 
 
 def generate_code(network: Network) -> str:
+    padding = padding_masked_layers(network)
     lines = [
         "def create_model():",
         '    """The network as a torch module (random weights), in eval mode."""',
         "    model = NeuralNet(",
         "        [",
         *(
-            f"            ({layer.name!r}, {render_call(constructor(layer), 3)}),"
+            f"            ({layer.name!r}, {render_call(constructor(layer, padding), 3)}),"
             for layer in network.layers
         ),
         "        ]",

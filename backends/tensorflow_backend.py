@@ -22,7 +22,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from neural_attn.backends import tf_layers  # noqa: E402
-from neural_attn.backends.base import Backend, BuiltModel, prepare_input, sample_input  # noqa: E402
+from neural_attn.backends.base import (  # noqa: E402
+    Backend,
+    BuiltModel,
+    padding_masked_layers,
+    prepare_input,
+    sample_input,
+)
 from neural_attn.backends.codegen import Call, instantiate, render_call, render_module  # noqa: E402
 from neural_attn.backends.info import resolve_device  # noqa: E402
 from neural_attn.backends.weights import initial_weights  # noqa: E402
@@ -43,7 +49,19 @@ _SIMPLE = {
 _POOLS = ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D")
 
 
-def constructor(layer: Layer) -> Call:
+def constructor(layer: Layer, padding: Collection[str] = ()) -> Call:
+    """The constructor call for one IR layer, `mask_padding` on the attention layers named in
+    `padding` (see base.padding_masked_layers).
+
+    Used by the builder and the code writer alike.
+    """
+    call = _constructor(layer)
+    if layer.is_attention:
+        call.kwargs["mask_padding"] = layer.name in padding
+    return call
+
+
+def _constructor(layer: Layer) -> Call:
     """The Keras constructor call for one IR layer (used by the builder and the code writer)."""
     name = {"name": layer.name}
     kind = layer.type
@@ -220,12 +238,13 @@ class TensorFlowModel(BuiltModel):
     attention_path = "keras.layers.MultiHeadAttention(return_attention_scores=True)"
 
     def __init__(self, network: Network, *, seed: int, device: str) -> None:
+        padding = padding_masked_layers(network)
         self.network = network
         self.device = device
         self._lock = threading.Lock()
         with tf.device(self._tf_device):
             self.model = tf_layers.NeuralModel(
-                [instantiate(constructor(layer), _resolve) for layer in network.layers],
+                [instantiate(constructor(layer, padding), _resolve) for layer in network.layers],
                 name=network.name,
             )
             self.model(sample_input(network, seed=seed, length=2))  # builds every variable
@@ -278,13 +297,17 @@ class TensorFlowModel(BuiltModel):
 
 
 def generate_code(network: Network) -> str:
+    padding = padding_masked_layers(network)
     sample = sample_input(network, length=2)
     lines = [
         "def create_model():",
         '    """The network as a Keras model (random weights), built for INPUT_SHAPE."""',
         "    model = NeuralModel(",
         "        [",
-        *(f"            {render_call(constructor(layer), 3)}," for layer in network.layers),
+        *(
+            f"            {render_call(constructor(layer, padding), 3)},"
+            for layer in network.layers
+        ),
         "        ],",
         f"        name={network.name!r},",
         "    )",

@@ -27,13 +27,23 @@ ENCODER_NORM_EPSILON = 1e-6
 class SelfAttention(keras.layers.Layer):
     """Multi-head self-attention that can hand back its per-head probabilities."""
 
-    def __init__(self, num_heads, key_dim, dropout=0.0, causal=False, use_bias=True, **kwargs):
+    def __init__(
+        self,
+        num_heads,
+        key_dim,
+        dropout=0.0,
+        causal=False,
+        use_bias=True,
+        mask_padding=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.dropout = dropout
         self.causal = causal
         self.use_bias = use_bias
+        self.mask_padding = mask_padding
         # Keras 3 only materializes the probabilities when asked at call time
         # (return_attention_scores=True); we always ask when capturing.
         self.mha = keras.layers.MultiHeadAttention(
@@ -44,7 +54,15 @@ class SelfAttention(keras.layers.Layer):
         self.mha.build(input_shape, input_shape)
         self.built = True
 
-    def call(self, x, attention_mask=None, training=False, return_attention_scores=False):
+    def call(self, x, key_mask=None, training=False, return_attention_scores=False):
+        """key_mask: bool [batch, key], False at padding (token id 0); used when mask_padding."""
+        attention_mask = None
+        if self.mask_padding and key_mask is not None:
+            # [batch, query, key]: no query attends to a padding key. Keras sets masked scores
+            # to -1e9, so they are exactly 0 after the softmax.
+            attention_mask = keras.ops.logical_and(
+                key_mask[:, None, :], keras.ops.ones_like(key_mask)[:, :, None]
+            )
         out, probs = self.mha(
             x,
             x,
@@ -66,6 +84,7 @@ class SelfAttention(keras.layers.Layer):
             dropout=self.dropout,
             causal=self.causal,
             use_bias=self.use_bias,
+            mask_padding=self.mask_padding,
         )
         return config
 
@@ -73,18 +92,33 @@ class SelfAttention(keras.layers.Layer):
 class TransformerEncoderBlock(keras.layers.Layer):
     """Post-norm transformer encoder block; see the module docstring."""
 
-    def __init__(self, num_heads, ff_dim, dropout=0.1, activation="relu", causal=False, **kwargs):
+    def __init__(
+        self,
+        num_heads,
+        ff_dim,
+        dropout=0.1,
+        activation="relu",
+        causal=False,
+        mask_padding=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.ff_dim = ff_dim
         self.dropout = dropout
         self.activation = activation
         self.causal = causal
+        self.mask_padding = mask_padding
 
     def build(self, input_shape):
         d_model = input_shape[-1]
         self.attention = SelfAttention(
-            self.num_heads, d_model // self.num_heads, self.dropout, self.causal, name="attention"
+            self.num_heads,
+            d_model // self.num_heads,
+            self.dropout,
+            self.causal,
+            mask_padding=self.mask_padding,
+            name="attention",
         )
         self.attention_dropout = keras.layers.Dropout(self.dropout)
         self.attention_norm = keras.layers.LayerNormalization(
@@ -103,9 +137,9 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.ffn_norm.build(input_shape)
         self.built = True
 
-    def call(self, x, attention_mask=None, training=False, return_attention_scores=False):
+    def call(self, x, key_mask=None, training=False, return_attention_scores=False):
         a, probs = self.attention(
-            x, attention_mask=attention_mask, training=training, return_attention_scores=True
+            x, key_mask=key_mask, training=training, return_attention_scores=True
         )
         x = self.attention_norm(x + self.attention_dropout(a, training=training))
         f = self.ffn_2(self.ffn_1(x))
@@ -123,6 +157,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
             dropout=self.dropout,
             activation=self.activation,
             causal=self.causal,
+            mask_padding=self.mask_padding,
         )
         return config
 
@@ -233,14 +268,14 @@ class NeuralModel(keras.Model):
         super().__init__(**kwargs)
         self.blocks = list(blocks)
 
-    def run(self, x, *, capture=None, start=0, attention_mask=None, training=False):
+    def run(self, x, *, capture=None, start=0, training=False):
+        key_mask = None
+        if start == 0 and self.blocks and isinstance(self.blocks[0], keras.layers.Embedding):
+            key_mask = keras.ops.not_equal(x, 0)  # token id 0 is padding
         for block in self.blocks[start:]:
             if isinstance(block, ATTENTION_BLOCKS):
                 x, probs = block(
-                    x,
-                    attention_mask=attention_mask,
-                    training=training,
-                    return_attention_scores=True,
+                    x, key_mask=key_mask, training=training, return_attention_scores=True
                 )
                 if capture is not None:
                     capture[block.name] = probs

@@ -61,11 +61,21 @@ class Dense(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head self-attention returning its output and per-head probabilities."""
 
-    def __init__(self, d_model, num_heads, key_dim, dropout=0.0, causal=False, use_bias=True):
+    def __init__(
+        self,
+        d_model,
+        num_heads,
+        key_dim,
+        dropout=0.0,
+        causal=False,
+        use_bias=True,
+        mask_padding=False,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.causal = causal
+        self.mask_padding = mask_padding
         inner = num_heads * key_dim
         self.query = nn.Linear(d_model, inner, bias=use_bias)
         self.key = nn.Linear(d_model, inner, bias=use_bias)
@@ -77,23 +87,24 @@ class SelfAttention(nn.Module):
         batch, length, _ = t.shape
         return t.view(batch, length, self.num_heads, self.key_dim).transpose(1, 2)
 
-    def forward(self, x, attention_mask=None):
-        """attention_mask: bool [batch, q, k], True where a key may be attended."""
+    def forward(self, x, key_mask=None):
+        """key_mask: bool [batch, key], False at padding (token id 0); used when mask_padding."""
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.key_dim)
         allowed = None
         if self.causal:
             length = x.shape[1]
             allowed = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-        if attention_mask is not None:
-            mask = attention_mask[:, None, :, :]
-            allowed = mask if allowed is None else (allowed & mask)
+        if self.mask_padding and key_mask is not None:
+            keys = key_mask[:, None, None, :]  # [batch, 1, 1, key]
+            allowed = keys if allowed is None else (allowed & keys)
         if allowed is not None:
-            scores = scores.masked_fill(~allowed, float("-inf"))
+            # Keras's rule, kept for parity: a masked score becomes -1e9 before the softmax and
+            # its probability exactly 0 after it (a row with no key left to attend is all 0).
+            scores = scores.masked_fill(~allowed, -1e9)
         probs = torch.softmax(scores, dim=-1)  # [batch, head, query, key]
         if allowed is not None:
-            # A row with every key masked has no distribution; make it zero, not NaN.
-            probs = torch.nan_to_num(probs, nan=0.0)
+            probs = probs.masked_fill(~allowed, 0.0)
         context = torch.matmul(self.dropout(probs), v).transpose(1, 2).flatten(2)
         return self.output(context), probs
 
@@ -101,9 +112,20 @@ class SelfAttention(nn.Module):
 class TransformerEncoderBlock(nn.Module):
     """Post-norm transformer encoder block; see the module docstring."""
 
-    def __init__(self, d_model, num_heads, ff_dim, dropout=0.1, activation="relu", causal=False):
+    def __init__(
+        self,
+        d_model,
+        num_heads,
+        ff_dim,
+        dropout=0.1,
+        activation="relu",
+        causal=False,
+        mask_padding=False,
+    ):
         super().__init__()
-        self.attention = SelfAttention(d_model, num_heads, d_model // num_heads, dropout, causal)
+        self.attention = SelfAttention(
+            d_model, num_heads, d_model // num_heads, dropout, causal, mask_padding=mask_padding
+        )
         self.attention_dropout = nn.Dropout(dropout)
         self.attention_norm = nn.LayerNorm(d_model, eps=ENCODER_NORM_EPSILON)
         self.ffn_1 = Dense(d_model, ff_dim, activation)
@@ -111,8 +133,8 @@ class TransformerEncoderBlock(nn.Module):
         self.ffn_dropout = nn.Dropout(dropout)
         self.ffn_norm = nn.LayerNorm(d_model, eps=ENCODER_NORM_EPSILON)
 
-    def forward(self, x, attention_mask=None):
-        a, probs = self.attention(x, attention_mask)
+    def forward(self, x, key_mask=None):
+        a, probs = self.attention(x, key_mask)
         x = self.attention_norm(x + self.attention_dropout(a))
         x = self.ffn_norm(x + self.ffn_dropout(self.ffn_2(self.ffn_1(x))))
         return x, probs
@@ -121,8 +143,10 @@ class TransformerEncoderBlock(nn.Module):
 class TransformerDecoderBlock(TransformerEncoderBlock):
     """Decoder-only block: the encoder block with causal self-attention."""
 
-    def __init__(self, d_model, num_heads, ff_dim, dropout=0.1, activation="relu"):
-        super().__init__(d_model, num_heads, ff_dim, dropout, activation, causal=True)
+    def __init__(
+        self, d_model, num_heads, ff_dim, dropout=0.1, activation="relu", mask_padding=False
+    ):
+        super().__init__(d_model, num_heads, ff_dim, dropout, activation, True, mask_padding)
 
 
 class Activation(nn.Module):
@@ -246,10 +270,14 @@ class NeuralNet(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleDict(named_layers)
 
-    def run(self, x, *, capture=None, start=0, attention_mask=None):
-        for name, block in list(self.blocks.items())[start:]:
+    def run(self, x, *, capture=None, start=0):
+        blocks = list(self.blocks.items())
+        key_mask = None
+        if start == 0 and blocks and isinstance(blocks[0][1], nn.Embedding):
+            key_mask = x != 0  # token id 0 is padding
+        for name, block in blocks[start:]:
             if isinstance(block, ATTENTION_BLOCKS):
-                x, probs = block(x, attention_mask)
+                x, probs = block(x, key_mask)
                 if capture is not None:
                     capture[name] = probs
             else:

@@ -235,6 +235,7 @@ class AttentionVisualizer:
         path = render.create_interactive_html(
             weights,
             tokens=tokens,
+            batch_index=batch_index,
             analysis=analysis,
             output_path=out / "attention_interactive.html",
         )

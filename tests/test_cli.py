@@ -135,3 +135,54 @@ def test_bad_arguments_fail_with_a_message(tmp_path):
     assert tokens.returncode == 1 and "3 tokens were given but the sequence length is 50" in (
         tokens.stderr
     )
+
+
+@pytest.mark.slow
+def test_export_weights_then_view_them_in_the_other_backend(tmp_path, client):
+    model_file = EXAMPLES / "text_classification.neural"
+    exported = _run(
+        "export-weights",
+        str(model_file),
+        "--backend",
+        "pytorch",
+        "--seed",
+        "5",
+        "-o",
+        str(tmp_path / "w.npz"),
+        "--quiet",
+        cwd=tmp_path,
+    )
+    assert exported.returncode == 0, exported.stderr
+    ids = np.random.default_rng(3).integers(1, 5000, size=(2, 32))
+    ids[1, 20:] = 0
+    np.save(tmp_path / "ids.npy", ids)
+    out = tmp_path / "out"
+    shown = _run(
+        "visualize",
+        str(model_file),
+        "--attention",
+        "--backend",
+        "tensorflow",
+        "--weights",
+        str(tmp_path / "w.npz"),
+        "--data",
+        str(tmp_path / "ids.npy"),
+        "--batch-index",
+        "1",
+        "--output-dir",
+        str(out),
+        "--quiet",
+        cwd=tmp_path,
+    )
+    assert shown.returncode == 0, shown.stderr
+    # the same model (seed 5) served by PyTorch, for comparison
+    reference = client.compile_file(model_file, backend="pytorch", seed=5)
+    want = dict(client.extract_attention(reference, ids))
+    with np.load(out / "attention_weights.npz") as got:
+        for name, attention in want.items():
+            assert got[name].shape == (2, *attention.shape[1:])
+            np.testing.assert_allclose(got[name], attention, atol=1e-5, err_msg=name)
+    page = (out / "attention_interactive.html").read_text()
+    blob = re.search(r'id="attention-data">(.*?)</script>', page, re.S)
+    assert blob is not None and json.loads(blob.group(1))["batch_index"] == 1
+    assert re.search(r"item 1 (—|\\u2014) transformer_encoder_0", page)  # the item picker
