@@ -7,11 +7,11 @@ written with `repr` of a plain Python literal, so no string from a .neural file 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from neural_attn.dsl.ir import Network
+from neural_attn.dsl.ir import Layer, Network
 
 
 class Call(NamedTuple):
@@ -26,6 +26,15 @@ class Call(NamedTuple):
 
 
 Constructor = Call
+
+
+def mark_padding(call: Call, layer: Layer, padding: Collection[str]) -> Call:
+    """Tell an attention layer's constructor whether it masks padding keys: it does when its
+    name is in `padding` (see base.padding_masked_layers)."""
+    if layer.is_attention:
+        call.kwargs["mask_padding"] = layer.name in padding
+    return call
+
 
 _LITERALS = (str, int, float, bool, type(None))
 _INDENT = "    "

@@ -16,7 +16,7 @@ import torch
 
 from neural_attn.backends import torch_layers, torch_recurrent, torch_spatial
 from neural_attn.backends.base import Backend, BuiltModel, padding_masked_layers, prepare_input
-from neural_attn.backends.codegen import Call, instantiate, render_call, render_module
+from neural_attn.backends.codegen import Call, instantiate, mark_padding, render_call, render_module
 from neural_attn.backends.info import resolve_device
 from neural_attn.backends.torch_weights import Tensors, from_torch, to_torch, walk
 from neural_attn.backends.weights import initial_weights, weight_shapes
@@ -50,15 +50,8 @@ def _width(layer: Layer) -> int:
 
 
 def constructor(layer: Layer, padding: Collection[str] = ()) -> Call:
-    """The constructor call for one IR layer, `mask_padding` on the attention layers named in
-    `padding` (see base.padding_masked_layers).
-
-    Used by the builder and the code writer alike.
-    """
-    call = _constructor(layer)
-    if layer.is_attention:
-        call.kwargs["mask_padding"] = layer.name in padding
-    return call
+    """The constructor call for one IR layer; used by the builder and the code writer alike."""
+    return mark_padding(_constructor(layer), layer, padding)
 
 
 def _constructor(layer: Layer) -> Call:

@@ -29,7 +29,7 @@ from neural_attn.backends.base import (  # noqa: E402
     prepare_input,
     sample_input,
 )
-from neural_attn.backends.codegen import Call, instantiate, render_call, render_module  # noqa: E402
+from neural_attn.backends.codegen import Call, instantiate, mark_padding, render_call, render_module  # noqa: E402
 from neural_attn.backends.info import resolve_device  # noqa: E402
 from neural_attn.backends.weights import initial_weights  # noqa: E402
 from neural_attn.dsl.ir import Layer, Network  # noqa: E402
@@ -50,15 +50,8 @@ _POOLS = ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D"
 
 
 def constructor(layer: Layer, padding: Collection[str] = ()) -> Call:
-    """The constructor call for one IR layer, `mask_padding` on the attention layers named in
-    `padding` (see base.padding_masked_layers).
-
-    Used by the builder and the code writer alike.
-    """
-    call = _constructor(layer)
-    if layer.is_attention:
-        call.kwargs["mask_padding"] = layer.name in padding
-    return call
+    """The constructor call for one IR layer; used by the builder and the code writer alike."""
+    return mark_padding(_constructor(layer), layer, padding)
 
 
 def _constructor(layer: Layer) -> Call:

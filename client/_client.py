@@ -271,33 +271,21 @@ class AttentionClient:
         path = Path(path)
         return self.compile(path.read_text(encoding="utf-8"), filename=str(path), **options)
 
-    def export_weights(
-        self,
-        source: str,
-        *,
-        filename: str = "<string>",
-        backend: str = "tensorflow",
-        seed: int = 0,
-        network: str | None = None,
-        weights: str | os.PathLike[str] | bytes | None = None,
-        weights_format: str | None = None,
-        server_weights: str | None = None,
-    ) -> bytes:
+    def export_weights(self, source: str, *, filename: str = "<string>", **options: Any) -> bytes:
         """The compiled model's weights as a framework-neutral `.npz` (bytes).
 
-        With `weights` in one framework's format this converts them: the result loads into
-        either backend.
+        `options` are those of `compile`. With `weights` in one framework's format this
+        converts them: the result loads into either backend.
         """
-        request = self._compile_request(
-            source,
-            filename=filename,
-            backend=backend,
-            seed=seed,
-            network=network,
-            weights=weights,
-            weights_format=weights_format,
-            server_weights=server_weights,
-        )
+        defaults = {
+            "backend": "tensorflow",
+            "seed": 0,
+            "network": None,
+            "weights": None,
+            "weights_format": None,
+            "server_weights": None,
+        }
+        request = self._compile_request(source, filename=filename, **{**defaults, **options})
         try:
             reply = self._stub.ExportWeights(
                 request, timeout=self._timeout, metadata=self._metadata
