@@ -31,7 +31,8 @@ def create_server(
     config = config or ServerConfig()
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_chunk_bytes + 64 * 1024),
+        # ExportWeights replies hold whole weights files; attention streams stay in chunks.
+        ("grpc.max_send_message_length", config.max_message_bytes),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(

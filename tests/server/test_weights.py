@@ -211,3 +211,16 @@ def test_server_info_reports_backends_and_devices(client):
         backend = info["backends"][name]
         assert backend["available"] and backend["version"]
         assert backend["device"] in ("cpu", "cuda:0")
+
+
+@pytest.mark.slow
+def test_weights_files_larger_than_grpcs_default_message_size_load(client):
+    source = (Path(__file__).resolve().parents[1] / "data/corpus/transformer.neural").read_text()
+    npz = client.export_weights(source, backend="pytorch", seed=21)
+    assert len(npz) > 30 * 1024 * 1024  # well over gRPC's 4 MiB default
+    model = client.compile(source, backend="tensorflow", weights=npz)
+    same_seed = client.compile(source, backend="tensorflow", seed=21)
+    ids = np.random.default_rng(0).integers(1, 10000, size=(1, 100))
+    got = dict(client.extract_attention(model, ids))
+    want = dict(client.extract_attention(same_seed, ids))
+    np.testing.assert_array_equal(got["transformer_encoder_0"], want["transformer_encoder_0"])
