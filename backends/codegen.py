@@ -29,10 +29,12 @@ Constructor = Call
 
 
 def mark_padding(call: Call, layer: Layer, padding: Collection[str]) -> Call:
-    """Tell an attention layer's constructor whether it masks padding keys: it does when its
-    name is in `padding` (see base.padding_masked_layers)."""
+    """Tell attention constructors whether they mask padding keys: those whose layer name is
+    in `padding` do (see base.padding_masked_layers); a block's sub-layers are marked too."""
     if layer.is_attention:
         call.kwargs["mask_padding"] = layer.name in padding
+    for child, item in zip(layer.children, call.kwargs.get("layers", ()), strict=False):
+        mark_padding(item if isinstance(item, Call) else item[1], child, padding)
     return call
 
 

@@ -243,17 +243,41 @@ class ResidualBlock(keras.layers.Layer):
             self.body[-1].build(input_shape)
         self.built = True
 
-    def call(self, x, training=False):
+    def run(self, x, *, key_mask=None, capture=None, training=False):
+        """The block's pass; attention inside it is captured like any other (see `apply`)."""
+        if not self.built:
+            self.build(tuple(x.shape))
         y = x
         for layer in self._main:
-            y = layer(y, training=training)
-        return y + (self.body[-1](x, training=training) if self.shortcut == "projection" else x)
+            y = apply(layer, y, key_mask=key_mask, capture=capture, training=training)
+        if self.shortcut == "projection":
+            shortcut = apply(
+                self.body[-1], x, key_mask=key_mask, capture=capture, training=training
+            )
+            return y + shortcut
+        return y + x
+
+    def call(self, x, training=False):
+        return self.run(x, training=training)
 
     def compute_output_shape(self, input_shape):
         shape = input_shape
         for layer in self._main:
             shape = layer.compute_output_shape(shape)
         return shape
+
+
+def apply(block, x, *, key_mask=None, capture=None, training=False):
+    """Run one block; attention blocks (also inside residual blocks) store their
+    probabilities [batch, head, query, key] in `capture` under their layer name."""
+    if isinstance(block, ATTENTION_BLOCKS):
+        x, probs = block(x, key_mask=key_mask, training=training, return_attention_scores=True)
+        if capture is not None:
+            capture[block.name] = probs
+        return x
+    if isinstance(block, ResidualBlock):
+        return block.run(x, key_mask=key_mask, capture=capture, training=training)
+    return block(x, training=training)
 
 
 class NeuralModel(keras.Model):
@@ -273,14 +297,7 @@ class NeuralModel(keras.Model):
         if start == 0 and self.blocks and isinstance(self.blocks[0], keras.layers.Embedding):
             key_mask = keras.ops.not_equal(x, 0)  # token id 0 is padding
         for block in self.blocks[start:]:
-            if isinstance(block, ATTENTION_BLOCKS):
-                x, probs = block(
-                    x, key_mask=key_mask, training=training, return_attention_scores=True
-                )
-                if capture is not None:
-                    capture[block.name] = probs
-            else:
-                x = block(x, training=training)
+            x = apply(block, x, key_mask=key_mask, capture=capture, training=training)
         return x
 
     def call(self, x, training=False):

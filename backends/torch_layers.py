@@ -234,15 +234,15 @@ class Residual(nn.Module):
         self.layers = nn.ModuleDict(layers)
         self.shortcut = shortcut
 
-    def forward(self, x):
-        body = list(self.layers.values())
+    def forward(self, x, key_mask=None, capture=None):
+        body = list(self.layers.items())
         main = body[:-1] if self.shortcut == "projection" else body
         y = x
-        for layer in main:
-            y = layer(y)
-            if isinstance(layer, ATTENTION_BLOCKS):
-                y = y[0]  # (output, probabilities)
-        return y + (body[-1](x) if self.shortcut == "projection" else x)
+        for name, layer in main:
+            y = apply(name, layer, y, key_mask, capture)
+        if self.shortcut == "projection":
+            return y + apply(*body[-1], x, key_mask, capture)
+        return y + x
 
 
 class GlobalAveragePooling1D(nn.Module):
@@ -256,6 +256,19 @@ class GlobalMaxPooling1D(nn.Module):
 
 
 ATTENTION_BLOCKS = (SelfAttention, TransformerEncoderBlock)
+
+
+def apply(name, block, x, key_mask=None, capture=None):
+    """Run one block; attention blocks (also inside residual blocks) store their
+    probabilities [batch, head, query, key] in `capture` under their layer name."""
+    if isinstance(block, ATTENTION_BLOCKS):
+        x, probs = block(x, key_mask)
+        if capture is not None:
+            capture[name] = probs
+        return x
+    if isinstance(block, Residual):
+        return block(x, key_mask, capture)
+    return block(x)
 
 
 class NeuralNet(nn.Module):
@@ -276,12 +289,7 @@ class NeuralNet(nn.Module):
         if start == 0 and blocks and isinstance(blocks[0][1], nn.Embedding):
             key_mask = x != 0  # token id 0 is padding
         for name, block in blocks[start:]:
-            if isinstance(block, ATTENTION_BLOCKS):
-                x, probs = block(x, key_mask)
-                if capture is not None:
-                    capture[name] = probs
-            else:
-                x = block(x)
+            x = apply(name, block, x, key_mask, capture)
         return x
 
     def forward(self, x):

@@ -182,7 +182,18 @@ class Network:
 
     @property
     def attention_layers(self) -> tuple[Layer, ...]:
-        return tuple(layer for layer in self.layers if layer.is_attention)
+        """Every attention layer in order, those inside blocks (ResidualConnection) included."""
+        return tuple(layer for _, layer in self.attention_sites)
+
+    @property
+    def attention_sites(self) -> tuple[tuple[int, Layer], ...]:
+        """(index of the top-level layer that holds it, attention layer), in order."""
+
+        def walk(layer: Layer) -> tuple[Layer, ...]:
+            inner = tuple(found for child in layer.children for found in walk(child))
+            return ((layer,) if layer.is_attention else ()) + inner
+
+        return tuple((i, found) for i, layer in enumerate(self.layers) for found in walk(layer))
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:

@@ -176,7 +176,7 @@ class Engine:
     ) -> ExtractPlan:
         """Check the request against the model and the limits before running anything."""
         net = entry.network
-        attention = [(i, layer) for i, layer in enumerate(net.layers) if layer.is_attention]
+        attention = list(net.attention_sites)
         if not attention:
             raise NoAttentionLayersError(
                 f"network `{net.name}` has no attention layers (TransformerEncoder, "

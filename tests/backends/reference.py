@@ -14,9 +14,18 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def attention(
-    x: np.ndarray, w: dict[str, np.ndarray], prefix: str, *, causal: bool = False
+    x: np.ndarray,
+    w: dict[str, np.ndarray],
+    prefix: str,
+    *,
+    causal: bool = False,
+    keys_ok: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Self-attention of x (batch, seq, d): returns (output, probs (batch, heads, q, k))."""
+    """Self-attention of x (batch, seq, d): returns (output, probs (batch, heads, q, k)).
+
+    Masked keys (`causal`, `keys_ok` False) get probability 0; the softmax runs over the
+    allowed keys only, and a row with none allowed is all 0.
+    """
     x = x.astype(np.float64)
     q = (
         np.einsum("bsd,dhk->bhsk", x, w[prefix + "query_kernel"])
@@ -31,10 +40,13 @@ def attention(
         + w[prefix + "value_bias"][None, :, None, :]
     )
     scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
+    allowed = np.ones(scores.shape, dtype=bool)
     if causal:
-        seq = x.shape[1]
-        scores = np.where(np.tril(np.ones((seq, seq), dtype=bool)), scores, -np.inf)
-    probs = softmax(scores)
+        allowed &= np.tril(np.ones(scores.shape[-2:], dtype=bool))
+    if keys_ok is not None:
+        allowed &= keys_ok[:, None, None, :]
+    with np.errstate(invalid="ignore"):
+        probs = np.nan_to_num(np.where(allowed, softmax(np.where(allowed, scores, -np.inf)), 0.0))
     out = (
         np.einsum("bhsk,hkd->bsd", probs @ v, w[prefix + "output_kernel"])
         + w[prefix + "output_bias"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference import layer_norm, softmax
+from reference import attention, layer_norm
 
 from neural_attn.backends.base import get_backend
 from neural_attn.dsl import compile_source
@@ -30,22 +30,6 @@ network Masked {{
 """
 
 
-def _masked_reference(weights, prefix, x, keys_ok):
-    """softmax over the allowed keys only, computed independently (no -1e9 trick)."""
-    w = {k: v.astype(np.float64) for k, v in weights.items()}
-    q = (
-        np.einsum("bsd,dhk->bhsk", x, w[prefix + "query_kernel"])
-        + w[prefix + "query_bias"][None, :, None, :]
-    )
-    k = (
-        np.einsum("bsd,dhk->bhsk", x, w[prefix + "key_kernel"])
-        + w[prefix + "key_bias"][None, :, None, :]
-    )
-    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
-    allowed = np.broadcast_to(keys_ok[:, None, None, :], scores.shape)
-    return np.where(allowed, softmax(np.where(allowed, scores, -np.inf)), 0.0)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "source",
@@ -64,7 +48,7 @@ def test_padding_keys_get_exactly_zero(backend, source):
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-6)
     w = model.get_weights()
     x = w["embedding_0/embeddings"].astype(np.float64)[IDS]
-    expected = _masked_reference(w, "transformer_encoder_0/attention/", x, ~padding)
+    _, expected = attention(x, w, "transformer_encoder_0/attention/", keys_ok=~padding)
     np.testing.assert_allclose(probs, expected, atol=1e-5)
 
 
