@@ -21,7 +21,7 @@ import numpy as np
 from neural_attn.errors import NeuralAttnError
 
 if TYPE_CHECKING:
-    from neural_attn.client.visualizer import AttentionVisualizer
+    from neural_attn.client.attention_visualizer import AttentionVisualizer
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -84,7 +84,7 @@ def _progress(args: argparse.Namespace) -> Callable[[str], None]:
 
 
 def _visualizer(args: argparse.Namespace) -> AttentionVisualizer:
-    from neural_attn.client.visualizer import AttentionVisualizer
+    from neural_attn.client.attention_visualizer import AttentionVisualizer
 
     return AttentionVisualizer(
         None,

@@ -63,3 +63,11 @@ def test_visualizer_has_the_feature_documents_methods():
     defaults = inspect.signature(AttentionVisualizer.visualize_from_dsl).parameters
     assert defaults["output_dir"].default == "attention_outputs"
     assert defaults["backend"].default == "tensorflow"
+
+
+def test_the_feature_documents_module_path_maps_to_ours():
+    # the feature document's `neural.explainability.attention_visualizer` is ours under client
+    from neural_attn.client import AttentionVisualizer
+    from neural_attn.client.attention_visualizer import AttentionVisualizer as same
+
+    assert AttentionVisualizer is same
