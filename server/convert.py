@@ -10,6 +10,7 @@ import numpy as np
 from neural_attn import __version__, wire
 from neural_attn.backends import info, weight_files
 from neural_attn.backends.base import BACKENDS, input_forms
+from neural_attn.dsl.ir import Network
 from neural_attn.errors import InvalidInputError
 from neural_attn.server.config import ServerConfig
 from neural_attn.server.engine import CompiledModel
@@ -62,13 +63,32 @@ def compile_response(
             )
             for form in input_forms(net)
         ],
-        warnings=list(net.warnings),
+        warnings=[*net.warnings, *_placement_notes(net, model.device)],
         device=model.device,
         parameter_count=model.parameter_count(),
         attention_path=model.attention_path,
         cached=cached,
         weights_sha256=entry.weights_sha256,
     )
+
+
+def _placement_notes(net: Network, served: str) -> list[str]:
+    """Say where the model really runs when the file asks for a device of its own."""
+    notes = []
+    requested = dict(net.execution).get("device")
+    if requested is not None:
+        value = getattr(requested, "name", requested)
+        notes.append(
+            f"`execution {{ device: {value} }}` is noted, but this server runs the whole model on "
+            f"{served} (chosen by neural-attn-server --device)"
+        )
+    placed = [f"`{layer.name}` @ {layer.device}" for layer in net.layers if layer.device]
+    if placed:
+        notes.append(
+            f"per-layer placement ({', '.join(placed)}) is noted, but the whole model runs on "
+            f"{served}"
+        )
+    return notes
 
 
 _WEIGHTS_FORMATS = {

@@ -283,3 +283,20 @@ def test_models_over_the_size_limits_are_refused_before_building(client):
     big = "network Big {\n  input: (100000,)\n  layers:\n    Dense(100000)\n}\n"
     with pytest.raises(ResourceLimitError, match="10,000,100,000 parameters"):
         client.compile(big, backend="pytorch")
+
+
+def test_device_requests_in_the_file_are_answered_with_where_it_runs(client):
+    source = """
+network Placed {
+  input: (6, 8)
+  layers:
+    Dense(8) @ "cuda:0"
+    TransformerEncoder(num_heads=2, ff_dim=8)
+  execution { device: "gpu" }
+}
+"""
+    model = client.compile(source, backend="pytorch")
+    text = " ".join(model.warnings)
+    assert "`execution { device: gpu }` is noted" in text
+    assert "`dense_0` @ cuda:0" in text
+    assert f"runs the whole model on {model.device}" in text
