@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
 
 from neural_attn.dsl.ir import Layer, Network
-from neural_attn.errors import BackendUnavailableError, InvalidInputError
+from neural_attn.errors import BackendUnavailableError, CancelledError, InvalidInputError
 
 BACKENDS = ("tensorflow", "pytorch")
 _MODULES = {
@@ -182,12 +182,17 @@ class BuiltModel(ABC):
 
     @abstractmethod
     def forward(
-        self, data: np.ndarray, *, capture: Collection[str] = ()
+        self,
+        data: np.ndarray,
+        *,
+        capture: Collection[str] = (),
+        should_stop: Callable[[], bool] | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One forward pass in inference mode.
 
         Returns the model output and, for each layer named in `capture`, its attention
-        probabilities as float32 numpy, shape [batch, head, query, key].
+        probabilities as float32 numpy, shape [batch, head, query, key]. `should_stop` is
+        asked between layers; when it says yes the pass stops with CancelledError.
         """
 
     @abstractmethod
@@ -204,6 +209,10 @@ class BuiltModel(ABC):
 
         `network` may differ from the built one only in its file name (the header names it).
         """
+
+
+def stopped() -> CancelledError:
+    return CancelledError("the call was cancelled or ran past its deadline; the pass stopped")
 
 
 class Backend(ABC):

@@ -7,7 +7,7 @@ Attention path: an explicit softmax(Q K^T / sqrt(key_dim)) in `torch_layers.Self
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 from neural_attn.backends import torch_layers, torch_recurrent, torch_spatial
-from neural_attn.backends.base import Backend, BuiltModel, padding_masked_layers, prepare_input
+from neural_attn.backends.base import (
+    Backend,
+    BuiltModel,
+    padding_masked_layers,
+    prepare_input,
+    stopped,
+)
 from neural_attn.backends.codegen import Call, instantiate, mark_padding, render_call, render_module
 from neural_attn.backends.info import resolve_device
 from neural_attn.backends.torch_weights import Tensors, from_torch, to_torch, walk
@@ -201,13 +207,19 @@ class PyTorchModel(BuiltModel):
         return sum(p.numel() for p in self.model.parameters())
 
     def forward(
-        self, data: np.ndarray, *, capture: Collection[str] = ()
+        self,
+        data: np.ndarray,
+        *,
+        capture: Collection[str] = (),
+        should_stop: Callable[[], bool] | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         prepared = prepare_input(self.network, data)
         store: dict[str, torch.Tensor] = {}
         x = torch.from_numpy(prepared.array).to(self.device)
         with self._lock, torch.inference_mode():
-            out = self.model.run(x, capture=store, start=prepared.start)
+            out = self.model.run(x, capture=store, start=prepared.start, should_stop=should_stop)
+        if out is None:
+            raise stopped()
         wanted = set(capture)
         probs = {k: v.float().cpu().numpy() for k, v in store.items() if k in wanted}
         return out.float().cpu().numpy(), probs

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from neural_attn.backends.base import (  # noqa: E402
     padding_masked_layers,
     prepare_input,
     sample_input,
+    stopped,
 )
 from neural_attn.backends.codegen import Call, instantiate, mark_padding, render_call, render_module  # noqa: E402
 from neural_attn.backends.info import resolve_device  # noqa: E402
@@ -251,14 +252,23 @@ class TensorFlowModel(BuiltModel):
         return int(self.model.count_params())
 
     def forward(
-        self, data: np.ndarray, *, capture: Collection[str] = ()
+        self,
+        data: np.ndarray,
+        *,
+        capture: Collection[str] = (),
+        should_stop: Callable[[], bool] | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         prepared = prepare_input(self.network, data)
         store: dict[str, Any] = {}
         with self._lock, tf.device(self._tf_device):
             out = self.model.run(
-                tf.convert_to_tensor(prepared.array), capture=store, start=prepared.start
+                tf.convert_to_tensor(prepared.array),
+                capture=store,
+                start=prepared.start,
+                should_stop=should_stop,
             )
+        if out is None:
+            raise stopped()
         wanted = set(capture)
         probs = {k: np.asarray(v, dtype=np.float32) for k, v in store.items() if k in wanted}
         return np.asarray(out), probs

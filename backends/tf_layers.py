@@ -292,11 +292,14 @@ class NeuralModel(keras.Model):
         super().__init__(**kwargs)
         self.blocks = list(blocks)
 
-    def run(self, x, *, capture=None, start=0, training=False):
+    def run(self, x, *, capture=None, start=0, training=False, should_stop=None):
+        """The forward pass; returns None, early, as soon as `should_stop()` is true."""
         key_mask = None
         if start == 0 and self.blocks and isinstance(self.blocks[0], keras.layers.Embedding):
             key_mask = keras.ops.not_equal(x, 0)  # token id 0 is padding
         for block in self.blocks[start:]:
+            if should_stop is not None and should_stop():
+                return None
             x = apply(block, x, key_mask=key_mask, capture=capture, training=training)
         return x
 

@@ -283,12 +283,15 @@ class NeuralNet(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleDict(named_layers)
 
-    def run(self, x, *, capture=None, start=0):
+    def run(self, x, *, capture=None, start=0, should_stop=None):
+        """The forward pass; returns None, early, as soon as `should_stop()` is true."""
         blocks = list(self.blocks.items())
         key_mask = None
         if start == 0 and blocks and isinstance(blocks[0][1], nn.Embedding):
             key_mask = x != 0  # token id 0 is padding
         for name, block in blocks[start:]:
+            if should_stop is not None and should_stop():
+                return None
             x = apply(name, block, x, key_mask, capture)
         return x
 

@@ -79,6 +79,11 @@ def check_neutral(network: Network, weights: dict[str, np.ndarray]) -> None:
                 f"the weights do not fit layer `{layer}`: `{key}` is {got} in the file but the "
                 f"model needs {shape}"
             )
+        if not np.all(np.isfinite(weights[key])):
+            raise InvalidInputError(
+                f"`{key}` holds NaN or infinite values; attention from it would not be "
+                "probabilities"
+            )
     extra = [key for key in weights if key not in expected]
     if extra:
         raise InvalidInputError(
@@ -87,11 +92,49 @@ def check_neutral(network: Network, weights: dict[str, np.ndarray]) -> None:
         )
 
 
-def read_npz(content: bytes) -> dict[str, np.ndarray]:
+def read_npz(content: bytes, network: Network) -> dict[str, np.ndarray]:
+    """Read a neutral .npz, checking names, shapes and dtypes from the array headers before
+    anything is decompressed (a small compressed file cannot make the server allocate more
+    than the model's own size)."""
+    from numpy.lib import format as npy
+
+    expected = weight_shapes(network)
     try:
-        with np.load(io.BytesIO(content), allow_pickle=False) as npz:
-            return {key: np.asarray(npz[key], dtype=np.float32) for key in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            members = {n[: -len(".npy")]: n for n in archive.namelist() if n.endswith(".npy")}
+            headers = {}
+            for key, member in members.items():
+                if key not in expected:
+                    raise InvalidInputError(
+                        f"the weights file has `{key}`, which is no parameter of this model"
+                    )
+                with archive.open(member) as f:
+                    major, _ = npy.read_magic(f)
+                    read_header = (
+                        npy.read_array_header_1_0 if major == 1 else (npy.read_array_header_2_0)
+                    )
+                    headers[key] = read_header(f)
+            for key, shape in expected.items():
+                if key not in headers:
+                    layer = key.split("/", 1)[0]
+                    raise InvalidInputError(
+                        f"the weights do not fit layer `{layer}`: `{key}` of shape {shape} is "
+                        "missing"
+                    )
+                got, _, dtype = headers[key]
+                if tuple(got) != shape:
+                    raise InvalidInputError(
+                        f"the weights do not fit layer `{key.split('/', 1)[0]}`: `{key}` is "
+                        f"{tuple(got)} in the file but the model needs {shape}"
+                    )
+                if dtype.kind != "f":
+                    raise InvalidInputError(f"`{key}` holds {dtype}; weights must be floats")
+            weights = {}
+            for key, member in members.items():
+                with archive.open(member) as f:
+                    weights[key] = npy.read_array(f, allow_pickle=False).astype(np.float32)
+            return weights
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise InvalidInputError(f"not a readable .npz weights file: {exc}") from None
 
 
@@ -104,7 +147,7 @@ def to_npz(weights: dict[str, np.ndarray]) -> bytes:
 def to_neutral(network: Network, content: bytes, fmt: str) -> dict[str, np.ndarray]:
     """Read a weights file of any format into the checked, neutral layout."""
     if fmt == NPZ:
-        weights = read_npz(content)
+        weights = read_npz(content, network)
     elif fmt == TORCH:
         weights = _from_torch(network, content)
     elif fmt in (KERAS_H5, KERAS_ARCHIVE):
@@ -152,7 +195,17 @@ def _from_torch(network: Network, content: bytes) -> dict[str, np.ndarray]:
     extra = [key for key in state if key not in expected]
     if extra:
         raise InvalidInputError(f"the state_dict has `{extra[0]}`, which this model does not")
-    scratch.model.load_state_dict(state)
+    for key, value in state.items():
+        if not (
+            isinstance(value, torch.Tensor)
+            and value.layout == torch.strided
+            and value.is_floating_point()
+        ):
+            raise InvalidInputError(f"`{key}` in the state_dict is not a dense float tensor")
+    try:
+        scratch.model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise InvalidInputError(f"PyTorch could not load this state_dict: {exc}") from None
     weights: dict[str, np.ndarray] = scratch.get_weights()
     return weights
 
@@ -167,13 +220,33 @@ def _h5_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     import h5py
 
     shapes: dict[str, tuple[int, ...]] = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda n, o: (
-                shapes.__setitem__(n, tuple(o.shape)) if isinstance(o, h5py.Dataset) else None
-            )
-        )
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            # External storage or links could make reading the file read other files.
+            if obj.external:
+                raise InvalidInputError(f"`{name}` in the weights file points outside it")
+            shapes[name] = tuple(obj.shape)
+
+    try:
+        with h5py.File(path, "r") as f:
+            for name, link in _links(f):
+                if not isinstance(link, h5py.HardLink):
+                    raise InvalidInputError(f"`{name}` in the weights file is a link elsewhere")
+            f.visititems(visit)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InvalidInputError(f"not a readable Keras weights (HDF5) file: {exc}") from None
     return shapes
+
+
+def _links(group: Any, prefix: str = "") -> Any:
+    import h5py
+
+    for name in group:
+        link = group.get(name, getlink=True)
+        yield prefix + name, link
+        if isinstance(link, h5py.HardLink) and isinstance(group[name], h5py.Group):
+            yield from _links(group[name], prefix + name + "/")
 
 
 def _from_keras(network: Network, content: bytes, *, archive: bool) -> dict[str, np.ndarray]:
@@ -195,7 +268,10 @@ def _from_keras(network: Network, content: bytes, *, archive: bool) -> dict[str,
         fresh = Path(tmp) / "fresh.weights.h5"
         scratch.model.save_weights(fresh)
         _check_keras(network, scratch.model, _h5_shapes(fresh), _h5_shapes(path))
-        scratch.model.load_weights(path)
+        try:
+            scratch.model.load_weights(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InvalidInputError(f"Keras could not load these weights: {exc}") from None
     weights: dict[str, np.ndarray] = scratch.get_weights()
     return weights
 

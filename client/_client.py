@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from neural_attn.errors import (
 from neural_attn.v1 import attention_pb2 as pb
 from neural_attn.v1 import attention_pb2_grpc as pb_grpc
 
+_REMEMBERED_SOURCES = 16
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # inline weights files can be large
 
 
@@ -173,7 +175,9 @@ class AttentionClient:
         token = token if token is not None else os.environ.get("NEURAL_ATTN_TOKEN")
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout
-        self._sources: dict[str, pb.CompileRequest] = {}
+        # The last few compile requests, to resend when a replica lacks the model (bounded:
+        # requests may carry large weights files).
+        self._sources: OrderedDict[str, pb.CompileRequest] = OrderedDict()
 
     def __enter__(self) -> AttentionClient:
         return self
@@ -265,6 +269,9 @@ class AttentionClient:
             raise _translate(exc) from None
         # Remember the source: a replica that lacks the model answers NOT_FOUND and we resend it.
         self._sources[response.model_id] = request
+        self._sources.move_to_end(response.model_id)
+        while len(self._sources) > _REMEMBERED_SOURCES:
+            self._sources.popitem(last=False)
         return _compile_result(response)
 
     def compile_file(self, path: str | os.PathLike[str], **options: Any) -> CompileResult:
@@ -402,6 +409,8 @@ class AttentionClient:
                     current = None
         except grpc.RpcError as exc:
             raise _translate(exc) from None
+        if current is not None:
+            raise InvalidInputError(f"the stream ended before layer `{current}` was complete")
 
     # -- Analyze -------------------------------------------------------------------------------
     def analyze(

@@ -48,6 +48,7 @@ class AttentionVisualizer:
         weights: trained weights to load: a local file (neutral .npz, Keras .weights.h5 /
             .keras, PyTorch state_dict), sent to the server; any format fits either backend.
         server_weights: a weights file under the server's weights directory instead.
+        token: bearer token for servers started with --token (default: $NEURAL_ATTN_TOKEN).
         progress: called with a line of text at each step of long work.
     """
 
@@ -62,6 +63,7 @@ class AttentionVisualizer:
         network: str | None = None,
         weights: str | os.PathLike[str] | None = None,
         server_weights: str | None = None,
+        token: str | None = None,
         progress: Progress | None = None,
     ) -> None:
         self.model = model
@@ -69,6 +71,7 @@ class AttentionVisualizer:
         self.seed = seed
         self.weights = weights
         self.server_weights = server_weights
+        self._token = token
         self.network = network
         self._server = server
         self._client = client
@@ -85,7 +88,7 @@ class AttentionVisualizer:
 
                 self._progress("starting the embedded server on loopback (no --server given)")
                 target = embedded_target()
-            self._client = AttentionClient(target)
+            self._client = AttentionClient(target, token=self._token)
         return self._client
 
     def compile_options(self, backend: str) -> dict[str, Any]:

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from neural_attn.client.attention_visualizer import AttentionVisualizer
 
 
+def _token_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--token", help="bearer token of a server started with --token ($NEURAL_ATTN_TOKEN)"
+    )
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="the .neural model file")
     p.add_argument("--backend", choices=("tensorflow", "pytorch"), default="tensorflow")
@@ -36,6 +42,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         ".keras, or a PyTorch state_dict (.pt); any of them fits either backend",
     )
     p.add_argument("--server-weights", help="a weights file under the server's --weights-dir")
+    _token_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -63,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, help="the .npz to write")
     i = sub.add_parser("info", help="what a server runs: backends, devices, limits")
     i.add_argument("--server", help="host:port (default: embedded)")
+    _token_option(i)
     return p
 
 
@@ -94,6 +102,7 @@ def _visualizer(args: argparse.Namespace) -> AttentionVisualizer:
         network=args.network,
         weights=args.weights,
         server_weights=args.server_weights,
+        token=args.token,
         progress=_progress(args),
     )
 
@@ -154,7 +163,7 @@ def _info(args: argparse.Namespace) -> int:
     from neural_attn.client._embedded import embedded_target
 
     target = args.server or os.environ.get("NEURAL_ATTN_SERVER") or embedded_target()
-    with AttentionClient(target) as client:
+    with AttentionClient(target, token=args.token) as client:
         info = client.server_info()
     print(f"neural-attn server {info['version']} at {target}")
     for name, backend in info["backends"].items():

@@ -15,6 +15,7 @@ from .values import ParamError, describe, plain, substitute_hpo
 
 __all__ = ["Binder"]
 
+MAX_NAME_LENGTH = 128  # names travel in every attention chunk
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -131,6 +132,12 @@ class Binder:
             raise self.error(
                 "a layer name must be letters, digits and `_` (not starting with a digit), "
                 f"got {describe(arg.value)}",
+                arg.pos,
+            )
+        if len(value) > MAX_NAME_LENGTH:
+            raise self.error(
+                f"a layer name may have at most {MAX_NAME_LENGTH} characters; this one has "
+                f"{len(value)}",
                 arg.pos,
             )
         return value

@@ -22,6 +22,9 @@ _TO_NUMPY: dict[Any, np.dtype[Any]] = {
 _FROM_NUMPY = {dt.newbyteorder("=").str: code for code, dt in _TO_NUMPY.items()}
 _FROM_NUMPY.update({dt.str: code for code, dt in _TO_NUMPY.items()})
 
+MAX_RANK = 8
+MAX_DIM = 2**31 - 1
+
 BACKEND_NAMES: dict[Any, str] = {pb.TENSORFLOW: "tensorflow", pb.PYTORCH: "pytorch"}
 BACKEND_CODES = {name: code for code, name in BACKEND_NAMES.items()}
 
@@ -62,6 +65,11 @@ def expected_nbytes(tensor: pb.Tensor) -> int:
     """Bytes the tensor's shape and dtype call for (checked before decoding anything)."""
     if any(d < 0 for d in tensor.shape):
         raise InvalidInputError(f"tensor shape {list(tensor.shape)} has a negative dimension")
+    if len(tensor.shape) > MAX_RANK or any(d > MAX_DIM for d in tensor.shape):
+        raise InvalidInputError(
+            f"tensor shape {list(tensor.shape)[: MAX_RANK + 1]} is not a shape we can hold: at "
+            f"most {MAX_RANK} dimensions, each at most {MAX_DIM}"
+        )
     count = 1
     for d in tensor.shape:
         count *= d

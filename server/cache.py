@@ -44,11 +44,15 @@ class ModelCache(Generic[T]):
                 return item, True
             try:
                 item = build()
-            finally:
+            except BaseException:
                 with self._lock:
                     self._building.pop(key, None)
+                raise
+            # Publish the item and retire the key's lock in one step, so a caller arriving in
+            # between can neither miss the item nor start a second build.
             with self._lock:
                 self._items[key] = item
+                self._building.pop(key, None)
                 while len(self._items) > self._capacity:
                     self._items.popitem(last=False)
             return item, False

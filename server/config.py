@@ -18,6 +18,7 @@ class ServerConfig:
     max_input_elements: int = 16 * MIB  # elements of one input tensor
     max_sequence_length: int = 8192
     max_attention_elements: int = 256 * MIB  # elements of all attention one request may produce
+    max_activation_elements: int = 256 * MIB  # elements of the largest tensor of a pass
     default_chunk_bytes: int = 1 * MIB
     max_chunk_bytes: int = 4 * MIB - 64 * 1024  # stays under gRPC's default 4 MiB message cap
     min_chunk_bytes: int = 1024

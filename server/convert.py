@@ -11,13 +11,14 @@ from neural_attn import __version__, wire
 from neural_attn.backends import info, weight_files
 from neural_attn.backends.base import BACKENDS, input_forms
 from neural_attn.dsl.ir import Network
-from neural_attn.errors import InvalidInputError
+from neural_attn.errors import InvalidInputError, ResourceLimitError
 from neural_attn.server.config import ServerConfig
 from neural_attn.server.engine import CompiledModel
 from neural_attn.v1 import attention_pb2 as pb
 
-# Bytes a chunk's fields other than `content` may take (names are short; shapes are 4 ints).
-_CHUNK_OVERHEAD = 512
+# Bytes a chunk's fields other than `content`, the strings aside, may take at most: 11 varint
+# fields (<= 11 bytes each with its tag), 4 shape dims, length prefixes.
+_CHUNK_FIXED_OVERHEAD = 192
 
 
 def backend_name(code: Any, default: str) -> str:
@@ -137,15 +138,12 @@ def output_dtype(code: int) -> np.dtype:
     raise InvalidInputError("output_dtype must be FLOAT32 or FLOAT16")
 
 
-def chunk_elements(
-    requested_bytes: int, *, default: int, low: int, high: int, itemsize: int
-) -> int:
-    """Elements per chunk so that no whole message exceeds the requested chunk size."""
+def chunk_bytes(requested_bytes: int, *, default: int, low: int, high: int) -> int:
+    """The chunk size a request asks for, within the server's bounds."""
     size = requested_bytes or default
     if size < low:
         raise InvalidInputError(f"max_chunk_bytes must be at least {low}; got {size}")
-    size = min(size, high)
-    return max(1, (size - _CHUNK_OVERHEAD) // itemsize)
+    return min(size, high)
 
 
 def chunks(
@@ -155,10 +153,12 @@ def chunks(
     index: int,
     array: np.ndarray,
     dtype: np.dtype,
-    per_chunk: int,
+    max_bytes: int,
     head: int | None,
 ) -> Iterator[pb.AttentionChunk]:
-    """Split one layer's attention into messages of at most `per_chunk` elements."""
+    """Split one layer's attention into messages of at most `max_bytes` bytes each."""
+    overhead = _CHUNK_FIXED_OVERHEAD + len(name.encode()) + len(model_id.encode())
+    per_chunk = max(1, (max_bytes - overhead) // dtype.itemsize)
     flat = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
     count = max(1, -(-flat.size // per_chunk))
     for i in range(count):
@@ -189,7 +189,7 @@ def attention_set(message: pb.AttentionSet, *, max_elements: int) -> dict[str, n
             raise InvalidInputError(f"layer `{named.name}` is sent twice")
         total += wire.expected_nbytes(named.tensor) // wire.numpy_dtype(named.tensor.dtype).itemsize
         if total > max_elements:
-            raise InvalidInputError(
+            raise ResourceLimitError(
                 f"the attention sent has over {max_elements} values; send fewer layers or items"
             )
         array = wire.from_proto(named.tensor)
@@ -198,19 +198,32 @@ def attention_set(message: pb.AttentionSet, *, max_elements: int) -> dict[str, n
                 f"attention for `{named.name}` must have shape (batch, heads, query, key); "
                 f"got {tuple(array.shape)}"
             )
-        out[named.name] = array.astype(np.float64)
+        rows = array.astype(np.float64).sum(axis=-1)
+        # rows of probabilities sum to 1 (0 for a query with every key masked)
+        tolerance = 1e-2 if array.dtype == np.float16 else 1e-3
+        if not np.all((np.abs(rows - 1.0) <= tolerance) | (rows == 0.0)):
+            raise InvalidInputError(
+                f"attention for `{named.name}` is not softmax probabilities: its rows must sum "
+                "to 1 (or be all 0 where every key is masked)"
+            )
+        out[named.name] = array
     if not out:
         raise InvalidInputError("no attention tensors were sent")
     return out
 
 
-def analyze_response(summary: dict[str, Any], *, model_id: str = "") -> pb.AnalyzeResponse:
-    """Turn `analysis.summarize_layers` output into the response message."""
+def analyze_response(
+    summary: dict[str, Any], *, model_id: str = "", first_head: int = 0
+) -> pb.AnalyzeResponse:
+    """Turn `analysis.summarize_layers` output into the response message.
+
+    `first_head`: the model's index of the first head analysed (when one head was chosen).
+    """
     layers = []
     for name, metrics in summary["layers"].items():
         heads = [
             pb.HeadMetrics(
-                head=h,
+                head=first_head + h,
                 entropy=metrics["attention_entropy"][h],
                 max_attention=metrics["max_attention_per_head"][h],
                 diagonal_strength=metrics["diagonal_attention_strength"][h],

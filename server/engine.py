@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -82,6 +82,33 @@ def model_id_for(network: Network, *, backend: str, seed: int, weights_sha256: s
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+def _layers(layers: Sequence[Layer]) -> Iterator[Layer]:
+    for layer in layers:
+        yield layer
+        yield from _layers(layer.children)
+
+
+def peak_activation(net: Network, seq: int) -> tuple[int, str]:
+    """The largest tensor one item's forward pass makes (elements), and the layer making it.
+
+    Per layer: its output, and inside attention blocks the Q/K/V projections (3 x heads x
+    key_dim per position) and the feed-forward hidden layer (ff_dim per position). Dynamic
+    lengths take `seq`. Attention matrices are counted apart (max_attention_elements).
+    """
+    best, where = 0, ""
+    for layer in _layers(net.layers):
+        sizes = [math.prod(seq if d is None else d for d in layer.output_shape)]
+        if layer.is_attention:
+            width = int(layer.input_shape[-1] or 0)
+            heads = int(layer["num_heads"])
+            key_dim = int(layer.get("key_dim") or width // max(heads, 1))
+            sizes.append(seq * 3 * heads * key_dim)
+            sizes.append(seq * int(layer.get("ff_dim") or 0))
+        if max(sizes) > best:
+            best, where = max(sizes), layer.name
+    return best, where
+
+
 class Engine:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -120,10 +147,11 @@ class Engine:
         return self.cache.get_or_build(model_id, build)
 
     def _check_size(self, net: Network) -> None:
-        if len(net.layers) > self.config.max_layers:
+        count = sum(1 for _ in _layers(net.layers))
+        if count > self.config.max_layers:
             raise ResourceLimitError(
-                f"network `{net.name}` has {len(net.layers)} layers; this server builds at most "
-                f"{self.config.max_layers}"
+                f"network `{net.name}` has {count} layers (blocks' included); this server "
+                f"builds at most {self.config.max_layers}"
             )
         count = sum(math.prod(shape) for shape in weight_shapes(net).values())
         if count > self.config.max_parameters:
@@ -141,12 +169,19 @@ class Engine:
                 "send the weights file's content instead"
             )
         root = Path(self.config.weights_dir).resolve()
-        path = (root / relative).resolve()
-        if not path.is_relative_to(root) or Path(relative).is_absolute():
+        try:
+            path = (root / relative).resolve()
+            inside = path.is_relative_to(root) and not Path(relative).is_absolute()
+            is_file = inside and path.is_file()
+        except (OSError, ValueError) as exc:  # NUL bytes, names too long
+            raise InvalidInputError(
+                f"weights path {relative[:200]!r} is not usable: {exc}"
+            ) from None
+        if not inside:
             raise InvalidInputError(
                 f"weights path {relative!r} is outside the server's weights directory"
             )
-        if not path.is_file():
+        if not is_file:
             raise InvalidInputError(
                 f"no weights file {relative!r} in the server's weights directory"
             )
@@ -159,7 +194,14 @@ class Engine:
         return path.read_bytes()
 
     def export_weights(self, entry: CompiledModel) -> bytes:
-        """The model's weights as a neutral .npz."""
+        """The model's weights as a neutral .npz; refused when it could not be sent."""
+        size = 4 * sum(math.prod(shape) for shape in weight_shapes(entry.network).values())
+        if size > self.config.max_message_bytes - 1024 * 1024:
+            raise ResourceLimitError(
+                f"the weights of `{entry.network.name}` take {size:,} bytes, more than this "
+                f"server sends in one message ({self.config.max_message_bytes:,}); start it "
+                "with a larger --max-message-bytes"
+            )
         return to_npz(entry.model.get_weights())
 
     def lookup(self, model_id: str) -> CompiledModel | None:
@@ -230,12 +272,28 @@ class Engine:
                 f"{seq}, {len(attention)} layers); "
                 f"the limit is {self.config.max_attention_elements}"
             )
+        widest, layer_name = peak_activation(net, seq)
+        if batch * widest > self.config.max_activation_elements:
+            raise ResourceLimitError(
+                f"this request would need {batch * widest:,} values at once in `{layer_name}` "
+                f"(batch {batch}, sequence {seq}); the limit is "
+                f"{self.config.max_activation_elements:,}: send a shorter sequence or fewer items"
+            )
         return ExtractPlan(data, chosen, head)
 
-    def run(self, entry: CompiledModel, plan: ExtractPlan) -> dict[str, np.ndarray]:
-        """One forward pass; the attention of every planned layer, in model order."""
+    def run(
+        self,
+        entry: CompiledModel,
+        plan: ExtractPlan,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One forward pass; the attention of every planned layer, in model order.
+
+        `should_stop` is asked between layers (cancelled call, deadline passed).
+        """
         _, captured = entry.model.forward(
-            plan.data, capture=[layer.name for _, layer in plan.layers]
+            plan.data, capture=[layer.name for _, layer in plan.layers], should_stop=should_stop
         )
         out = {}
         for _, layer in plan.layers:

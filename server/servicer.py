@@ -3,7 +3,7 @@ here: errors are raised and the interceptor turns them into statuses."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -15,6 +15,11 @@ from neural_attn.server import convert
 from neural_attn.server.engine import CompiledModel, Engine, ExtractPlan, WeightsInput
 from neural_attn.v1 import attention_pb2 as pb
 from neural_attn.v1 import attention_pb2_grpc as pb_grpc
+
+
+def _stopper(context: grpc.ServicerContext) -> Callable[[], bool]:
+    """Asked between layers: a cancelled call or a passed deadline stops the work."""
+    return lambda: not context.is_active()
 
 
 class AttentionServicer(pb_grpc.AttentionServiceServicer):
@@ -93,16 +98,15 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
         entry = self._resolve(request)
         plan = self._plan(request, entry)
         dtype = convert.output_dtype(request.output_dtype)
-        per_chunk = convert.chunk_elements(
+        max_bytes = convert.chunk_bytes(
             request.max_chunk_bytes,
             default=self.config.default_chunk_bytes,
             low=self.config.min_chunk_bytes,
             high=self.config.max_chunk_bytes,
-            itemsize=dtype.itemsize,
         )
         if not context.is_active():
             return
-        attention = self.engine.run(entry, plan)
+        attention = self.engine.run(entry, plan, should_stop=_stopper(context))
         for index, layer in plan.layers:
             for chunk in convert.chunks(
                 model_id=entry.model_id,
@@ -110,7 +114,7 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
                 index=index,
                 array=attention.pop(layer.name),
                 dtype=dtype,
-                per_chunk=per_chunk,
+                max_bytes=max_bytes,
                 head=plan.head,
             ):
                 if not context.is_active():  # cancelled or past the deadline: stop the work
@@ -128,8 +132,11 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
             return convert.analyze_response(summarize_layers(arrays))
         if which == "extract":
             entry = self._resolve(request.extract)
-            attention = self.engine.run(entry, self._plan(request.extract, entry))
-            return convert.analyze_response(summarize_layers(attention), model_id=entry.model_id)
+            plan = self._plan(request.extract, entry)
+            attention = self.engine.run(entry, plan, should_stop=_stopper(context))
+            return convert.analyze_response(
+                summarize_layers(attention), model_id=entry.model_id, first_head=plan.head or 0
+            )
         raise InvalidInputError("an analyze request needs attention tensors or an extract request")
 
     def ExportWeights(
