@@ -18,6 +18,7 @@ import io
 import re
 import tempfile
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,32 +65,46 @@ def guess_format(filename: str, content: bytes) -> str:
     )
 
 
-def check_neutral(network: Network, weights: dict[str, np.ndarray]) -> None:
-    """Refuse weights that do not fit, naming the first layer that does not and both shapes."""
-    expected = weight_shapes(network)
-    for key, shape in expected.items():
-        layer = key.split("/", 1)[0]
-        if key not in weights:
+def check_fit(
+    expected: Sequence[tuple[str, str, tuple[int, ...]]],
+    got: Mapping[str, tuple[int, ...]],
+) -> None:
+    """Refuse a file whose parameters do not fit, naming the first layer that does not and
+    both shapes. `expected`: (layer, key, shape) in model order; `got`: key -> shape in the file.
+    """
+    for layer, key, shape in expected:
+        if key not in got:
             raise InvalidInputError(
-                f"the weights do not fit layer `{layer}`: `{key}` of shape {shape} is missing"
+                f"the weights do not fit layer `{layer}`: `{key}` of shape {shape} is missing "
+                "from the file"
             )
-        got = tuple(np.shape(weights[key]))
-        if got != shape:
+        if tuple(got[key]) != tuple(shape):
             raise InvalidInputError(
-                f"the weights do not fit layer `{layer}`: `{key}` is {got} in the file but the "
-                f"model needs {shape}"
+                f"the weights do not fit layer `{layer}`: `{key}` is {tuple(got[key])} in the "
+                f"file but the model needs {tuple(shape)}"
             )
-        if not np.all(np.isfinite(weights[key])):
-            raise InvalidInputError(
-                f"`{key}` holds NaN or infinite values; attention from it would not be "
-                "probabilities"
-            )
-    extra = [key for key in weights if key not in expected]
+    known = {key for _, key, _ in expected}
+    extra = [key for key in got if key not in known]
     if extra:
         raise InvalidInputError(
             f"the weights file has `{extra[0]}`, which is no parameter of this model "
             f"({len(extra)} unknown in all)"
         )
+
+
+def _neutral_expected(network: Network) -> list[tuple[str, str, tuple[int, ...]]]:
+    return [(key.split("/", 1)[0], key, shape) for key, shape in weight_shapes(network).items()]
+
+
+def check_neutral(network: Network, weights: dict[str, np.ndarray]) -> None:
+    """Refuse neutral weights that do not fit the network or are not finite."""
+    check_fit(_neutral_expected(network), {k: tuple(np.shape(v)) for k, v in weights.items()})
+    for key, value in weights.items():
+        if not np.all(np.isfinite(value)):
+            raise InvalidInputError(
+                f"`{key}` holds NaN or infinite values; attention from it would not be "
+                "probabilities"
+            )
 
 
 def read_npz(content: bytes, network: Network) -> dict[str, np.ndarray]:
@@ -98,35 +113,17 @@ def read_npz(content: bytes, network: Network) -> dict[str, np.ndarray]:
     than the model's own size)."""
     from numpy.lib import format as npy
 
-    expected = weight_shapes(network)
     try:
         with zipfile.ZipFile(io.BytesIO(content)) as archive:
             members = {n[: -len(".npy")]: n for n in archive.namelist() if n.endswith(".npy")}
             headers = {}
             for key, member in members.items():
-                if key not in expected:
-                    raise InvalidInputError(
-                        f"the weights file has `{key}`, which is no parameter of this model"
-                    )
                 with archive.open(member) as f:
                     major, _ = npy.read_magic(f)
-                    read_header = (
-                        npy.read_array_header_1_0 if major == 1 else (npy.read_array_header_2_0)
-                    )
-                    headers[key] = read_header(f)
-            for key, shape in expected.items():
-                if key not in headers:
-                    layer = key.split("/", 1)[0]
-                    raise InvalidInputError(
-                        f"the weights do not fit layer `{layer}`: `{key}` of shape {shape} is "
-                        "missing"
-                    )
-                got, _, dtype = headers[key]
-                if tuple(got) != shape:
-                    raise InvalidInputError(
-                        f"the weights do not fit layer `{key.split('/', 1)[0]}`: `{key}` is "
-                        f"{tuple(got)} in the file but the model needs {shape}"
-                    )
+                    read = npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0
+                    headers[key] = read(f)  # (shape, fortran_order, dtype)
+            check_fit(_neutral_expected(network), {k: h[0] for k, h in headers.items()})
+            for key, (_, _, dtype) in headers.items():
                 if dtype.kind != "f":
                     raise InvalidInputError(f"`{key}` holds {dtype}; weights must be floats")
             weights = {}
@@ -178,23 +175,11 @@ def _from_torch(network: Network, content: bytes) -> dict[str, np.ndarray]:
     if not isinstance(state, dict):
         raise InvalidInputError("the PyTorch file holds no state_dict (a dict of tensors)")
     scratch = _scratch(network, "pytorch")
-    expected = scratch.model.state_dict()
-    for key, tensor in expected.items():
-        layer = key.split(".")[1] if key.startswith("blocks.") else key
-        if key not in state:
-            raise InvalidInputError(
-                f"the weights do not fit layer `{layer}`: `{key}` of shape "
-                f"{tuple(tensor.shape)} is missing from the state_dict"
-            )
-        got = tuple(getattr(state[key], "shape", ()))
-        if got != tuple(tensor.shape):
-            raise InvalidInputError(
-                f"the weights do not fit layer `{layer}`: `{key}` is {got} in the file but the "
-                f"model needs {tuple(tensor.shape)}"
-            )
-    extra = [key for key in state if key not in expected]
-    if extra:
-        raise InvalidInputError(f"the state_dict has `{extra[0]}`, which this model does not")
+    expected = [
+        (key.split(".")[1] if key.startswith("blocks.") else key, key, tuple(tensor.shape))
+        for key, tensor in scratch.model.state_dict().items()
+    ]
+    check_fit(expected, {k: tuple(getattr(v, "shape", ())) for k, v in state.items()})
     for key, value in state.items():
         if not (
             isinstance(value, torch.Tensor)
@@ -279,25 +264,16 @@ def _from_keras(network: Network, content: bytes, *, archive: bool) -> dict[str,
 def _check_keras(
     network: Network, model: Any, want: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]]
 ) -> None:
+    """Match the file's datasets to our layers: Keras saves a list of layers under
+    `blocks/{snake_case(class)}[_n]`, counting per class in list order."""
     counts: dict[str, int] = {}
+    expected = []
     for layer, block in zip(network.layers, model.blocks, strict=True):
         cls = _snake(type(block).__name__)
         n = counts.get(cls, 0)
         counts[cls] = n + 1
         prefix = f"blocks/{cls}" + (f"_{n}" if n else "") + "/"
-        for path, shape in want.items():
-            if not path.startswith(prefix):
-                continue
-            if path not in got:
-                raise InvalidInputError(
-                    f"the weights do not fit layer `{layer.name}`: `{path}` of shape {shape} "
-                    "is missing from the file"
-                )
-            if got[path] != shape:
-                raise InvalidInputError(
-                    f"the weights do not fit layer `{layer.name}`: `{path}` is {got[path]} in the "
-                    f"file but the model needs {shape}"
-                )
-    extra = [path for path in got if path not in want]
-    if extra:
-        raise InvalidInputError(f"the weights file has `{extra[0]}`, which this model does not")
+        expected += [
+            (layer.name, path, shape) for path, shape in want.items() if path.startswith(prefix)
+        ]
+    check_fit(expected, got)
