@@ -201,7 +201,8 @@ class BuiltModel(ABC):
 
     @abstractmethod
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        """Load parameters in the framework-neutral layout of `backends.weights`."""
+        """Load parameters in the framework-neutral layout of `backends.weights`; weights that
+        do not fit or are not finite are refused (`weight_files.check_neutral`)."""
 
     @abstractmethod
     def generated_code(self, network: Network | None = None) -> str:

@@ -7,7 +7,7 @@ written with `repr` of a plain Python literal, so no string from a .neural file 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -71,12 +71,20 @@ def render_call(call: Call, indent: int = 0) -> str:
     return f"{name}({args})"
 
 
-def instantiate(call: Call, resolve: Callable[[str], Any]) -> Any:
-    """Construct `call` (and its nested calls) with the callables `resolve` finds by name."""
+def instantiate(call: Call, namespace: Mapping[str, Any]) -> Any:
+    """Construct `call` (and its nested calls); dotted names (`keras.layers.Dense`) are looked
+    up from `namespace`, the names the generated module has."""
+
+    def resolve(dotted: str) -> Any:
+        head, *rest = dotted.split(".")
+        obj = namespace[head]
+        for part in rest:
+            obj = getattr(obj, part)
+        return obj
 
     def value(v: Any) -> Any:
         if isinstance(v, Call):
-            return instantiate(v, resolve)
+            return instantiate(v, namespace)
         if isinstance(v, list):
             return [value(item) for item in v]
         if isinstance(v, tuple):

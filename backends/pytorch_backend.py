@@ -25,6 +25,7 @@ from neural_attn.backends.base import (
 from neural_attn.backends.codegen import Call, instantiate, mark_padding, render_call, render_module
 from neural_attn.backends.info import resolve_device
 from neural_attn.backends.torch_weights import Tensors, from_torch, to_torch, walk
+from neural_attn.backends.weight_files import check_neutral
 from neural_attn.backends.weights import initial_weights, weight_shapes
 from neural_attn.dsl.ir import Layer, Network
 from neural_attn.errors import InvalidInputError
@@ -172,14 +173,11 @@ def _core(layer: Layer) -> tuple[str, dict[str, Any]]:
     raise InvalidInputError(f"layer type {kind} (`{layer.name}`) is not built by this server yet")
 
 
-def _resolve(dotted: str) -> Any:
+def _namespace() -> dict[str, Any]:
     names: dict[str, Any] = {"nn": torch.nn}
     for module in _BLOCK_MODULES:
         names.update(vars(module))
-    obj: Any = names[dotted.split(".")[0]]
-    for part in dotted.split(".")[1:]:
-        obj = getattr(obj, part)
-    return obj
+    return names
 
 
 class PyTorchModel(BuiltModel):
@@ -188,13 +186,14 @@ class PyTorchModel(BuiltModel):
 
     def __init__(self, network: Network, *, seed: int, device: str) -> None:
         padding = padding_masked_layers(network)
+        namespace = _namespace()
         self.network = network
         self.device = device
         self._lock = threading.Lock()
         self.model = (
             torch_layers.NeuralNet(
                 [
-                    (layer.name, instantiate(constructor(layer, padding), _resolve))
+                    (layer.name, instantiate(constructor(layer, padding), namespace))
                     for layer in network.layers
                 ]
             )
@@ -247,16 +246,10 @@ class PyTorchModel(BuiltModel):
         }
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        shapes = weight_shapes(self.network)
+        check_neutral(self.network, weights)
         with torch.no_grad():
             for key, (kind, param, tensors) in self._all_parameters().items():
-                given = np.asarray(weights[key], dtype=np.float32)
-                if tuple(given.shape) != shapes[key]:
-                    raise InvalidInputError(
-                        f"weight {key} has shape {tuple(given.shape)}; "
-                        f"the model needs {shapes[key]}"
-                    )
-                values = to_torch(kind, param, given)
+                values = to_torch(kind, param, np.asarray(weights[key], dtype=np.float32))
                 pairs = zip(
                     tensors if isinstance(tensors, tuple) else (tensors,),
                     values if isinstance(values, tuple) else (values,),

@@ -32,6 +32,7 @@ from neural_attn.backends.base import (  # noqa: E402
 )
 from neural_attn.backends.codegen import Call, instantiate, mark_padding, render_call, render_module  # noqa: E402
 from neural_attn.backends.info import resolve_device  # noqa: E402
+from neural_attn.backends.weight_files import check_neutral  # noqa: E402
 from neural_attn.backends.weights import initial_weights  # noqa: E402
 from neural_attn.dsl.ir import Layer, Network  # noqa: E402
 from neural_attn.errors import InvalidInputError  # noqa: E402
@@ -162,11 +163,8 @@ def _core(layer: Layer) -> tuple[str, dict[str, Any]]:
     raise InvalidInputError(f"layer type {kind} (`{layer.name}`) is not built by this server yet")
 
 
-def _resolve(dotted: str) -> Any:
-    obj: Any = {"keras": keras, **vars(tf_layers)}[dotted.split(".")[0]]
-    for part in dotted.split(".")[1:]:
-        obj = getattr(obj, part)
-    return obj
+# The names the generated module has: keras and the building blocks.
+_NAMESPACE: dict[str, Any] = {"keras": keras, **vars(tf_layers)}
 
 
 def _variables(layer: Layer, block: Any) -> dict[str, Any]:
@@ -238,7 +236,7 @@ class TensorFlowModel(BuiltModel):
         self._lock = threading.Lock()
         with tf.device(self._tf_device):
             self.model = tf_layers.NeuralModel(
-                [instantiate(constructor(layer, padding), _resolve) for layer in network.layers],
+                [instantiate(constructor(layer, padding), _NAMESPACE) for layer in network.layers],
                 name=network.name,
             )
             self.model(sample_input(network, seed=seed, length=2))  # builds every variable
@@ -285,15 +283,9 @@ class TensorFlowModel(BuiltModel):
         return {k: np.asarray(v.numpy()) for k, v in self._all_variables().items()}
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        variables = self._all_variables()
-        for key, var in variables.items():
-            value = weights[key]
-            if tuple(value.shape) != tuple(var.shape):
-                raise InvalidInputError(
-                    f"weight {key} has shape {tuple(value.shape)}; "
-                    f"the model needs {tuple(var.shape)}"
-                )
-            var.assign(value.astype(np.float32))
+        check_neutral(self.network, weights)
+        for key, var in self._all_variables().items():
+            var.assign(np.asarray(weights[key], dtype=np.float32))
 
     def generated_code(self, network: Network | None = None) -> str:
         return generate_code(network or self.network)

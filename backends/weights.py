@@ -27,6 +27,7 @@ moving means zero; gamma and moving variances one; embeddings N(0, 1).
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 
@@ -137,6 +138,11 @@ def weight_shapes(network: Network) -> WeightShapes:
         for layer in network.layers
         for param, shape in layer_weight_shapes(layer).items()
     }
+
+
+def parameter_count(network: Network) -> int:
+    """How many parameters the network has (the same in every backend)."""
+    return sum(math.prod(shape) for shape in weight_shapes(network).values())
 
 
 def _rng_for(seed: int, key: str) -> np.random.Generator:

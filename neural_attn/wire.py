@@ -76,6 +76,11 @@ def expected_nbytes(tensor: pb.Tensor) -> int:
     return count * numpy_dtype(tensor.dtype).itemsize
 
 
+def element_count(tensor: pb.Tensor) -> int:
+    """Elements the tensor's shape calls for (checked before decoding anything)."""
+    return expected_nbytes(tensor) // numpy_dtype(tensor.dtype).itemsize
+
+
 def from_proto(tensor: pb.Tensor) -> np.ndarray:
     """Decode a Tensor message, checking that its bytes match its shape and dtype."""
     dt = numpy_dtype(tensor.dtype)

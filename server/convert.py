@@ -187,7 +187,7 @@ def attention_set(message: pb.AttentionSet, *, max_elements: int) -> dict[str, n
             raise InvalidInputError("every attention tensor needs a layer name")
         if named.name in out:
             raise InvalidInputError(f"layer `{named.name}` is sent twice")
-        total += wire.expected_nbytes(named.tensor) // wire.numpy_dtype(named.tensor.dtype).itemsize
+        total += wire.element_count(named.tensor)
         if total > max_elements:
             raise ResourceLimitError(
                 f"the attention sent has over {max_elements} values; send fewer layers or items"

@@ -17,7 +17,7 @@ import numpy as np
 
 from neural_attn.backends.base import BuiltModel, get_backend, prepare_input, sample_input
 from neural_attn.backends.weight_files import to_neutral, to_npz
-from neural_attn.backends.weights import weight_shapes
+from neural_attn.backends.weights import parameter_count
 from neural_attn.dsl import compile_source, network_to_dict
 from neural_attn.dsl.ir import Layer, Network
 from neural_attn.errors import (
@@ -153,7 +153,7 @@ class Engine:
                 f"network `{net.name}` has {count} layers (blocks' included); this server "
                 f"builds at most {self.config.max_layers}"
             )
-        count = sum(math.prod(shape) for shape in weight_shapes(net).values())
+        count = parameter_count(net)
         if count > self.config.max_parameters:
             raise ResourceLimitError(
                 f"network `{net.name}` has {count:,} parameters; this server builds at most "
@@ -195,7 +195,7 @@ class Engine:
 
     def export_weights(self, entry: CompiledModel) -> bytes:
         """The model's weights as a neutral .npz; refused when it could not be sent."""
-        size = 4 * sum(math.prod(shape) for shape in weight_shapes(entry.network).values())
+        size = 4 * parameter_count(entry.network)  # float32
         if size > self.config.max_message_bytes - 1024 * 1024:
             raise ResourceLimitError(
                 f"the weights of `{entry.network.name}` take {size:,} bytes, more than this "
@@ -216,7 +216,10 @@ class Engine:
         head: int | None,
         sequence_length: int = 0,
     ) -> ExtractPlan:
-        """Check the request against the model and the limits before running anything."""
+        """Check the request against the model and the limits before running anything.
+
+        (The size of a sent input is checked by the caller, before it is decoded.)
+        """
         net = entry.network
         attention = list(net.attention_sites)
         if not attention:
@@ -244,11 +247,6 @@ class Engine:
                     f"{self.config.max_sequence_length}"
                 )
             data = sample_input(net, seed=entry.seed, length=sequence_length or None)
-        elif data.size > self.config.max_input_elements:
-            raise ResourceLimitError(
-                f"input has {data.size} elements; this server accepts at most "
-                f"{self.config.max_input_elements}"
-            )
         prepare_input(net, data)  # shape, dtype and range errors name the forms that would work
         batch, seq = int(data.shape[0]), int(data.shape[1])
         if seq > self.config.max_sequence_length:

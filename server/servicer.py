@@ -68,10 +68,7 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
     def _plan(self, request: pb.ExtractRequest, entry: CompiledModel) -> ExtractPlan:
         data = None
         if request.HasField("input"):
-            size = (
-                wire.expected_nbytes(request.input)
-                // wire.numpy_dtype(request.input.dtype).itemsize
-            )
+            size = wire.element_count(request.input)
             if size > self.config.max_input_elements:
                 raise ResourceLimitError(
                     f"input has {size} elements; this server accepts at most "
