@@ -29,6 +29,12 @@ class WeightsFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KERAS_WEIGHTS_H5: _ClassVar[WeightsFormat]
     KERAS_ARCHIVE: _ClassVar[WeightsFormat]
     TORCH_STATE_DICT: _ClassVar[WeightsFormat]
+
+class PoolMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POOL_MODE_UNSPECIFIED: _ClassVar[PoolMode]
+    MAX: _ClassVar[PoolMode]
+    MEAN: _ClassVar[PoolMode]
 BACKEND_UNSPECIFIED: Backend
 TENSORFLOW: Backend
 PYTORCH: Backend
@@ -43,6 +49,9 @@ NEUTRAL_NPZ: WeightsFormat
 KERAS_WEIGHTS_H5: WeightsFormat
 KERAS_ARCHIVE: WeightsFormat
 TORCH_STATE_DICT: WeightsFormat
+POOL_MODE_UNSPECIFIED: PoolMode
+MAX: PoolMode
+MEAN: PoolMode
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "content")
@@ -183,7 +192,7 @@ class CompileResponse(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., network_name: _Optional[str] = ..., generated_code: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., attention_layers: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[InputSpec, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., parameter_count: _Optional[int] = ..., attention_path: _Optional[str] = ..., cached: _Optional[bool] = ..., weights_sha256: _Optional[str] = ...) -> None: ...
 
 class ExtractRequest(_message.Message):
-    __slots__ = ("model_id", "compile", "input", "layer_names", "head", "output_dtype", "max_chunk_bytes", "sequence_length")
+    __slots__ = ("model_id", "compile", "input", "layer_names", "head", "output_dtype", "max_chunk_bytes", "sequence_length", "window", "pooling")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     COMPILE_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +201,8 @@ class ExtractRequest(_message.Message):
     OUTPUT_DTYPE_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     compile: CompileRequest
     input: Tensor
@@ -200,10 +211,52 @@ class ExtractRequest(_message.Message):
     output_dtype: DType
     max_chunk_bytes: int
     sequence_length: int
-    def __init__(self, model_id: _Optional[str] = ..., compile: _Optional[_Union[CompileRequest, _Mapping]] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., layer_names: _Optional[_Iterable[str]] = ..., head: _Optional[int] = ..., output_dtype: _Optional[_Union[DType, str]] = ..., max_chunk_bytes: _Optional[int] = ..., sequence_length: _Optional[int] = ...) -> None: ...
+    window: Window
+    pooling: Pooling
+    def __init__(self, model_id: _Optional[str] = ..., compile: _Optional[_Union[CompileRequest, _Mapping]] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., layer_names: _Optional[_Iterable[str]] = ..., head: _Optional[int] = ..., output_dtype: _Optional[_Union[DType, str]] = ..., max_chunk_bytes: _Optional[int] = ..., sequence_length: _Optional[int] = ..., window: _Optional[_Union[Window, _Mapping]] = ..., pooling: _Optional[_Union[Pooling, _Mapping]] = ...) -> None: ...
+
+class Window(_message.Message):
+    __slots__ = ("query_start", "query_stop", "key_start", "key_stop")
+    QUERY_START_FIELD_NUMBER: _ClassVar[int]
+    QUERY_STOP_FIELD_NUMBER: _ClassVar[int]
+    KEY_START_FIELD_NUMBER: _ClassVar[int]
+    KEY_STOP_FIELD_NUMBER: _ClassVar[int]
+    query_start: int
+    query_stop: int
+    key_start: int
+    key_stop: int
+    def __init__(self, query_start: _Optional[int] = ..., query_stop: _Optional[int] = ..., key_start: _Optional[int] = ..., key_stop: _Optional[int] = ...) -> None: ...
+
+class Pooling(_message.Message):
+    __slots__ = ("target_size", "mode")
+    TARGET_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    target_size: int
+    mode: PoolMode
+    def __init__(self, target_size: _Optional[int] = ..., mode: _Optional[_Union[PoolMode, str]] = ...) -> None: ...
+
+class Reduction(_message.Message):
+    __slots__ = ("source_shape", "query_start", "query_stop", "key_start", "key_stop", "query_block", "key_block", "mode")
+    SOURCE_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_START_FIELD_NUMBER: _ClassVar[int]
+    QUERY_STOP_FIELD_NUMBER: _ClassVar[int]
+    KEY_START_FIELD_NUMBER: _ClassVar[int]
+    KEY_STOP_FIELD_NUMBER: _ClassVar[int]
+    QUERY_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    KEY_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    source_shape: _containers.RepeatedScalarFieldContainer[int]
+    query_start: int
+    query_stop: int
+    key_start: int
+    key_stop: int
+    query_block: int
+    key_block: int
+    mode: PoolMode
+    def __init__(self, source_shape: _Optional[_Iterable[int]] = ..., query_start: _Optional[int] = ..., query_stop: _Optional[int] = ..., key_start: _Optional[int] = ..., key_stop: _Optional[int] = ..., query_block: _Optional[int] = ..., key_block: _Optional[int] = ..., mode: _Optional[_Union[PoolMode, str]] = ...) -> None: ...
 
 class AttentionChunk(_message.Message):
-    __slots__ = ("model_id", "layer_name", "layer_index", "shape", "dtype", "offset", "element_count", "content", "chunk_index", "num_chunks", "head")
+    __slots__ = ("model_id", "layer_name", "layer_index", "shape", "dtype", "offset", "element_count", "content", "chunk_index", "num_chunks", "head", "reduction")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     LAYER_NAME_FIELD_NUMBER: _ClassVar[int]
     LAYER_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +268,7 @@ class AttentionChunk(_message.Message):
     CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     layer_name: str
     layer_index: int
@@ -226,7 +280,8 @@ class AttentionChunk(_message.Message):
     chunk_index: int
     num_chunks: int
     head: int
-    def __init__(self, model_id: _Optional[str] = ..., layer_name: _Optional[str] = ..., layer_index: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., offset: _Optional[int] = ..., element_count: _Optional[int] = ..., content: _Optional[bytes] = ..., chunk_index: _Optional[int] = ..., num_chunks: _Optional[int] = ..., head: _Optional[int] = ...) -> None: ...
+    reduction: Reduction
+    def __init__(self, model_id: _Optional[str] = ..., layer_name: _Optional[str] = ..., layer_index: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., offset: _Optional[int] = ..., element_count: _Optional[int] = ..., content: _Optional[bytes] = ..., chunk_index: _Optional[int] = ..., num_chunks: _Optional[int] = ..., head: _Optional[int] = ..., reduction: _Optional[_Union[Reduction, _Mapping]] = ...) -> None: ...
 
 class NamedTensor(_message.Message):
     __slots__ = ("name", "tensor")
