@@ -4,6 +4,11 @@ Shared by the thin client and the server, so it imports numpy and the standard l
 Attention is softmax probabilities of shape ``[batch, head, query_pos, key_pos]``: rows sum to 1
 and masked keys are exactly 0. Every result is plain Python (floats, ints, lists, dicts) so it
 goes straight into ``json.dumps`` (it is the content of ``analysis.json``).
+
+Memory stays bounded for long sequences: metrics are summed one head at a time, and within a
+head one block of query rows at a time (about ``_BLOCK_BYTES`` of float64 per buffer), so a
+float16/float32 layer (or a read-only memmap of one) is never copied whole to float64.
+``Rollout`` keeps the running ``n x n`` product and one head mean, not a list of layers.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from neural_attn.errors import InvalidInputError
 
 __all__ = [
     "PATTERN_LABELS",
+    "Rollout",
     "analyze_attention_patterns",
     "attention_rollout",
+    "layer_metrics",
     "summarize_layers",
 ]
 
@@ -35,6 +42,9 @@ SPARSE_MAX_NORMALIZED_ENTROPY = 0.5
 
 # float16 on the wire and float32 softmax can leave values a hair below 0; further is an error.
 _NEGATIVE_TOLERANCE = 1e-6
+
+# float64 bytes of one block of query rows; a few buffers of this size are the extra memory.
+_BLOCK_BYTES = 16 * 2**20
 
 _SHAPES_THAT_WORK = (
     "(batch, heads, query_len, key_len), (heads, query_len, key_len) "
@@ -62,15 +72,17 @@ def _as_probabilities(attention: Any, *, min_rank: int = 2, max_rank: int = 4) -
             f"attention has shape {tuple(arr.shape)} with an empty axis; "
             f"expected {_SHAPES_THAT_WORK} with every axis at least 1"
         )
-    if not np.all(np.isfinite(arr)):
+    # min and max propagate NaN and show an infinity, without a full-size boolean temporary.
+    lowest, highest = arr.min(), arr.max()
+    if not (np.isfinite(lowest) and np.isfinite(highest)):
         raise InvalidInputError(
             f"attention of shape {tuple(arr.shape)} holds NaN or infinite values; "
             "expected softmax probabilities (finite, rows summing to 1)"
         )
-    if arr.min() < -_NEGATIVE_TOLERANCE:
+    if lowest < -_NEGATIVE_TOLERANCE:
         raise InvalidInputError(
             f"attention of shape {tuple(arr.shape)} holds negative values "
-            f"(min {float(arr.min()):.3g}); expected softmax probabilities, not raw scores"
+            f"(min {float(lowest):.3g}); expected softmax probabilities, not raw scores"
         )
     return arr
 
@@ -84,6 +96,11 @@ def _to_4d(arr: np.ndarray) -> np.ndarray:
 
 def _floats(values: np.ndarray) -> list[float]:
     return [float(v) for v in values]
+
+
+def _block_rows(k: int) -> int:
+    """Query rows per block so one float64 block of ``k`` columns is about _BLOCK_BYTES."""
+    return max(1, _BLOCK_BYTES // (8 * k))
 
 
 def analyze_attention_patterns(attention: Any) -> dict[str, Any]:
@@ -118,11 +135,30 @@ def analyze_attention_patterns(attention: Any) -> dict[str, Any]:
       5. ``"sparse"``: ``H <= 0.5`` (focused, but on spots off the diagonal and the edges);
       6. ``"mixed"`` otherwise.
     """
-    arr = _to_4d(_as_probabilities(attention))
-    _, heads, _, k = arr.shape
-    # One batch item at a time keeps the float64 temporaries small for long sequences.
-    per_item = [_item_metrics(item) for item in arr]
-    m = {name: np.mean([item[name] for item in per_item], axis=0) for name in per_item[0]}
+    return _analyze(_as_probabilities(attention))
+
+
+def layer_metrics(attention: Any) -> dict[str, Any]:
+    """One layer's entry of ``summarize_layers(...)["layers"]``: the metrics plus ``"shape"``.
+
+    ``attention`` is one layer's ``(batch, heads, q, k)`` array (float16 or float32, a
+    read-only memmap included); it is read one head and block of query rows at a time.
+    """
+    arr = _as_probabilities(attention)
+    metrics = _analyze(arr)
+    metrics["shape"] = [int(n) for n in arr.shape]
+    return metrics
+
+
+def _analyze(arr: np.ndarray) -> dict[str, Any]:
+    """analyze_attention_patterns on an array _as_probabilities has checked."""
+    arr = _to_4d(arr)
+    batch, heads, _, k = arr.shape
+    per_head = [[_head_metrics(arr[b, h]) for h in range(heads)] for b in range(batch)]
+    m = {
+        name: np.mean([[numbers[name] for numbers in item] for item in per_head], axis=0)
+        for name in per_head[0][0]
+    }
 
     norm_entropy = m["entropy"] / math.log(k) if k > 1 else np.zeros(heads)
     edge = max(1, k // 20)
@@ -155,33 +191,78 @@ def analyze_attention_patterns(attention: Any) -> dict[str, Any]:
     }
 
 
-def _item_metrics(item: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-head numbers of one batch item ``(heads, q, k)``; every value has shape (heads,)."""
-    p = np.clip(item.astype(np.float64), 0.0, None)
-    _, q, k = p.shape
-    positive = p > 0
-    plogp = np.zeros_like(p)
-    np.multiply(p, np.log(p, where=positive, out=np.ones_like(p)), where=positive, out=plogp)
+def _head_metrics(head: np.ndarray) -> dict[str, float]:
+    """The numbers of one head's ``(q, k)`` matrix, summed in float64 block by block of rows.
 
-    n_diag = min(q, k)
-    diag = p[:, np.arange(n_diag), np.arange(n_diag)].mean(axis=-1)
-    matrix_mean = p.mean(axis=(-2, -1))
-    distance = np.abs(np.arange(q)[:, None] - np.arange(k)[None, :])
+    Extra memory is two float64 buffers and one boolean buffer of a block, whatever ``q``.
+    """
+    q, k = head.shape
+    rows = min(q, _block_rows(k))
+    block = np.empty((rows, k))  # the probabilities, clipped at 0
+    weights = np.empty((rows, k))  # |i - j|, then the local window, then log p
+    positive = np.empty((rows, k), dtype=bool)
+    columns = np.arange(k, dtype=np.float64)
+    window = max(1, k // 10)
     edge = max(1, k // 20)
-    edge_cols = np.zeros(k, dtype=bool)
-    edge_cols[:edge] = True
-    edge_cols[-edge:] = True
+    n_diag = min(q, k)
+    total = entropy = row_max = distance = window_mass = edge_mass = diagonal = 0.0
+    lowest, highest = math.inf, -math.inf
+    # std from sums around a shift near the mean (the first block's), which keeps the
+    # one-pass variance free of cancellation.
+    shift: float | None = None
+    deviation = squared_deviation = 0.0
+    for start in range(0, q, rows):
+        stop = min(q, start + rows)
+        p = block[: stop - start]
+        np.copyto(p, head[start:stop])
+        np.maximum(p, 0.0, out=p)
+        block_total = float(p.sum())
+        total += block_total
+        maxima = p.max(axis=1)
+        row_max += float(maxima.sum())
+        highest = max(highest, float(maxima.max()))
+        lowest = min(lowest, float(p.min()))
+        if start < n_diag:
+            on_diagonal = np.arange(start, min(stop, n_diag))
+            diagonal += float(p[on_diagonal - start, on_diagonal].sum())
+        if 2 * edge >= k:
+            edge_mass += block_total
+        else:
+            edge_mass += float(p[:, :edge].sum() + p[:, k - edge :].sum())
+
+        w = weights[: stop - start]
+        np.subtract.outer(np.arange(start, stop, dtype=np.float64), columns, out=w)
+        np.abs(w, out=w)
+        distance += float(np.vdot(p, w))
+        np.less_equal(w, window, out=w)
+        window_mass += float(np.vdot(p, w))
+        mask = positive[: stop - start]
+        np.greater(p, 0.0, out=mask)
+        w.fill(0.0)  # 0 log 0 = 0
+        np.log(p, out=w, where=mask)
+        entropy -= float(np.vdot(p, w))
+
+        if shift is None:
+            shift = block_total / p.size
+        np.subtract(p, shift, out=p)
+        deviation += float(p.sum())
+        squared_deviation += float(np.vdot(p, p))
+
+    size = q * k
+    mean = total / size
+    variance = max(0.0, squared_deviation / size - (deviation / size) ** 2)
+    diagonal_mean = diagonal / n_diag
     return {
-        "entropy": -plogp.sum(axis=-1).mean(axis=-1),
-        "row_max": p.max(axis=-1).mean(axis=-1),
-        "diagonal": np.divide(diag, matrix_mean, out=np.zeros_like(diag), where=matrix_mean > 0),
-        "distance": (p * distance).sum(axis=-1).mean(axis=-1),
-        "window_mass": (p * (distance <= max(1, k // 10))).sum(axis=-1).mean(axis=-1),
-        "edge_mass": p[..., edge_cols].sum(axis=-1).mean(axis=-1),
-        "mean": matrix_mean,
-        "std": p.std(axis=(-2, -1)),
-        "min": p.min(axis=(-2, -1)),
-        "max": p.max(axis=(-2, -1)),
+        "entropy": entropy / q,
+        "row_max": row_max / q,
+        "diagonal": diagonal_mean / mean if mean > 0 else 0.0,
+        "distance": distance / q,
+        "window_mass": window_mass / q,
+        "edge_mass": edge_mass / q,
+        "mean": mean,
+        "std": math.sqrt(variance),
+        "min": lowest,
+        "max": highest,
     }
 
 
@@ -211,6 +292,75 @@ def _pattern_label(
     return "mixed"
 
 
+class Rollout:
+    """Attention rollout (Abnar & Zuidema, 2020), folded in one layer at a time.
+
+    ``add(layer)`` per layer, first layer first; ``result()`` is ``R = A_L @ ... @ A_1``, an
+    ``(n, n)`` float64 array: how much each output position draws on each input position
+    through the whole stack. Each ``A`` is the layer's head mean for batch item 0; with
+    ``add_residual`` (the default) it becomes ``A + I`` with its rows renormalized to sum
+    to 1, modelling the residual connection. Holds the running product and one head mean.
+    """
+
+    def __init__(self, *, add_residual: bool = True) -> None:
+        self.add_residual = add_residual
+        self.problem: str | None = None  # why there is no rollout, once a layer ruled it out
+        self._layers = 0
+        self._size: int | None = None
+        self._product: np.ndarray | None = None
+
+    def add(self, attention: Any) -> None:
+        """Fold in the next layer: ``(batch, heads, n, n)`` (item 0 is used), ``(heads, n, n)``
+        or ``(n, n)``. A layer that is not square, or not the size of the first, leaves no
+        rollout (``problem`` says why)."""
+        self._fold(_as_probabilities(attention))
+
+    def result(self) -> np.ndarray | None:
+        """The rollout so far, or ``None`` when no layer was added or a layer ruled it out."""
+        return None if self.problem is not None else self._product
+
+    def _fold(self, arr: np.ndarray) -> None:
+        """add() on an array _as_probabilities has checked."""
+        index = self._layers
+        self._layers += 1
+        if self.problem is not None:
+            return
+        item = arr[0] if arr.ndim == 4 else arr
+        q, n = item.shape[-2:]
+        if q != n:
+            self._give_up(
+                f"rollout layer {index} has shape {tuple(item.shape)}; rollout needs square "
+                "self-attention (heads, n, n) of one batch item"
+            )
+            return
+        if self._size is not None and n != self._size:
+            self._give_up(
+                f"rollout layer {index} has size {n} but layer 0 has {self._size}; "
+                "every layer needs the same (heads, n, n) shape"
+            )
+            return
+        self._size = n
+        heads = item.reshape(-1, n, n)
+        rows = _block_rows(n)
+        mixed = np.zeros((n, n))
+        for head in heads:  # the head mean, summed in float64 a block of rows at a time
+            for start in range(0, n, rows):
+                mixed[start : start + rows] += np.maximum(head[start : start + rows], 0.0)
+        mixed /= len(heads)
+        if self.add_residual:
+            mixed.flat[:: n + 1] += 1.0
+            mixed /= mixed.sum(axis=-1, keepdims=True)
+        if self._product is not None:
+            # Row i of A @ R needs only row i of A, so the product overwrites A block by block.
+            for start in range(0, n, rows):
+                mixed[start : start + rows] = mixed[start : start + rows] @ self._product
+        self._product = mixed
+
+    def _give_up(self, problem: str) -> None:
+        self.problem = problem
+        self._product = None
+
+
 def attention_rollout(layers: Sequence[Any], *, add_residual: bool = True) -> np.ndarray:
     """Attention rollout (Abnar & Zuidema, 2020) through the layers of one batch item.
 
@@ -222,58 +372,40 @@ def attention_rollout(layers: Sequence[Any], *, add_residual: bool = True) -> np
 
     Returns:
         ``R = A_L @ ... @ A_1``, an ``(n, n)`` float64 array: how much each output position
-        draws on each input position through the whole stack.
+        draws on each input position through the whole stack (see ``Rollout``).
     """
     if len(layers) == 0:
         raise InvalidInputError("attention_rollout needs at least one layer's attention")
-    result: np.ndarray | None = None
-    size: int | None = None
-    for index, layer in enumerate(layers):
-        arr = np.clip(_as_probabilities(layer, max_rank=3).astype(np.float64), 0.0, None)
-        if arr.shape[-1] != arr.shape[-2]:
-            raise InvalidInputError(
-                f"rollout layer {index} has shape {tuple(arr.shape)}; rollout needs square "
-                "self-attention (heads, n, n) of one batch item"
-            )
-        if size is not None and arr.shape[-1] != size:
-            raise InvalidInputError(
-                f"rollout layer {index} has size {arr.shape[-1]} but layer 0 has {size}; "
-                "every layer needs the same (heads, n, n) shape"
-            )
-        size = arr.shape[-1]
-        mixed = arr if arr.ndim == 2 else arr.mean(axis=0)
-        if add_residual:
-            mixed = mixed + np.eye(size)
-            mixed = mixed / mixed.sum(axis=-1, keepdims=True)
-        result = mixed if result is None else mixed @ result
+    rollout = Rollout(add_residual=add_residual)
+    for layer in layers:
+        rollout._fold(_as_probabilities(layer, max_rank=3))
+        if rollout.problem is not None:
+            raise InvalidInputError(rollout.problem)
+    result = rollout.result()
     assert result is not None
     return result
 
 
-def _first_item(arr: np.ndarray) -> np.ndarray:
-    """Batch item 0 of a (batch, heads, q, k) tensor; lower ranks are one item already."""
-    return arr[0] if arr.ndim == 4 else arr
+def summarize_layers(
+    attention_by_layer: Mapping[str, Any], *, rollout_as_list: bool = True
+) -> dict[str, Any]:
+    """The metrics of every layer and, where it applies, the rollout.
 
-
-def summarize_layers(attention_by_layer: Mapping[str, Any]) -> dict[str, Any]:
-    """The content of ``analysis.json``: metrics per layer and, where it applies, the rollout.
-
-    Returns ``{"layers": {name: metrics + {"shape": [...]}}}`` plus ``"rollout"`` (a list of
-    rows, batch item 0, layers in the mapping's order) when every layer is square and of
-    the same size.
+    Returns ``{"layers": {name: layer_metrics(attention)}}`` plus ``"rollout"`` (batch item 0,
+    layers in the mapping's order) when every layer is square and of the same size: a list
+    of rows, or with ``rollout_as_list=False`` the ``(n, n)`` array, for writing it to its
+    own file rather than into ``analysis.json``. Layers are read one at a time.
     """
     layers: dict[str, Any] = {}
-    items: list[np.ndarray] = []
+    rollout = Rollout()
     for name, attention in attention_by_layer.items():
         arr = _as_probabilities(attention)
-        metrics = analyze_attention_patterns(arr)
+        metrics = _analyze(arr)
         metrics["shape"] = [int(n) for n in arr.shape]
         layers[name] = metrics
-        items.append(_first_item(arr))
+        rollout._fold(arr)
     summary: dict[str, Any] = {"layers": layers}
-    sizes = {item.shape[-2:] for item in items}
-    if items and len(sizes) == 1:
-        q, k = next(iter(sizes))
-        if q == k:
-            summary["rollout"] = attention_rollout(items).tolist()
+    matrix = rollout.result()
+    if matrix is not None:
+        summary["rollout"] = matrix.tolist() if rollout_as_list else matrix
     return summary

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+import tracemalloc
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from neural_attn.analysis import analyze_attention_patterns, attention_rollout, summarize_layers
+from neural_attn import analysis
+from neural_attn.analysis import (
+    Rollout,
+    analyze_attention_patterns,
+    attention_rollout,
+    layer_metrics,
+    summarize_layers,
+)
 from neural_attn.errors import InvalidInputError
 
 
@@ -258,3 +268,235 @@ def test_summarize_layers_skips_rollout_for_non_square_or_mixed_sizes() -> None:
     summary = summarize_layers(mixed)
     assert "rollout" not in summary
     assert summary["layers"]["b"]["shape"] == [1, 2, 6, 6]
+
+
+# --- the same numbers as the whole-layer float64 implementation, in bounded memory ---------
+
+
+def _reference_item(item: np.ndarray) -> dict[str, np.ndarray]:
+    """The metrics of one batch item as the first implementation computed them (a copy)."""
+    p = np.clip(item.astype(np.float64), 0.0, None)
+    _, q, k = p.shape
+    positive = p > 0
+    plogp = np.zeros_like(p)
+    np.multiply(p, np.log(p, where=positive, out=np.ones_like(p)), where=positive, out=plogp)
+    n_diag = min(q, k)
+    diag = p[:, np.arange(n_diag), np.arange(n_diag)].mean(axis=-1)
+    matrix_mean = p.mean(axis=(-2, -1))
+    distance = np.abs(np.arange(q)[:, None] - np.arange(k)[None, :])
+    edge = max(1, k // 20)
+    edge_cols = np.zeros(k, dtype=bool)
+    edge_cols[:edge] = True
+    edge_cols[-edge:] = True
+    return {
+        "entropy": -plogp.sum(axis=-1).mean(axis=-1),
+        "row_max": p.max(axis=-1).mean(axis=-1),
+        "diagonal": np.divide(diag, matrix_mean, out=np.zeros_like(diag), where=matrix_mean > 0),
+        "distance": (p * distance).sum(axis=-1).mean(axis=-1),
+        "window_mass": (p * (distance <= max(1, k // 10))).sum(axis=-1).mean(axis=-1),
+        "edge_mass": p[..., edge_cols].sum(axis=-1).mean(axis=-1),
+        "mean": matrix_mean,
+        "std": p.std(axis=(-2, -1)),
+        "min": p.min(axis=(-2, -1)),
+        "max": p.max(axis=(-2, -1)),
+    }
+
+
+def _reference_metrics(attention: np.ndarray) -> dict[str, Any]:
+    arr = np.asarray(attention)
+    while arr.ndim < 4:
+        arr = arr[np.newaxis]
+    _, heads, _, k = arr.shape
+    per_item = [_reference_item(item) for item in arr]
+    m = {name: np.mean([item[name] for item in per_item], axis=0) for name in per_item[0]}
+    norm_entropy = m["entropy"] / math.log(k) if k > 1 else np.zeros(heads)
+    edge = max(1, k // 20)
+    labels = [
+        analysis._pattern_label(
+            k=k,
+            normalized_entropy=float(norm_entropy[h]),
+            diagonal_strength=float(m["diagonal"][h]),
+            window_mass=float(m["window_mass"][h]),
+            edge_mass=float(m["edge_mass"][h]),
+            edges_small=k >= 4 * edge,
+        )
+        for h in range(heads)
+    ]
+    return {
+        "num_heads": int(heads),
+        "attention_entropy": list(m["entropy"]),
+        "max_attention_per_head": list(m["row_max"]),
+        "attention_distribution": [
+            {stat: float(m[stat][h]) for stat in ("mean", "std", "min", "max")}
+            for h in range(heads)
+        ],
+        "diagonal_attention_strength": list(m["diagonal"]),
+        "avg_entropy": float(m["entropy"].mean()),
+        "avg_max_attention": float(m["row_max"].mean()),
+        "avg_diagonal_strength": float(m["diagonal"].mean()),
+        "pattern_per_head": labels,
+        "mean_attention_distance": list(m["distance"]),
+        "normalized_entropy": list(norm_entropy),
+    }
+
+
+def _reference_rollout(items: list[np.ndarray]) -> np.ndarray:
+    result = None
+    for layer in items:
+        arr = np.clip(np.asarray(layer).astype(np.float64), 0.0, None)
+        mixed = arr if arr.ndim == 2 else arr.mean(axis=0)
+        mixed = mixed + np.eye(arr.shape[-1])
+        mixed = mixed / mixed.sum(axis=-1, keepdims=True)
+        result = mixed if result is None else mixed @ result
+    assert result is not None
+    return result
+
+
+def _assert_same_numbers(got: Any, want: Any, path: str = "") -> None:
+    if isinstance(want, dict):
+        assert set(got) == set(want), path
+        for key in want:
+            _assert_same_numbers(got[key], want[key], f"{path}.{key}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), path
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            _assert_same_numbers(a, b, f"{path}[{i}]")
+    elif isinstance(want, str | int) and not isinstance(want, float):
+        assert got == want, path
+    else:
+        assert got == pytest.approx(float(want), rel=1e-6, abs=1e-6), path
+
+
+def _cases() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(12)
+    sharp = _softmax(rng.normal(size=(2, 3, 9, 9)) * 6)
+    masked_rows = _softmax(rng.normal(size=(1, 2, 8, 8)))
+    masked_rows[:, :, 5:] = 0.0  # padding queries attend nowhere
+    masked_keys = _softmax(rng.normal(size=(2, 2, 7, 10)))
+    masked_keys[..., 7:] = 0.0  # padding keys get 0
+    masked_keys /= masked_keys.sum(axis=-1, keepdims=True)
+    slightly_negative = _softmax(rng.normal(size=(1, 2, 6, 6)))
+    slightly_negative[0, 0, 1, 2] = -5e-7  # float16 or float32 rounding below 0
+    return {
+        "random": _softmax(rng.normal(size=(2, 3, 7, 7))),
+        "sharp": sharp,
+        "non_square_wide": _softmax(rng.normal(size=(1, 4, 5, 23))),
+        "non_square_tall": _softmax(rng.normal(size=(3, 2, 30, 4))),
+        "masked_rows": masked_rows,
+        "masked_keys": masked_keys,
+        "float16": _softmax(rng.normal(size=(2, 2, 40, 40)) * 3).astype(np.float16),
+        "float32": _softmax(rng.normal(size=(1, 3, 64, 64)) * 2).astype(np.float32),
+        "one_key": np.ones((1, 2, 5, 1)),
+        "identity": np.eye(12)[None, None],
+        "uniform": _uniform(9, heads=2),
+        "slightly_negative": slightly_negative,
+    }
+
+
+@pytest.mark.parametrize("block_rows", [None, 1, 3])
+@pytest.mark.parametrize("case", list(_cases()))
+def test_metrics_equal_the_whole_layer_implementation(
+    case: str, block_rows: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attention = _cases()[case]
+    if block_rows is not None:  # force several blocks of query rows per head
+        monkeypatch.setattr(analysis, "_BLOCK_BYTES", 8 * attention.shape[-1] * block_rows)
+    _assert_same_numbers(analyze_attention_patterns(attention), _reference_metrics(attention))
+
+
+def test_layer_metrics_is_the_summary_entry_with_its_shape() -> None:
+    cases = _cases()
+    layers = {name: cases[name] for name in ("random", "sharp", "float16")}
+    summary = summarize_layers(layers)
+    for name, attention in layers.items():
+        metrics = layer_metrics(attention)
+        assert metrics == summary["layers"][name]
+        assert metrics["shape"] == list(attention.shape)
+        assert json.loads(json.dumps(metrics)) == metrics
+
+
+def test_layer_metrics_reads_a_read_only_memmap(tmp_path: Path) -> None:
+    attention = _cases()["float16"]
+    np.save(tmp_path / "layer.npy", attention)
+    mapped = np.load(tmp_path / "layer.npy", mmap_mode="r")
+    assert not mapped.flags.writeable
+    assert layer_metrics(mapped) == layer_metrics(attention.copy())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_rollout_equals_the_whole_layer_implementation(
+    dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(13)
+    layers = [_softmax(rng.normal(size=(2, 3, 11, 11)) * 2).astype(dtype) for _ in range(3)]
+    expected = _reference_rollout([layer[0] for layer in layers])
+    monkeypatch.setattr(analysis, "_BLOCK_BYTES", 8 * 11 * 4)  # blocks of 4 rows
+    rollout = Rollout()
+    for layer in layers:
+        rollout.add(layer)
+    result = rollout.result()
+    assert result is not None and result.dtype == np.float64
+    np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(attention_rollout([a[0] for a in layers]), expected, rtol=1e-6)
+    summary = summarize_layers({str(i): a for i, a in enumerate(layers)}, rollout_as_list=False)
+    assert isinstance(summary["rollout"], np.ndarray)
+    np.testing.assert_allclose(summary["rollout"], expected, rtol=1e-6)
+
+
+def test_rollout_results_stay_valid_as_layers_are_added() -> None:
+    rng = np.random.default_rng(14)
+    first, second = (_softmax(rng.normal(size=(1, 2, 6, 6))) for _ in range(2))
+    rollout = Rollout()
+    rollout.add(first)
+    after_one = rollout.result()
+    assert after_one is not None
+    kept = after_one.copy()
+    rollout.add(second)
+    np.testing.assert_array_equal(after_one, kept)
+    np.testing.assert_allclose(rollout.result(), _reference_rollout([first[0], second[0]]))
+
+
+def test_rollout_is_none_when_layers_do_not_fit() -> None:
+    assert Rollout().result() is None
+    cross = Rollout()
+    cross.add(np.full((1, 2, 3, 5), 0.2))
+    assert cross.result() is None and "square" in (cross.problem or "")
+    mixed = Rollout()
+    mixed.add(_uniform(4))
+    mixed.add(_uniform(6))
+    mixed.add(_uniform(4))  # a later fitting layer does not bring it back
+    assert mixed.result() is None and "layer 0 has 4" in (mixed.problem or "")
+
+
+def _peak_traced_bytes(work: Any) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_layer_metrics_memory_stays_far_below_a_float64_copy_of_the_layer() -> None:
+    rng = np.random.default_rng(15)
+    k = 2048
+    layer = rng.random((1, 4, k, k), dtype=np.float32)
+    layer /= layer.sum(axis=-1, keepdims=True)
+    float64_bytes = layer.size * 8  # 128 MiB
+    peak = _peak_traced_bytes(lambda: layer_metrics(layer))
+    # Two float64 blocks and a boolean one (about 34 MiB here), whatever the heads or length.
+    assert peak < float64_bytes / 2, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_rollout_memory_is_the_running_product_and_one_head_mean() -> None:
+    n = 1024
+    layer = np.full((1, 8, n, n), 1.0 / n, dtype=np.float32)
+    matrix_bytes = n * n * 8  # 8 MiB; the layer in float64 is 64 MiB
+
+    def two_layers() -> None:
+        rollout = Rollout()
+        rollout.add(layer)
+        rollout.add(layer)
+
+    peak = _peak_traced_bytes(two_layers)
+    assert peak < 4 * matrix_bytes, f"peak {peak / 2**20:.0f} MiB"
