@@ -39,8 +39,9 @@ types: $(PY)
 
 check: lint types proto-check test
 
+# Benchmarks (issue 7's targets): prints a table, writes bench/results.json. Measures, never asserts.
 bench: setup
-	$(PY) tests/bench/bench_extract.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf attention_outputs build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,118 @@
+"""`make bench`: every benchmark section, each in a fresh process, then one table and
+bench/results.json. Benchmarks measure; they never assert timings (and a failed row says why).
+
+    python bench/run_all.py                      # all sections (about 10 minutes on 2 cores)
+    python bench/run_all.py --only 2,3           # some sections
+    python bench/run_all.py --budget 0.3         # fewer repetitions, a quicker look
+
+Sections (each runnable alone as `python bench/bench_*.py`):
+    0 bench_extract.py   the example model, served vs plain forward (the original `make bench`)
+    1 bench_cli_long.py  2 x 8 x 4,096² through the installed CLI: completes, wall, peak RSS
+    2 bench_overhead.py  served ÷ in-process forward (project and plain-framework) at 128, 1,024
+    3 bench_wire.py      512 MiB through ExtractAttention vs a bare gRPC stream
+    4 bench_layers.py    12 layers in one pass vs 12 x one layer vs one sub-model per layer
+
+Where CUDA is present (torch.cuda.is_available()) sections 0, 2, 3 and 4 run again with the
+models on the GPU, and their rows are kept apart in the table and in results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import BENCH, Row, cuda_available, machine, print_table
+
+SECTIONS = {
+    "0": "bench_extract.py",
+    "1": "bench_cli_long.py",
+    "2": "bench_overhead.py",
+    "3": "bench_wire.py",
+    "4": "bench_layers.py",
+}
+GPU_SECTIONS = ("0", "2", "3", "4")
+ORDER = ("1", "2", "3", "4", "0")  # the long CLI first, on a quiet machine
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="", help="comma-separated sections, e.g. 2,3")
+    parser.add_argument("--budget", default="1.0", help="scale repetitions (e.g. 0.3 for a look)")
+    parser.add_argument("--no-gpu", action="store_true", help="skip the GPU pass")
+    parser.add_argument("--output", default=str(BENCH / "results.json"))
+    args = parser.parse_args()
+    chosen = [s for s in ORDER if not args.only or s in args.only.split(",")]
+    runs = [(s, "cpu") for s in chosen]
+    gpu = cuda_available() and not args.no_gpu
+    if gpu:
+        runs += [(s, "cuda") for s in chosen if s in GPU_SECTIONS]
+    info = machine()
+    print(
+        f"neural-attn bench: {info['date']}, {info['cores']} cores, {info['cpu']}, "
+        f"{info['memory_gib']} GiB; GPU: {info['cuda'] or 'no GPU here'}",
+        flush=True,
+    )
+    started = time.perf_counter()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for section, device in runs:
+            out = Path(tmp) / f"{section}-{device}.json"
+            cmd = [
+                sys.executable,
+                str(BENCH / SECTIONS[section]),
+                "--json",
+                str(out),
+                "--device",
+                device,
+                "--budget",
+                args.budget,
+            ]
+            t0 = time.perf_counter()
+            rc = subprocess.call(cmd, cwd=str(BENCH.parent))
+            took = time.perf_counter() - t0
+            got = [Row(**r) for r in json.loads(out.read_text())] if out.exists() else []
+            if rc != 0 or not got:
+                got.append(
+                    Row(
+                        section,
+                        f"section {section} ({SECTIONS[section]})",
+                        None,
+                        note=f"FAILED: the section exited with status {rc}",
+                        device=device,
+                    )
+                )
+            print(f"[section {section} on {device}: {took:.0f} s]", flush=True)
+            rows += got
+    total = time.perf_counter() - started
+    print("\n" + "=" * 100)
+    print(
+        f"neural-attn bench, {info['date']}; {info['cores']} cores, {info['cpu']}; "
+        f"commit {info.get('commit', '?')}; {total / 60:.1f} min"
+    )
+    print_table(rows)
+    if not gpu:
+        print("\n== GPU rows ==\nno GPU here (torch.cuda.is_available() is False)")
+    Path(args.output).write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "gpu": info["cuda"] or "no GPU here",
+                "elapsed_s": round(total, 1),
+                "rows": [r.__dict__ for r in rows],
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
