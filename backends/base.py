@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from neural_attn.backends.streaming import Reduction, stream_pass
 from neural_attn.dsl.ir import Layer, Network
 from neural_attn.errors import BackendUnavailableError, CancelledError, InvalidInputError
 
@@ -169,6 +171,19 @@ def sample_input(network: Network, *, seed: int = 0, length: int | None = None) 
     return rng.standard_normal(shape).astype(np.float32)
 
 
+class _Capture:
+    """The `capture` mapping attention blocks write their probabilities into: hands the wanted
+    layers to `take` at once and drops the others."""
+
+    def __init__(self, wanted: Collection[str], take: Callable[[str, Any], None]) -> None:
+        self.wanted = frozenset(wanted)
+        self.take = take
+
+    def __setitem__(self, name: str, probs: Any) -> None:
+        if name in self.wanted:
+            self.take(name, probs)
+
+
 class BuiltModel(ABC):
     """A compiled model of one backend."""
 
@@ -181,6 +196,24 @@ class BuiltModel(ABC):
     def parameter_count(self) -> int: ...
 
     @abstractmethod
+    def _pass(
+        self,
+        prepared: PreparedInput,
+        capture: _Capture,
+        should_stop: Callable[[], bool] | None,
+    ) -> Any:
+        """Run the framework model once in inference mode.
+
+        Attention blocks write their probabilities (framework tensors [batch, head, query,
+        key]) into `capture` as soon as they compute them. Returns the output tensor, or None
+        when `should_stop()` said yes between layers.
+        """
+
+    @abstractmethod
+    def _to_numpy(self, tensor: Any, reduction: Reduction | None = None) -> np.ndarray:
+        """A float32 (C-contiguous) numpy array of `tensor`, reduced first, on the model's
+        device, when `reduction` says so. Shares memory with the tensor where it can."""
+
     def forward(
         self,
         data: np.ndarray,
@@ -194,6 +227,42 @@ class BuiltModel(ABC):
         probabilities as float32 numpy, shape [batch, head, query, key]. `should_stop` is
         asked between layers; when it says yes the pass stops with CancelledError.
         """
+        prepared = prepare_input(self.network, data)
+        kept: dict[str, np.ndarray] = {}
+
+        def take(name: str, probs: Any) -> None:
+            kept[name] = self._to_numpy(probs)
+
+        out = self._pass(prepared, _Capture(capture, take), should_stop)
+        if out is None:
+            raise stopped()
+        return self._to_numpy(out), kept
+
+    def stream(
+        self,
+        data: np.ndarray,
+        *,
+        capture: Collection[str],
+        reduction: Reduction | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Generator[tuple[str, np.ndarray], None, None]:
+        """One forward pass that yields (layer name, attention) for each layer in `capture`
+        as soon as the pass has computed it, reduced beside the model by `reduction`.
+
+        The pass waits while the caller holds a layer, and goes on when the caller asks for the
+        next: drop each array before asking, and at most one layer's attention exists at a time.
+        Closing the iterator stops the pass at its next attention layer.
+        """
+        prepared = prepare_input(self.network, data)
+
+        def run(emit: Callable[[str, np.ndarray], None]) -> None:
+            def take(name: str, probs: Any) -> None:
+                emit(name, self._to_numpy(probs, reduction))
+
+            if self._pass(prepared, _Capture(capture, take), should_stop) is None:
+                raise stopped()
+
+        yield from stream_pass(run, name=f"{self.backend}-pass")
 
     @abstractmethod
     def get_weights(self) -> dict[str, np.ndarray]:

@@ -13,17 +13,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn import functional as F  # noqa: N812
 
 from neural_attn.backends import torch_layers, torch_recurrent, torch_spatial
 from neural_attn.backends.base import (
     Backend,
     BuiltModel,
+    PreparedInput,
     padding_masked_layers,
-    prepare_input,
-    stopped,
 )
 from neural_attn.backends.codegen import Call, instantiate, mark_padding, render_call, render_module
 from neural_attn.backends.info import resolve_device
+from neural_attn.backends.streaming import Reduction, block_counts
 from neural_attn.backends.torch_weights import Tensors, from_torch, to_torch, walk
 from neural_attn.backends.weight_files import check_neutral
 from neural_attn.backends.weights import initial_weights, weight_shapes
@@ -205,23 +206,20 @@ class PyTorchModel(BuiltModel):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def forward(
+    def _pass(
         self,
-        data: np.ndarray,
-        *,
-        capture: Collection[str] = (),
-        should_stop: Callable[[], bool] | None = None,
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        prepared = prepare_input(self.network, data)
-        store: dict[str, torch.Tensor] = {}
+        prepared: PreparedInput,
+        capture: Any,
+        should_stop: Callable[[], bool] | None,
+    ) -> torch.Tensor | None:
         x = torch.from_numpy(prepared.array).to(self.device)
         with self._lock, torch.inference_mode():
-            out = self.model.run(x, capture=store, start=prepared.start, should_stop=should_stop)
-        if out is None:
-            raise stopped()
-        wanted = set(capture)
-        probs = {k: v.float().cpu().numpy() for k, v in store.items() if k in wanted}
-        return out.float().cpu().numpy(), probs
+            return self.model.run(x, capture=capture, start=prepared.start, should_stop=should_stop)
+
+    def _to_numpy(self, tensor: torch.Tensor, reduction: Reduction | None = None) -> np.ndarray:
+        if reduction is not None and not reduction.exact:
+            tensor = reduce_attention(tensor, reduction)
+        return tensor.float().contiguous().cpu().numpy()
 
     def _all_parameters(self) -> dict[str, tuple[str, str, Tensors]]:
         out: dict[str, tuple[str, str, Tensors]] = {}
@@ -289,6 +287,27 @@ def generate_code(network: Network) -> str:
         blocks_modules=[Path(m.__file__ or "") for m in _BLOCK_MODULES],
         body="\n".join(lines),
     )
+
+
+def reduce_attention(probs: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    """One head, a window and block pooling of [batch, head, query, key], on probs' device."""
+    _, _, q_len, k_len = probs.shape
+    if reduction.head is not None:
+        probs = probs[:, reduction.head : reduction.head + 1]
+    q0, q1, k0, k1 = reduction.window(q_len, k_len)
+    probs = probs[:, :, q0:q1, k0:k1]
+    bq, bk = reduction.blocks(q_len, k_len)
+    if bq == bk == 1:
+        return probs
+    batch, heads, rows, cols = probs.shape
+    out_q, out_k = -(-rows // bq), -(-cols // bk)
+    # Zero padding changes neither a block's maximum nor its sum: probabilities are >= 0.
+    padded = F.pad(probs, (0, out_k * bk - cols, 0, out_q * bq - rows))
+    blocks = padded.reshape(batch, heads, out_q, bq, out_k, bk)
+    if reduction.pool_mode == "max":
+        return blocks.amax(dim=(3, 5))
+    counts = np.outer(block_counts(rows, bq), block_counts(cols, bk))
+    return blocks.sum(dim=(3, 5)) / torch.from_numpy(counts).to(probs.device)
 
 
 class PyTorchBackend(Backend):

@@ -25,13 +25,13 @@ from neural_attn.backends import tf_layers  # noqa: E402
 from neural_attn.backends.base import (  # noqa: E402
     Backend,
     BuiltModel,
+    PreparedInput,
     padding_masked_layers,
-    prepare_input,
     sample_input,
-    stopped,
 )
 from neural_attn.backends.codegen import Call, instantiate, mark_padding, render_call, render_module  # noqa: E402
 from neural_attn.backends.info import resolve_device  # noqa: E402
+from neural_attn.backends.streaming import Reduction, block_counts  # noqa: E402
 from neural_attn.backends.weight_files import check_neutral  # noqa: E402
 from neural_attn.backends.weights import initial_weights  # noqa: E402
 from neural_attn.dsl.ir import Layer, Network  # noqa: E402
@@ -249,27 +249,25 @@ class TensorFlowModel(BuiltModel):
     def parameter_count(self) -> int:
         return int(self.model.count_params())
 
-    def forward(
+    def _pass(
         self,
-        data: np.ndarray,
-        *,
-        capture: Collection[str] = (),
-        should_stop: Callable[[], bool] | None = None,
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        prepared = prepare_input(self.network, data)
-        store: dict[str, Any] = {}
+        prepared: PreparedInput,
+        capture: Any,
+        should_stop: Callable[[], bool] | None,
+    ) -> tf.Tensor | None:
         with self._lock, tf.device(self._tf_device):
-            out = self.model.run(
+            return self.model.run(
                 tf.convert_to_tensor(prepared.array),
-                capture=store,
+                capture=capture,
                 start=prepared.start,
                 should_stop=should_stop,
             )
-        if out is None:
-            raise stopped()
-        wanted = set(capture)
-        probs = {k: np.asarray(v, dtype=np.float32) for k, v in store.items() if k in wanted}
-        return np.asarray(out), probs
+
+    def _to_numpy(self, tensor: tf.Tensor, reduction: Reduction | None = None) -> np.ndarray:
+        if reduction is not None and not reduction.exact:
+            with tf.device(self._tf_device):
+                tensor = reduce_attention(tensor, reduction)
+        return np.ascontiguousarray(tensor, dtype=np.float32)
 
     def _all_variables(self) -> dict[str, Any]:
         blocks = {b.name: b for b in self.model.blocks}
@@ -320,6 +318,28 @@ def generate_code(network: Network) -> str:
         blocks_modules=[Path(tf_layers.__file__)],
         body="\n".join(lines),
     )
+
+
+def reduce_attention(probs: tf.Tensor, reduction: Reduction) -> tf.Tensor:
+    """One head, a window and block pooling of [batch, head, query, key], on probs' device."""
+    _, _, q_len, k_len = probs.shape
+    if reduction.head is not None:
+        probs = probs[:, reduction.head : reduction.head + 1]
+    q0, q1, k0, k1 = reduction.window(q_len, k_len)
+    if (q0, q1, k0, k1) != (0, q_len, 0, k_len):
+        probs = probs[:, :, q0:q1, k0:k1]
+    bq, bk = reduction.blocks(q_len, k_len)
+    if bq == bk == 1:
+        return probs
+    batch, heads, rows, cols = probs.shape
+    out_q, out_k = -(-rows // bq), -(-cols // bk)
+    # Zero padding changes neither a block's maximum nor its sum: probabilities are >= 0.
+    padded = tf.pad(probs, [[0, 0], [0, 0], [0, out_q * bq - rows], [0, out_k * bk - cols]])
+    blocks = tf.reshape(padded, (batch, heads, out_q, bq, out_k, bk))
+    if reduction.pool_mode == "max":
+        return tf.reduce_max(blocks, axis=[3, 5])
+    counts = np.outer(block_counts(rows, bq), block_counts(cols, bk))
+    return tf.reduce_sum(blocks, axis=[3, 5]) / counts
 
 
 class TensorFlowBackend(Backend):

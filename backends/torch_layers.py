@@ -90,7 +90,8 @@ class SelfAttention(nn.Module):
     def forward(self, x, key_mask=None):
         """key_mask: bool [batch, key], False at padding (token id 0); used when mask_padding."""
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.key_dim)
+        # Scale the queries, not the scores (as Keras does): no second [batch, head, q, k] tensor.
+        scores = torch.matmul(q * (1.0 / math.sqrt(self.key_dim)), k.transpose(-1, -2))
         allowed = None
         if self.causal:
             length = x.shape[1]
@@ -98,13 +99,24 @@ class SelfAttention(nn.Module):
         if self.mask_padding and key_mask is not None:
             keys = key_mask[:, None, None, :]  # [batch, 1, 1, key]
             allowed = keys if allowed is None else (allowed & keys)
+        # In inference the mask and the softmax work in place, so one [batch, head, q, k]
+        # tensor exists at a time: that is what lets long sequences fit. Autograd needs copies.
+        inplace = torch.is_inference_mode_enabled()
         if allowed is not None:
             # Keras's rule, kept for parity: a masked score becomes -1e9 before the softmax and
             # its probability exactly 0 after it (a row with no key left to attend is all 0).
-            scores = scores.masked_fill(~allowed, -1e9)
-        probs = torch.softmax(scores, dim=-1)  # [batch, head, query, key]
-        if allowed is not None:
-            probs = probs.masked_fill(~allowed, 0.0)
+            fill = scores.masked_fill_ if inplace else scores.masked_fill
+            scores = fill(~allowed, -1e9)
+        if inplace:
+            probs = scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
+            probs = probs.div_(probs.sum(dim=-1, keepdim=True))
+            if allowed is not None:
+                probs.masked_fill_(~allowed, 0.0)
+        else:
+            probs = torch.softmax(scores, dim=-1)
+            if allowed is not None:
+                probs = probs.masked_fill(~allowed, 0.0)
+        del scores  # probs: [batch, head, query, key]
         context = torch.matmul(self.dropout(probs), v).transpose(1, 2).flatten(2)
         return self.output(context), probs
 

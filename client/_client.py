@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
 from neural_attn import wire
+from neural_attn.client._sinks import ArraySink, LayerHeader, LayerSink, Pooling
 from neural_attn.errors import (
     ERROR_KIND_KEY,
     InvalidInputError,
@@ -23,6 +24,7 @@ from neural_attn.errors import (
 from neural_attn.v1 import attention_pb2 as pb
 from neural_attn.v1 import attention_pb2_grpc as pb_grpc
 
+_T = TypeVar("_T")
 _REMEMBERED_SOURCES = 16
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # inline weights files can be large
 
@@ -129,8 +131,67 @@ def _analysis_dict(r: pb.AnalyzeResponse) -> dict[str, Any]:
             "avg_max_attention": la.avg_max_attention,
             "avg_diagonal_strength": la.avg_diagonal_strength,
         }
-    rollout = wire.from_proto(r.rollout).tolist() if r.HasField("rollout") else None
+    rollout = wire.from_proto(r.rollout) if r.HasField("rollout") else None
     return {"model_id": r.model_id, "layers": layers, "rollout": rollout}
+
+
+@dataclass(frozen=True)
+class _ExtractOptions:
+    layers: Sequence[str] | None = None
+    head: int | None = None
+    dtype: str = "float32"
+    max_chunk_bytes: int = 0
+    sequence_length: int = 0
+    window: tuple[tuple[int, int], tuple[int, int]] | None = None
+    pool_size: int = 0
+    pool_mode: str = "max"
+
+
+@dataclass(frozen=True)
+class ExtractedLayer:
+    """One layer of an extraction: its header fields and what the sink made of it."""
+
+    name: str
+    index: int
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    head: int | None
+    pooling: Pooling | None
+    value: Any
+
+    @classmethod
+    def of(cls, header: LayerHeader, value: Any) -> ExtractedLayer:
+        return cls(
+            header.name,
+            header.index,
+            header.shape,
+            header.dtype,
+            header.head,
+            header.pooling,
+            value,
+        )
+
+
+def _layer_header(chunk: pb.AttentionChunk) -> LayerHeader:
+    pooling = None
+    if chunk.HasField("reduction"):
+        r = chunk.reduction
+        pooling = Pooling(
+            source_shape=tuple(int(n) for n in r.source_shape),  # type: ignore[arg-type]
+            query=(int(r.query_start), int(r.query_stop)),
+            key=(int(r.key_start), int(r.key_stop)),
+            query_block=int(r.query_block),
+            key_block=int(r.key_block),
+            mode="mean" if r.mode == pb.MEAN else "max",
+        )
+    return LayerHeader(
+        name=chunk.layer_name,
+        index=chunk.layer_index,
+        shape=tuple(int(n) for n in chunk.shape),
+        dtype=wire.numpy_dtype(chunk.dtype),
+        head=None if chunk.head < 0 else chunk.head,
+        pooling=pooling,
+    )
 
 
 def _translate(exc: grpc.RpcError) -> NeuralAttnError:
@@ -331,31 +392,52 @@ class AttentionClient:
         self,
         model: str | CompileResult,
         data: np.ndarray | None,
-        layers: Sequence[str] | None,
-        head: int | None,
-        dtype: str,
-        max_chunk_bytes: int,
-        sequence_length: int,
+        options: _ExtractOptions,
+        *,
         inline: bool,
     ) -> pb.ExtractRequest:
         model_id = model.model_id if isinstance(model, CompileResult) else model
         request = pb.ExtractRequest(
-            layer_names=list(layers or ()),
-            output_dtype=pb.FLOAT16 if dtype == "float16" else pb.FLOAT32,
-            max_chunk_bytes=max_chunk_bytes,
-            sequence_length=sequence_length,
+            layer_names=list(options.layers or ()),
+            output_dtype=pb.FLOAT16 if options.dtype == "float16" else pb.FLOAT32,
+            max_chunk_bytes=options.max_chunk_bytes,
+            sequence_length=options.sequence_length,
         )
         if inline:
             request.compile.CopyFrom(self._sources[model_id])
         else:
             request.model_id = model_id
-        if head is not None:
-            request.head = head
+        if options.head is not None:
+            request.head = options.head
         if data is not None:
             request.input.CopyFrom(wire.to_proto(np.asarray(data)))
+        if options.window is not None:
+            (q0, q1), (k0, k1) = options.window
+            request.window.CopyFrom(
+                pb.Window(query_start=q0, query_stop=q1, key_start=k0, key_stop=k1)
+            )
+        if options.pool_size:
+            request.pooling.CopyFrom(
+                pb.Pooling(
+                    target_size=options.pool_size,
+                    mode=pb.MEAN if options.pool_mode == "mean" else pb.MAX,
+                )
+            )
         return request
 
-    def extract_attention(
+    def _with_resend(
+        self, model: str | CompileResult, call: Callable[[bool], Iterator[_T]]
+    ) -> Iterator[_T]:
+        """`call(inline=False)`; on NOT_FOUND, once more with the remembered source inline."""
+        model_id = model.model_id if isinstance(model, CompileResult) else model
+        try:
+            yield from call(False)
+        except ModelNotFoundError:
+            if model_id not in self._sources:
+                raise
+            yield from call(True)
+
+    def extract_layers(
         self,
         model: str | CompileResult,
         data: np.ndarray | None = None,
@@ -365,52 +447,79 @@ class AttentionClient:
         dtype: str = "float32",
         max_chunk_bytes: int = 0,
         sequence_length: int = 0,
-    ) -> Iterator[tuple[str, np.ndarray]]:
-        """Yield (layer_name, attention) per layer, each (batch, heads, query, key).
+        window: tuple[tuple[int, int], tuple[int, int]] | None = None,
+        pool_size: int = 0,
+        pool_mode: str = "max",
+        sink: LayerSink | None = None,
+    ) -> Iterator[ExtractedLayer]:
+        """Yield each attention layer as it completes, with what was sent and how.
 
-        One forward pass on the server serves every layer; `data=None` asks for the server's
-        deterministic sample input (of `sequence_length` when the model's length is dynamic).
+        One forward pass on the server serves every layer, and each is streamed as the pass
+        computes it. `window=((q0, q1), (k0, k1))` keeps exact values of a query range x key
+        range (a stop of 0: the end); `pool_size=N` has the server pool both axes to at most N
+        positions (`pool_mode` "max" or "mean"); both are done beside the model, so only the
+        reduced bytes travel. Chunks go to `sink` as they arrive (default: one preallocated
+        array per layer); the layer's `value` is what the sink's `end()` returned.
         """
         if dtype not in ("float32", "float16"):
             raise InvalidInputError("dtype must be 'float32' or 'float16'")
-        model_id = model.model_id if isinstance(model, CompileResult) else model
-        args = (model, data, layers, head, dtype, max_chunk_bytes, sequence_length)
-        try:
-            yield from self._stream(self._extract_request(*args, inline=False))
-        except ModelNotFoundError:
-            if model_id not in self._sources:
-                raise
-            yield from self._stream(self._extract_request(*args, inline=True))
+        if pool_mode not in ("max", "mean"):
+            raise InvalidInputError("pool_mode must be 'max' or 'mean'")
+        options = _ExtractOptions(
+            layers, head, dtype, max_chunk_bytes, sequence_length, window, pool_size, pool_mode
+        )
+        target = sink if sink is not None else ArraySink()
 
-    def _stream(self, request: pb.ExtractRequest) -> Iterator[tuple[str, np.ndarray]]:
-        current: str | None = None
-        buffer = np.empty(0)
+        def call(inline: bool) -> Iterator[ExtractedLayer]:
+            request = self._extract_request(model, data, options, inline=inline)
+            return self._stream(request, target)
+
+        yield from self._with_resend(model, call)
+
+    def extract_attention(
+        self,
+        model: str | CompileResult,
+        data: np.ndarray | None = None,
+        **options: Any,
+    ) -> Iterator[tuple[str, Any]]:
+        """Yield (layer_name, attention) per layer, each (batch, heads, query, key).
+
+        The options are those of `extract_layers`; with a `sink`, the second item is what the
+        sink returned for the layer. `data=None` asks for the server's deterministic sample
+        input (of `sequence_length` when the model's length is dynamic).
+        """
+        for layer in self.extract_layers(model, data, **options):
+            yield layer.name, layer.value
+
+    def _stream(self, request: pb.ExtractRequest, sink: LayerSink) -> Iterator[ExtractedLayer]:
+        header: LayerHeader | None = None
         filled = 0
         try:
             for chunk in self._stub.ExtractAttention(
                 request, timeout=self._timeout, metadata=self._metadata
             ):
-                if chunk.layer_name != current:
-                    if current is not None:
-                        raise InvalidInputError(f"stream ended layer `{current}` early")
-                    current = chunk.layer_name
-                    dt = wire.numpy_dtype(chunk.dtype)
-                    buffer = np.empty(int(np.prod(chunk.shape, dtype=np.int64)), dtype=dt)
+                if header is None or chunk.layer_name != header.name:
+                    if header is not None:
+                        raise InvalidInputError(f"stream ended layer `{header.name}` early")
+                    header = _layer_header(chunk)
+                    sink.begin(header)
                     filled = 0
-                part = np.frombuffer(chunk.content, dtype=buffer.dtype)
-                if part.size != chunk.element_count or chunk.offset + part.size > buffer.size:
-                    raise InvalidInputError(f"malformed chunk {chunk.chunk_index} of `{current}`")
-                buffer[chunk.offset : chunk.offset + part.size] = part
+                part = np.frombuffer(chunk.content, dtype=header.dtype)
+                if part.size != chunk.element_count or chunk.offset + part.size > header.size:
+                    raise InvalidInputError(
+                        f"malformed chunk {chunk.chunk_index} of `{header.name}`"
+                    )
+                sink.write(chunk.offset, part)
                 filled += part.size
                 if chunk.chunk_index == chunk.num_chunks - 1:
-                    if filled != buffer.size:
-                        raise InvalidInputError(f"layer `{current}` arrived incomplete")
-                    yield chunk.layer_name, buffer.reshape(tuple(chunk.shape))
-                    current = None
+                    if filled != header.size:
+                        raise InvalidInputError(f"layer `{header.name}` arrived incomplete")
+                    done, header = header, None
+                    yield ExtractedLayer.of(done, sink.end())
         except grpc.RpcError as exc:
             raise _translate(exc) from None
-        if current is not None:
-            raise InvalidInputError(f"the stream ended before layer `{current}` was complete")
+        if header is not None:
+            raise InvalidInputError(f"the stream ended before layer `{header.name}` was complete")
 
     # -- Analyze -------------------------------------------------------------------------------
     def analyze(
@@ -442,18 +551,13 @@ class AttentionClient:
             )
             return self._analyze(request)
         assert model is not None
-        args = (model, data, layers, head, "float32", 0, 0)
-        try:
-            return self._analyze(
-                pb.AnalyzeRequest(extract=self._extract_request(*args, inline=False))
-            )
-        except ModelNotFoundError:
-            model_id = model.model_id if isinstance(model, CompileResult) else model
-            if model_id not in self._sources:
-                raise
-            return self._analyze(
-                pb.AnalyzeRequest(extract=self._extract_request(*args, inline=True))
-            )
+        options = _ExtractOptions(layers, head)
+
+        def call(inline: bool) -> Iterator[dict[str, Any]]:
+            request = self._extract_request(model, data, options, inline=inline)
+            yield self._analyze(pb.AnalyzeRequest(extract=request))
+
+        return next(iter(self._with_resend(model, call)))
 
     def _analyze(self, request: pb.AnalyzeRequest) -> dict[str, Any]:
         try:

@@ -10,6 +10,7 @@ import numpy as np
 from neural_attn import __version__, wire
 from neural_attn.backends import info, weight_files
 from neural_attn.backends.base import BACKENDS, input_forms
+from neural_attn.backends.streaming import Reduction
 from neural_attn.dsl.ir import Network
 from neural_attn.errors import InvalidInputError, ResourceLimitError
 from neural_attn.server.config import ServerConfig
@@ -146,6 +147,48 @@ def chunk_bytes(requested_bytes: int, *, default: int, low: int, high: int) -> i
     return min(size, high)
 
 
+def window(request: pb.ExtractRequest) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    if not request.HasField("window"):
+        return None
+    w = request.window
+    return (w.query_start, w.query_stop), (w.key_start, w.key_stop)
+
+
+_POOL_MODES = {pb.POOL_MODE_UNSPECIFIED: "max", pb.MAX: "max", pb.MEAN: "mean"}
+
+
+def pooling(request: pb.ExtractRequest) -> tuple[int, str]:
+    """(target size, mode); a target of 0 means no pooling."""
+    if not request.HasField("pooling"):
+        return 0, "max"
+    mode = _POOL_MODES.get(request.pooling.mode)
+    if mode is None:
+        raise InvalidInputError(f"unknown pool mode {request.pooling.mode}; use MAX or MEAN")
+    if request.pooling.target_size <= 0:
+        raise InvalidInputError(
+            f"pooling.target_size must be at least 1; got {request.pooling.target_size}"
+        )
+    return request.pooling.target_size, mode
+
+
+def reduction_message(reduction: Reduction, source_shape: tuple[int, ...]) -> pb.Reduction | None:
+    """How a layer of `source_shape` was reduced; None when it is sent exact and whole."""
+    if reduction.query is None and reduction.key is None and not reduction.pool_size:
+        return None
+    q0, q1, k0, k1 = reduction.window(source_shape[2], source_shape[3])
+    bq, bk = reduction.blocks(source_shape[2], source_shape[3])
+    return pb.Reduction(
+        source_shape=list(source_shape),
+        query_start=q0,
+        query_stop=q1,
+        key_start=k0,
+        key_stop=k1,
+        query_block=bq,
+        key_block=bk,
+        mode=pb.MEAN if reduction.pool_mode == "mean" else pb.MAX,
+    )
+
+
 def chunks(
     *,
     model_id: str,
@@ -155,15 +198,21 @@ def chunks(
     dtype: np.dtype,
     max_bytes: int,
     head: int | None,
+    reduction: pb.Reduction | None = None,
 ) -> Iterator[pb.AttentionChunk]:
-    """Split one layer's attention into messages of at most `max_bytes` bytes each."""
-    overhead = _CHUNK_FIXED_OVERHEAD + len(name.encode()) + len(model_id.encode())
+    """Split one layer's attention into messages of at most `max_bytes` bytes each.
+
+    Each chunk's content is cut from a view of `array` (converted to `dtype` a chunk at a
+    time), so no second copy of the layer is made.
+    """
+    extra = reduction.ByteSize() + 4 if reduction is not None else 0
+    overhead = _CHUNK_FIXED_OVERHEAD + extra + len(name.encode()) + len(model_id.encode())
     per_chunk = max(1, (max_bytes - overhead) // dtype.itemsize)
-    flat = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+    flat = np.ascontiguousarray(array).reshape(-1)  # a view: the backends hand C-order arrays
     count = max(1, -(-flat.size // per_chunk))
     for i in range(count):
         part = flat[i * per_chunk : (i + 1) * per_chunk]
-        yield pb.AttentionChunk(
+        chunk = pb.AttentionChunk(
             model_id=model_id,
             layer_name=name,
             layer_index=index,
@@ -171,11 +220,14 @@ def chunks(
             dtype=wire.dtype_code(dtype),
             offset=i * per_chunk,
             element_count=int(part.size),
-            content=part.tobytes(),
+            content=part.astype(dtype, copy=False).tobytes(),
             chunk_index=i,
             num_chunks=count,
             head=-1 if head is None else head,
         )
+        if reduction is not None:
+            chunk.reduction.CopyFrom(reduction)
+        yield chunk
 
 
 def attention_set(message: pb.AttentionSet, *, max_elements: int) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from neural_attn.backends.base import BuiltModel, get_backend, prepare_input, sample_input
+from neural_attn.backends.streaming import POOL_MODES, Reduction
 from neural_attn.backends.weight_files import to_neutral, to_npz
 from neural_attn.backends.weights import parameter_count
 from neural_attn.dsl import compile_source, network_to_dict
@@ -60,11 +61,27 @@ class CompiledModel:
 
 @dataclass(frozen=True)
 class ExtractPlan:
-    """A checked extraction: the input to feed and the layers to capture, in model order."""
+    """A checked extraction: the input to feed, the layers to capture (in model order) and
+    what to keep of each (a head, a window, pooling)."""
 
     data: np.ndarray
     layers: tuple[tuple[int, Layer], ...]  # (index among the model's layers, layer)
-    head: int | None
+    reduction: Reduction
+
+    @property
+    def head(self) -> int | None:
+        return self.reduction.head
+
+    def source_shape(self, layer: Layer) -> tuple[int, int, int, int]:
+        """The (batch, heads, query, key) shape of `layer`'s attention in this pass."""
+        length = attention_length(layer, int(self.data.shape[1]))
+        return int(self.data.shape[0]), int(layer["num_heads"]), length, length
+
+
+def attention_length(layer: Layer, seq: int) -> int:
+    """The sequence length an attention layer sees (layers before it may have changed it)."""
+    known = layer.input_shape[0] if layer.input_shape else None
+    return seq if known is None else int(known)
 
 
 def model_id_for(network: Network, *, backend: str, seed: int, weights_sha256: str = "") -> str:
@@ -215,6 +232,9 @@ class Engine:
         layer_names: Sequence[str],
         head: int | None,
         sequence_length: int = 0,
+        window: tuple[tuple[int, int], tuple[int, int]] | None = None,
+        pool_size: int = 0,
+        pool_mode: str = "max",
     ) -> ExtractPlan:
         """Check the request against the model and the limits before running anything.
 
@@ -262,13 +282,16 @@ class Engine:
                     f"head {head} does not exist in `{layer.name}`, which has {heads} heads "
                     f"(0..{heads - 1})"
                 )
-        # Every attention layer of the pass is materialized, requested or not.
-        total = sum(batch * int(layer["num_heads"]) * seq * seq for _, layer in attention)
-        if total > self.config.max_attention_elements:
+        # A pass holds one attention layer at a time (every layer is computed, requested or not).
+        largest = max(
+            batch * int(layer["num_heads"]) * attention_length(layer, seq) ** 2
+            for _, layer in attention
+        )
+        if largest > self.config.max_attention_elements:
             raise ResourceLimitError(
-                f"this request would produce {total} attention values (batch {batch}, sequence "
-                f"{seq}, {len(attention)} layers); "
-                f"the limit is {self.config.max_attention_elements}"
+                f"one attention layer of this request would hold {largest:,} values (batch "
+                f"{batch}, sequence {seq}); the limit is {self.config.max_attention_elements:,}: "
+                "send a shorter sequence or fewer items"
             )
         widest, layer_name = peak_activation(net, seq)
         if batch * widest > self.config.max_activation_elements:
@@ -277,7 +300,41 @@ class Engine:
                 f"(batch {batch}, sequence {seq}); the limit is "
                 f"{self.config.max_activation_elements:,}: send a shorter sequence or fewer items"
             )
-        return ExtractPlan(data, chosen, head)
+        reduction = Reduction(
+            head=head,
+            query=window[0] if window else None,
+            key=window[1] if window else None,
+            pool_size=_pool_size(pool_size),
+            pool_mode=_pool_mode(pool_mode),
+        )
+        for _, layer in chosen:
+            _check_window(reduction, attention_length(layer, seq), layer.name)
+        return ExtractPlan(data, chosen, reduction)
+
+    def stream(
+        self,
+        entry: CompiledModel,
+        plan: ExtractPlan,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[tuple[int, Layer, np.ndarray]]:
+        """One forward pass; yields (index, layer, attention) per planned layer, in model order,
+        as soon as the pass has computed it, reduced as planned.
+
+        Drop each array before asking for the next: the pass waits for that, so at most one
+        layer exists at a time. `should_stop` is asked between layers (cancelled, deadline).
+        """
+        layers = {layer.name: (index, layer) for index, layer in plan.layers}
+        stream = entry.model.stream(
+            plan.data, capture=layers, reduction=plan.reduction, should_stop=should_stop
+        )
+        try:
+            for name, attention in stream:
+                index, layer = layers[name]
+                yield index, layer, attention
+                del attention
+        finally:
+            stream.close()
 
     def run(
         self,
@@ -286,17 +343,31 @@ class Engine:
         *,
         should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, np.ndarray]:
-        """One forward pass; the attention of every planned layer, in model order.
+        """Every planned layer at once, in model order (for callers that need them together)."""
+        return {
+            layer.name: attention
+            for _, layer, attention in self.stream(entry, plan, should_stop=should_stop)
+        }
 
-        `should_stop` is asked between layers (cancelled call, deadline passed).
-        """
-        _, captured = entry.model.forward(
-            plan.data, capture=[layer.name for _, layer in plan.layers], should_stop=should_stop
-        )
-        out = {}
-        for _, layer in plan.layers:
-            probs = captured[layer.name]
-            out[layer.name] = (
-                probs[:, plan.head : plan.head + 1] if plan.head is not None else probs
+
+def _check_window(reduction: Reduction, length: int, name: str) -> None:
+    q0, q1, k0, k1 = reduction.window(length, length)
+    for axis, start, stop in (("query", q0, q1), ("key", k0, k1)):
+        if not 0 <= start < stop <= length:
+            raise InvalidInputError(
+                f"the {axis} window [{start}, {stop}) does not fit `{name}`, whose attention has "
+                f"{length} positions: it needs 0 <= start < stop <= {length} (a stop of 0 means "
+                "the end)"
             )
-        return out
+
+
+def _pool_size(size: int) -> int:
+    if size < 0:
+        raise InvalidInputError(f"the pooling target size must be positive; got {size}")
+    return size
+
+
+def _pool_mode(mode: str) -> str:
+    if mode not in POOL_MODES:
+        raise InvalidInputError(f"pool mode must be one of {', '.join(POOL_MODES)}; got {mode!r}")
+    return mode

@@ -4,11 +4,12 @@ here: errors are raised and the interceptor turns them into statuses."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 
 from neural_attn import wire
-from neural_attn.analysis import summarize_layers
+from neural_attn.analysis import Rollout, layer_metrics, summarize_layers
 from neural_attn.backends.weight_files import guess_format
 from neural_attn.errors import InvalidInputError, ModelNotFoundError, ResourceLimitError
 from neural_attn.server import convert
@@ -75,12 +76,16 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
                     f"{self.config.max_input_elements}"
                 )
             data = wire.from_proto(request.input)
+        pool_size, pool_mode = convert.pooling(request)
         return self.engine.plan(
             entry,
             data=data,
             layer_names=list(request.layer_names),
             head=request.head if request.HasField("head") else None,
             sequence_length=request.sequence_length,
+            window=convert.window(request),
+            pool_size=pool_size,
+            pool_mode=pool_mode,
         )
 
     def Compile(
@@ -103,20 +108,26 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
         )
         if not context.is_active():
             return
-        attention = self.engine.run(entry, plan, should_stop=_stopper(context))
-        for index, layer in plan.layers:
-            for chunk in convert.chunks(
-                model_id=entry.model_id,
-                name=layer.name,
-                index=index,
-                array=attention.pop(layer.name),
-                dtype=dtype,
-                max_bytes=max_bytes,
-                head=plan.head,
-            ):
-                if not context.is_active():  # cancelled or past the deadline: stop the work
-                    return
-                yield chunk
+        # Each layer is sent as the pass computes it; `del` lets it go before the next exists.
+        layers = self.engine.stream(entry, plan, should_stop=_stopper(context))
+        try:
+            for index, layer, attention in layers:
+                for chunk in convert.chunks(
+                    model_id=entry.model_id,
+                    name=layer.name,
+                    index=index,
+                    array=attention,
+                    dtype=dtype,
+                    max_bytes=max_bytes,
+                    head=plan.head,
+                    reduction=convert.reduction_message(plan.reduction, plan.source_shape(layer)),
+                ):
+                    if not context.is_active():  # cancelled or past the deadline: stop the work
+                        return
+                    yield chunk
+                del attention
+        finally:
+            layers.close()
 
     def Analyze(
         self, request: pb.AnalyzeRequest, context: grpc.ServicerContext
@@ -128,11 +139,27 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
             )
             return convert.analyze_response(summarize_layers(arrays))
         if which == "extract":
+            if request.extract.HasField("window") or request.extract.HasField("pooling"):
+                raise InvalidInputError(
+                    "Analyze computes metrics of the exact attention: leave out window and pooling"
+                )
             entry = self._resolve(request.extract)
             plan = self._plan(request.extract, entry)
-            attention = self.engine.run(entry, plan, should_stop=_stopper(context))
+            # Layer by layer as the pass computes them: metrics never need every layer at once.
+            layers: dict[str, Any] = {}
+            rollout = Rollout()
+            stream = self.engine.stream(entry, plan, should_stop=_stopper(context))
+            try:
+                for _, layer, attention in stream:
+                    layers[layer.name] = layer_metrics(attention)
+                    rollout.add(attention)
+                    del attention
+            finally:
+                stream.close()
             return convert.analyze_response(
-                summarize_layers(attention), model_id=entry.model_id, first_head=plan.head or 0
+                {"layers": layers, "rollout": rollout.result()},
+                model_id=entry.model_id,
+                first_head=plan.head or 0,
             )
         raise InvalidInputError("an analyze request needs attention tensors or an extract request")
 

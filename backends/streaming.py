@@ -1,0 +1,134 @@
+"""Attention handed over layer by layer while the forward pass runs, and reduced beside the model.
+
+`stream_pass` runs a pass in a worker thread and hands each captured layer to the consumer; the
+pass waits until the consumer asks for the next layer before it goes on, so at most one layer's
+attention exists at a time and a slow reader slows the pass instead of filling memory.
+
+`Reduction` says what of each layer to keep (one head, a window, pooled blocks); backends apply
+it with their framework's ops, on the device that ran the pass, before anything is copied out.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+POOL_MODES = ("max", "mean")
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """What to keep of each layer's attention [batch, head, query, key].
+
+    `query`/`key` are [start, stop) windows (None: the whole axis; a stop of 0: to the end);
+    `pool_size` > 0 pools each
+    axis (after the window) to at most that many positions with blocks of ceil(len / pool_size)
+    positions, the last one possibly partial.
+    """
+
+    head: int | None = None
+    query: tuple[int, int] | None = None
+    key: tuple[int, int] | None = None
+    pool_size: int = 0
+    pool_mode: str = "max"
+
+    @property
+    def exact(self) -> bool:
+        return self.head is None and self.query is None and self.key is None and not self.pool_size
+
+    def window(self, q_len: int, k_len: int) -> tuple[int, int, int, int]:
+        """The [start, stop) bounds on both axes of a q_len x k_len layer (a stop of 0: the end)."""
+        q0, q1 = self.query or (0, 0)
+        k0, k1 = self.key or (0, 0)
+        return q0, q1 or q_len, k0, k1 or k_len
+
+    def blocks(self, q_len: int, k_len: int) -> tuple[int, int]:
+        """Source positions per output row and column, for a layer of q_len x k_len."""
+        q0, q1, k0, k1 = self.window(q_len, k_len)
+        return block_size(q1 - q0, self.pool_size), block_size(k1 - k0, self.pool_size)
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """The shape a layer of `shape` (batch, heads, q, k) has once reduced."""
+        batch, heads, q_len, k_len = shape
+        q0, q1, k0, k1 = self.window(q_len, k_len)
+        bq, bk = self.blocks(q_len, k_len)
+        return (
+            batch,
+            heads if self.head is None else 1,
+            math.ceil((q1 - q0) / bq),
+            math.ceil((k1 - k0) / bk),
+        )
+
+
+def block_size(length: int, target: int) -> int:
+    """Positions per pooled cell so that `length` positions become at most `target` cells."""
+    return 1 if target <= 0 or length <= target else math.ceil(length / target)
+
+
+def block_counts(length: int, block: int) -> np.ndarray:
+    """How many source positions each pooled cell covers (the last may cover fewer)."""
+    counts = np.full(math.ceil(length / block), block, dtype=np.float32)
+    counts[-1] = length - block * (len(counts) - 1)
+    return counts
+
+
+class _Abandoned(Exception):
+    """Raised inside the pass when the consumer went away; unwinds it quietly."""
+
+
+_GO, _STOP = object(), object()
+
+
+def stream_pass(
+    run: Callable[[Callable[[str, Any], None]], Any], *, name: str = "attention-pass"
+) -> Generator[tuple[str, Any], None, Any]:
+    """Run `run(emit)` in a worker thread; yield each (name, value) it emits, one at a time.
+
+    `emit` blocks the pass until the consumer asks for the next item, so the consumer holds the
+    only live value. Returns (as the generator's value) what `run` returned; re-raises what it
+    raised. Closing the generator early stops the pass at its next emit and waits for it.
+    """
+    handed: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    replies: queue.Queue[object] = queue.Queue(maxsize=1)
+
+    def emit(key: str, value: Any) -> None:
+        handed.put(("item", (key, value)))
+        del value
+        if replies.get() is _STOP:
+            raise _Abandoned
+
+    def work() -> None:
+        try:
+            handed.put(("done", run(emit)))
+        except _Abandoned:
+            handed.put(("abandoned", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            handed.put(("error", exc))
+
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    worker.start()
+    finished = False
+    try:
+        while True:
+            kind, payload = handed.get()
+            if kind == "item":
+                yield payload
+                del payload
+                replies.put(_GO)
+            else:
+                finished = True
+                if kind == "error":
+                    raise payload
+                return payload
+    finally:
+        if not finished:
+            replies.put(_STOP)
+            while handed.get()[0] == "item":  # a pass between emits may emit once more
+                replies.put(_STOP)
+        worker.join()

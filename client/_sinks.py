@@ -1,0 +1,189 @@
+"""Where streamed attention goes as its chunks arrive: one array in memory, an .npz or .npy files.
+
+`AttentionClient.extract_layers(..., sink=...)` calls a sink's `begin` once per layer, `write`
+for each chunk (flat C-order element offsets, in order), and `end` when the layer is complete;
+what `end` returns is what the client yields for that layer. A sink never holds more than it
+must: `ArraySink` fills one preallocated array per layer, `NpzSink` and `NpyDirSink` write each
+chunk straight to disk and keep nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import numpy as np
+
+from neural_attn.errors import InvalidInputError
+
+__all__ = ["ArraySink", "LayerHeader", "LayerSink", "NpyDirSink", "NpzSink", "Pooling"]
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How a layer's attention was cut and pooled on the server before it was sent.
+
+    Rows are source query positions [query[0], query[1]) in blocks of `query_block` (the last
+    block may be shorter), columns likewise for keys; a block is its `mode` ("max" or "mean")
+    over the positions it covers. Blocks of 1 are exact values.
+    """
+
+    source_shape: tuple[int, int, int, int]
+    query: tuple[int, int]
+    key: tuple[int, int]
+    query_block: int
+    key_block: int
+    mode: str
+
+    @property
+    def pooled(self) -> bool:
+        return self.query_block > 1 or self.key_block > 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source_shape": list(self.source_shape),
+            "query": list(self.query),
+            "key": list(self.key),
+            "query_block": self.query_block,
+            "key_block": self.key_block,
+            "mode": self.mode,
+        }
+
+
+@dataclass(frozen=True)
+class LayerHeader:
+    """What the first chunk of a layer says about the whole of it."""
+
+    name: str
+    index: int  # position among the model's layers
+    shape: tuple[int, ...]  # (batch, heads, query, key) of the tensor sent
+    dtype: np.dtype[Any]
+    head: int | None  # the one head sent, or None for all heads
+    pooling: Pooling | None  # None: exact and whole
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+class LayerSink(Protocol):
+    def begin(self, header: LayerHeader) -> None: ...
+
+    def write(self, offset: int, values: np.ndarray) -> None: ...
+
+    def end(self) -> Any: ...
+
+
+class ArraySink:
+    """Each layer into one array allocated when its first chunk arrives; `end` returns it."""
+
+    def __init__(self) -> None:
+        self._buffer: np.ndarray | None = None
+        self._shape: tuple[int, ...] = ()
+
+    def begin(self, header: LayerHeader) -> None:
+        self._buffer = np.empty(header.size, dtype=header.dtype)
+        self._shape = header.shape
+
+    def write(self, offset: int, values: np.ndarray) -> None:
+        assert self._buffer is not None
+        self._buffer[offset : offset + values.size] = values
+
+    def end(self) -> np.ndarray:
+        assert self._buffer is not None
+        out, self._buffer = self._buffer.reshape(self._shape), None
+        return out
+
+
+class _FileSink:
+    """Writes each layer as an .npy stream, front to back, as its chunks arrive."""
+
+    def __init__(self) -> None:
+        self._out: BinaryIO | None = None
+        self._header: LayerHeader | None = None
+        self._written = 0
+
+    def _open(self, header: LayerHeader) -> BinaryIO:
+        raise NotImplementedError
+
+    def _finish(self, header: LayerHeader) -> Any:
+        return None
+
+    def begin(self, header: LayerHeader) -> None:
+        self._header, self._written = header, 0
+        self._out = self._open(header)
+        np.lib.format.write_array_header_2_0(
+            self._out,
+            {
+                "descr": np.lib.format.dtype_to_descr(header.dtype),
+                "fortran_order": False,
+                "shape": header.shape,
+            },
+        )
+
+    def write(self, offset: int, values: np.ndarray) -> None:
+        assert self._out is not None and self._header is not None
+        if offset != self._written:
+            raise InvalidInputError(
+                f"chunk of `{self._header.name}` at element {offset} arrived out of order "
+                f"(expected {self._written}); a file sink needs chunks in order"
+            )
+        self._out.write(np.ascontiguousarray(values).data.cast("B"))
+        self._written += values.size
+
+    def end(self) -> Any:
+        assert self._out is not None and self._header is not None
+        self._out.close()
+        self._out = None
+        return self._finish(self._header)
+
+
+class NpzSink(_FileSink):
+    """Writes every layer into one uncompressed .npz as its chunks arrive (keyed by layer name).
+
+    `np.load(path)[name]` reads it back like any .npz. Use as a context manager, or call
+    `close()`: the archive's directory is written then.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._zip = zipfile.ZipFile(self.path, "w", zipfile.ZIP_STORED, allowZip64=True)
+
+    def _open(self, header: LayerHeader) -> BinaryIO:
+        return self._zip.open(f"{header.name}.npy", "w", force_zip64=True)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        self._zip.close()
+
+    def __enter__(self) -> NpzSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class NpyDirSink(_FileSink):
+    """Writes each layer to `{directory}/{layer}.npy` as its chunks arrive; `end` returns the
+    file opened read-only with `mmap_mode="r"` (nothing is read until it is used)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, header: LayerHeader) -> Path:
+        return self.directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', header.name)}.npy"
+
+    def _open(self, header: LayerHeader) -> BinaryIO:
+        return open(self._path(header), "wb")  # noqa: SIM115 (closed in end)
+
+    def _finish(self, header: LayerHeader) -> np.ndarray:
+        return np.load(self._path(header), mmap_mode="r")
