@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import MIB, MODELS, ROOT, Row, check, failed_row, section_main
+from _common import MIB, MODELS, ROOT, Row, check, cuda_available, failed_row, section_main
 
 SECTION = "1"
 LONG, SHORT = MODELS / "long_4096.neural", MODELS / "long_16.neural"
@@ -104,7 +104,7 @@ def forward_child(seq_file: str, repeats: int) -> None:
     names = [layer.name for _, layer in net.attention_sites]
     seq, width = net.input_shape
     data = np.random.default_rng(0).standard_normal((1, seq, width)).astype(np.float32)
-    model = get_backend("pytorch").build(net, seed=0, device="cpu")
+    model = get_backend("pytorch").build(net, seed=0, device="auto")
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
@@ -129,8 +129,9 @@ def _files(directory: Path) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> list[Row]:
-    # On a GPU machine the CLI picks the device itself (auto); the command is the same.
-    dev = args.device
+    # The CLI's embedded server picks the device itself (auto: the GPU where there is one), so
+    # on a CUDA machine these are GPU rows; the command is the same.
+    dev = "cuda" if cuda_available() else "cpu"
     rows: list[Row] = []
     cap = int(args.rss_cap_gib * 2**30)
     runs = {}

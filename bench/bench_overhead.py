@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> list[Row]:
 
                     t = interleaved(
                         {"served": serve, "forward": forward, "floor": floor},
-                        budget_s=(8.0 if seq <= 128 else 12.0) * args.budget,
+                        budget_s=(10.0 if seq <= 128 else 20.0) * args.budget,
                         min_reps=3,
                         max_reps=25,
                         sync=_sync(dev),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,7 @@ SECTIONS = {
     "3": "bench_wire.py",
     "4": "bench_layers.py",
 }
-GPU_SECTIONS = ("0", "2", "3", "4")
+GPU_SECTIONS = ("0", "2", "3", "4")  # section 1's CLI picks the GPU itself (device auto)
 ORDER = ("1", "2", "3", "4", "0")  # the long CLI first, on a quiet machine
 
 
@@ -59,6 +60,7 @@ def main() -> int:
     )
     started = time.perf_counter()
     rows: list[Row] = []
+    loads: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for section, device in runs:
             out = Path(tmp) / f"{section}-{device}.json"
@@ -73,8 +75,10 @@ def main() -> int:
                 args.budget,
             ]
             t0 = time.perf_counter()
+            load = os.getloadavg()[0]
             rc = subprocess.call(cmd, cwd=str(BENCH.parent))
             took = time.perf_counter() - t0
+            loads[f"{section}-{device}"] = {"before": load, "after": os.getloadavg()[0]}
             got = [Row(**r) for r in json.loads(out.read_text())] if out.exists() else []
             if rc != 0 or not got:
                 got.append(
@@ -86,7 +90,11 @@ def main() -> int:
                         device=device,
                     )
                 )
-            print(f"[section {section} on {device}: {took:.0f} s]", flush=True)
+            print(
+                f"[section {section} on {device}: {took:.0f} s; load average (1 min) "
+                f"{load:.2f} before, {os.getloadavg()[0]:.2f} after]",
+                flush=True,
+            )
             rows += got
     total = time.perf_counter() - started
     print("\n" + "=" * 100)
@@ -103,6 +111,7 @@ def main() -> int:
                 "machine": info,
                 "gpu": info["cuda"] or "no GPU here",
                 "elapsed_s": round(total, 1),
+                "load_average_1min": loads,
                 "rows": [r.__dict__ for r in rows],
             },
             indent=1,
