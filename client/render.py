@@ -8,14 +8,21 @@ client stays fast.
 
 Attention arrives as ``[batch, head, query_pos, key_pos]``; ``(heads, q, k)`` is taken as one
 batch item and ``(q, k)`` as one head.
+
+Long sequences: above ``DISPLAY_SIZE`` positions on an axis, figures and the page draw each
+head max-pooled (``pool_for_display``), so one sharp position stays visible, and say so; the
+exact values are in ``attention_weights.npz``. Pooling happens per head (the head mean a block
+of rows at a time), so no float64 copy of a layer is ever made. Data the server already pooled
+comes with a ``pooling=`` description (``pool_for_display``'s ``info``, or the chunk's
+``Reduction`` as a dict: ``query_block``, ``key_block``, ``mode``, ``source_shape`` and
+optionally the window ``query_start/stop``, ``key_start/stop``) and is drawn as it is.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,27 +37,192 @@ if TYPE_CHECKING:
     from matplotlib.image import AxesImage
 
 __all__ = [
+    "DISPLAY_SIZE",
     "create_interactive_html",
     "format_console_summary",
     "plot_attention_heads",
     "plot_heatmaps",
+    "pool_for_display",
 ]
 
 PNG_DPI = 100
 # Past this many positions an axis shows every k-th token so the labels stay readable.
 MAX_TICK_LABELS = 40
-HTML_DECIMALS = 4
-# Batches up to this size put every item on the page (selectable); larger ones only the chosen.
-MAX_PAGE_ITEMS = 8
+# Figures and the page show at most this many positions per axis; longer axes are pooled.
+DISPLAY_SIZE = 512
+POOL_MODES = ("max", "mean")
+# float64 bytes of the rows summed at once for a pooled head mean.
+_CHUNK_BYTES = 16 * 2**20
 _COLORMAP = "viridis"
+
+
+# --- pooling --------------------------------------------------------------------------------
+
+
+def _blocks(length: int, size: int) -> int:
+    """Positions per pooled cell: ceil(length / size), so at most ``size`` cells remain."""
+    return max(1, -(-length // size))
+
+
+def _reduce(arr: np.ndarray, query_block: int, key_block: int, mode: str) -> np.ndarray:
+    """Pool the last two axes in blocks (the last one partial) by max or mean."""
+    q, k = arr.shape[-2:]
+    row_starts, col_starts = np.arange(0, q, query_block), np.arange(0, k, key_block)
+    if mode == "max":
+        out = arr if query_block == 1 else np.maximum.reduceat(arr, row_starts, axis=-2)
+        return out if key_block == 1 else np.maximum.reduceat(out, col_starts, axis=-1)
+    sums = np.add.reduceat(arr, row_starts, axis=-2, dtype=np.float64)
+    sums = np.add.reduceat(sums, col_starts, axis=-1)
+    counts = np.minimum(query_block, q - row_starts)[:, None] * np.minimum(
+        key_block, k - col_starts
+    )
+    return sums / counts
+
+
+def pool_for_display(
+    matrix_or_array: Any, size: int = DISPLAY_SIZE, mode: str = "max"
+) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Pool the last two axes to at most ``size`` positions each, for drawing.
+
+    The block is ``ceil(length / size)`` positions per axis and the last block may be partial;
+    each cell is the max (or the mean) over the positions its block covers. This is the
+    server's pooling too. Returns ``(pooled, info)``: max keeps the input's dtype, mean is
+    float64; ``info`` is ``{"query_block", "key_block", "mode", "source_len": (q, k)}``, or
+    ``None`` (and the input unchanged) when both axes already fit.
+    """
+    arr = np.asarray(matrix_or_array)
+    if arr.ndim < 2 or arr.size == 0:
+        raise InvalidInputError(
+            f"pool_for_display needs at least a (query_len, key_len) array; got shape "
+            f"{tuple(arr.shape)}"
+        )
+    if mode not in POOL_MODES:
+        raise InvalidInputError(f"pooling mode {mode!r} is not one of {', '.join(POOL_MODES)}")
+    if size < 1:
+        raise InvalidInputError(f"display size {size} must be at least 1")
+    q, k = (int(n) for n in arr.shape[-2:])
+    query_block, key_block = _blocks(q, size), _blocks(k, size)
+    if query_block == key_block == 1:
+        return arr, None
+    info = {"query_block": query_block, "key_block": key_block, "mode": mode, "source_len": (q, k)}
+    return _reduce(arr, query_block, key_block, mode), info
+
+
+@dataclass(frozen=True)
+class _Pooling:
+    """How a drawn matrix was made from the exact one: blocks, mode and source positions."""
+
+    query_block: int
+    key_block: int
+    mode: str
+    query_range: tuple[int, int]  # [start, stop) in source positions
+    key_range: tuple[int, int]
+    source_len: tuple[int, int]  # the whole layer's (q, k)
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any]) -> _Pooling:
+        """From ``pool_for_display``'s info or a ``Reduction``-shaped dict."""
+        if "source_len" in info:
+            source = tuple(int(n) for n in info["source_len"])
+        elif "source_shape" in info:
+            source = tuple(int(n) for n in info["source_shape"])[-2:]
+        else:
+            raise InvalidInputError(
+                "pooling needs 'source_len' (q, k) or 'source_shape' (batch, heads, q, k)"
+            )
+        if len(source) != 2:
+            raise InvalidInputError(f"pooling source {source} is not a (query_len, key_len)")
+        mode = info.get("mode", "max")
+        mode = {0: "max", 1: "max", 2: "mean"}.get(mode, mode) if isinstance(mode, int) else mode
+        mode = str(mode).lower().removeprefix("pool_mode_")
+        mode = "max" if mode == "unspecified" else mode
+        if mode not in POOL_MODES:
+            raise InvalidInputError(f"pooling mode {mode!r} is not one of {', '.join(POOL_MODES)}")
+        q, k = source
+
+        def window(start_key: str, stop_key: str, length: int) -> tuple[int, int]:
+            start, stop = int(info.get(start_key) or 0), int(info.get(stop_key) or 0)
+            return start, stop or length  # a stop of 0 means the end
+
+        return cls(
+            query_block=max(1, int(info.get("query_block") or 1)),
+            key_block=max(1, int(info.get("key_block") or 1)),
+            mode=mode,
+            query_range=window("query_start", "query_stop", q),
+            key_range=window("key_start", "key_stop", k),
+            source_len=(q, k),
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The pooled matrix's (rows, columns)."""
+        (q0, q1), (k0, k1) = self.query_range, self.key_range
+        return -(-(q1 - q0) // self.query_block), -(-(k1 - k0) // self.key_block)
+
+    @property
+    def pooled(self) -> bool:
+        return self.query_block > 1 or self.key_block > 1
+
+    @property
+    def windowed(self) -> bool:
+        return (self.query_range, self.key_range) != (
+            (0, self.source_len[0]),
+            (0, self.source_len[1]),
+        )
+
+    def note(self) -> str:
+        """``"max-pooled to 512×512 (block 8)"`` and, for a window, which one."""
+        parts = []
+        if self.windowed:
+            (q0, q1), (k0, k1) = self.query_range, self.key_range
+            parts.append(f"queries {q0}–{q1 - 1} × keys {k0}–{k1 - 1}")
+        if self.pooled:
+            rows, cols = self.shape
+            if self.query_block == self.key_block:
+                block = f"block {self.query_block}"
+            else:
+                block = f"blocks {self.query_block}×{self.key_block}"
+            parts.append(f"{self.mode}-pooled to {rows}×{cols} ({block})")
+        return ", ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "query_block": self.query_block,
+            "key_block": self.key_block,
+            "mode": self.mode,
+            "source_len": list(self.source_len),
+            "query_range": list(self.query_range),
+            "key_range": list(self.key_range),
+        }
+
+
+def _given_pooling(pooling: Mapping[str, Any] | None, name: str) -> _Pooling | None:
+    """One description for every layer, or ``{layer: description}``."""
+    if not pooling:
+        return None
+    keys = {"query_block", "key_block", "mode", "source_len", "source_shape"}
+    info = pooling if keys & set(pooling) else pooling.get(name)
+    return None if info is None else _Pooling.from_info(info)
+
+
+def _local_pooling(info: Mapping[str, Any] | None) -> _Pooling | None:
+    return None if info is None else _Pooling.from_info(info)
 
 
 # --- shared helpers -------------------------------------------------------------------------
 
 
-def _item(attention: Any, *, batch_index: int, name: str = "attention") -> np.ndarray:
-    """One batch item as a float ``(heads, q, k)`` array."""
-    arr = np.asarray(attention, dtype=np.float64)
+def _item(
+    attention: Any,
+    *,
+    batch_index: int,
+    name: str = "attention",
+    pooling: _Pooling | None = None,
+) -> np.ndarray:
+    """One batch item as a ``(heads, q, k)`` view of the input (no copy, no float64)."""
+    arr = np.asarray(attention)
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
     if arr.ndim == 4:
         if not 0 <= batch_index < arr.shape[0]:
             raise InvalidInputError(
@@ -65,21 +237,70 @@ def _item(attention: Any, *, batch_index: int, name: str = "attention") -> np.nd
             f"{name} has shape {tuple(arr.shape)}; expected (batch, heads, query_len, key_len), "
             "(heads, query_len, key_len) or (query_len, key_len)"
         )
-    if arr.size == 0 or not np.all(np.isfinite(arr)):
+    # min and max are NaN or infinite when any value is, without a full-size temporary.
+    if arr.size == 0 or not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
         raise InvalidInputError(
             f"{name} of shape {tuple(arr.shape)} is empty or holds NaN/inf; nothing to draw"
+        )
+    if pooling is not None and tuple(arr.shape[-2:]) != pooling.shape:
+        raise InvalidInputError(
+            f"{name} is {arr.shape[-2]}x{arr.shape[-1]} but its pooling says "
+            f"{pooling.shape[0]}x{pooling.shape[1]} ({pooling.note() or 'exact'})"
         )
     return arr
 
 
-def _select_head(item: np.ndarray, head: int | None, *, name: str) -> tuple[np.ndarray, str]:
-    """The matrix to draw and its title: one head, or the mean of all heads."""
+def _head_view(
+    item: np.ndarray, head: int, given: _Pooling | None
+) -> tuple[np.ndarray, _Pooling | None]:
+    """One head as drawn: max-pooled above DISPLAY_SIZE unless the server pooled it."""
+    if given is not None:
+        return item[head], given
+    matrix, info = pool_for_display(item[head])
+    return matrix, _local_pooling(info)
+
+
+def _mean_view(item: np.ndarray, given: _Pooling | None) -> tuple[np.ndarray, _Pooling | None]:
+    """The mean over heads as drawn: the max-pooled mean, summed a block of rows at a time.
+
+    Data the server pooled is averaged as it came (the mean of pooled heads).
+    """
+    heads, q, k = item.shape
+    if given is not None:
+        return item.mean(axis=0, dtype=np.float64), given
+    query_block, key_block = _blocks(q, DISPLAY_SIZE), _blocks(k, DISPLAY_SIZE)
+    if query_block == key_block == 1:
+        return item.mean(axis=0, dtype=np.float64), None
+    # Whole query blocks per chunk, so each chunk pools on its own.
+    rows = query_block * max(1, _CHUNK_BYTES // (8 * k * query_block))
+    pooled = []
+    for start in range(0, q, rows):
+        chunk = np.zeros((min(rows, q - start), k))
+        for head in item:
+            chunk += head[start : start + rows]
+        chunk /= heads
+        pooled.append(_reduce(chunk, query_block, key_block, "max"))
+    info = {"query_block": query_block, "key_block": key_block, "mode": "max", "source_len": (q, k)}
+    return np.concatenate(pooled), _local_pooling(info)
+
+
+def _select_head(
+    item: np.ndarray, head: int | None, *, name: str, given: _Pooling | None = None
+) -> tuple[np.ndarray, str, _Pooling | None]:
+    """The matrix to draw, its title and how it was pooled: one head, or the mean of all."""
     heads = item.shape[0]
     if head is None:
-        return item.mean(axis=0), f"{name} — mean of {heads} head{'s' * (heads != 1)}"
-    if not 0 <= head < heads:
-        raise InvalidInputError(f"head {head} does not exist in {name}; use 0..{heads - 1}")
-    return item[head], f"{name} — head {head}"
+        matrix, pooling = _mean_view(item, given)
+        what = f"mean of {heads} head{'s' * (heads != 1)}"
+        if given is not None and given.pooled:
+            what = f"mean of {heads} pooled head{'s' * (heads != 1)}"
+    else:
+        if not 0 <= head < heads:
+            raise InvalidInputError(f"head {head} does not exist in {name}; use 0..{heads - 1}")
+        matrix, pooling = _head_view(item, head, given)
+        what = f"head {head}"
+    note = pooling.note() if pooling is not None else ""
+    return matrix, f"{name} — {what}" + (f"\n{note}" if note else ""), pooling
 
 
 def _axis_tokens(
@@ -106,7 +327,8 @@ def _per_layer(analysis: Mapping[str, Any] | None) -> Mapping[str, Any]:
     if analysis is None:
         return {}
     layers = analysis.get("layers")
-    if isinstance(layers, Mapping) and set(analysis) <= {"layers", "rollout"}:
+    # A layer named "layers" holds metrics (num_heads); analysis.json's "layers" holds layers.
+    if isinstance(layers, Mapping) and "num_heads" not in layers:
         return layers
     return analysis
 
@@ -130,20 +352,50 @@ def _draw(
     query_tokens: list[str] | None,
     key_tokens: list[str] | None,
     vmax: float | None = None,
+    pooling: _Pooling | None = None,
 ) -> AxesImage:
-    image = ax.imshow(
-        matrix, cmap=_COLORMAP, vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest"
-    )
-    q, k = matrix.shape
+    """Draw ``matrix``; a pooled one is laid out in source positions, one cell per block."""
+    if pooling is None:
+        image = ax.imshow(
+            matrix, cmap=_COLORMAP, vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest"
+        )
+        (q0, q1), (k0, k1) = (0, matrix.shape[0]), (0, matrix.shape[1])
+    else:
+        (q0, q1), (k0, k1) = pooling.query_range, pooling.key_range
+        rows, cols = matrix.shape
+        image = ax.imshow(
+            matrix,
+            cmap=_COLORMAP,
+            vmin=0.0,
+            vmax=vmax,
+            aspect="auto",
+            interpolation="nearest",
+            extent=(
+                k0 - 0.5,
+                k0 + cols * pooling.key_block - 0.5,
+                q0 + rows * pooling.query_block - 0.5,
+                q0 - 0.5,
+            ),
+        )
+        # The last block may be partial: show the source positions only.
+        ax.set_xlim(k0 - 0.5, k1 - 0.5)
+        ax.set_ylim(q1 - 0.5, q0 - 0.5)
     if key_tokens is not None:
-        ticks = range(0, k, _tick_step(k))
+        ticks = range(k0, k1, _tick_step(k1 - k0))
         ax.set_xticks(list(ticks), [key_tokens[i] for i in ticks], rotation=90, fontsize=8)
     if query_tokens is not None:
-        ticks = range(0, q, _tick_step(q))
+        ticks = range(q0, q1, _tick_step(q1 - q0))
         ax.set_yticks(list(ticks), [query_tokens[i] for i in ticks], fontsize=8)
     ax.set_xlabel("key")
     ax.set_ylabel("query")
     return image
+
+
+def _source_len(item: np.ndarray, pooling: _Pooling | None) -> tuple[int, int]:
+    """The (q, k) the tokens label: the layer's, before any window or pooling."""
+    if pooling is None:
+        return int(item.shape[-2]), int(item.shape[-1])
+    return pooling.source_len
 
 
 def _save(fig: Figure, output_path: str | Path | None) -> None:
@@ -161,6 +413,7 @@ def plot_heatmaps(
     tokens: Sequence[str] | None = None,
     batch_index: int = 0,
     output_path: str | Path | None = None,
+    pooling: Mapping[str, Any] | None = None,
 ) -> Figure:
     """One heatmap panel per layer (``attention_heatmap.png``).
 
@@ -169,6 +422,9 @@ def plot_heatmaps(
         tokens: labels for the query and key axes (every k-th one past 40 positions).
         batch_index: which batch item to draw.
         output_path: where to write the PNG; nothing is written when ``None``.
+        pooling: the attention was already pooled (on the server): one description for
+            every layer or ``{layer: description}`` (see the module docstring). Otherwise
+            axes longer than ``DISPLAY_SIZE`` are max-pooled here, and the titles say so.
     """
     if not attention_by_layer:
         raise InvalidInputError("no attention layers to plot")
@@ -178,10 +434,13 @@ def plot_heatmaps(
     fig = _new_figure(5.2 * ncols, 4.6 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (name, attention) in zip(axes, attention_by_layer.items(), strict=False):
-        item = _item(attention, batch_index=batch_index, name=name)
-        matrix, title = _select_head(item, head, name=name)
-        query_tokens, key_tokens = _axis_tokens(tokens, *matrix.shape)
-        image = _draw(ax, matrix, query_tokens=query_tokens, key_tokens=key_tokens)
+        given = _given_pooling(pooling, name)
+        item = _item(attention, batch_index=batch_index, name=name, pooling=given)
+        matrix, title, drawn_pooling = _select_head(item, head, name=name, given=given)
+        query_tokens, key_tokens = _axis_tokens(tokens, *_source_len(matrix, drawn_pooling))
+        image = _draw(
+            ax, matrix, query_tokens=query_tokens, key_tokens=key_tokens, pooling=drawn_pooling
+        )
         ax.set_title(title, fontsize=10)
         fig.colorbar(image, ax=ax, shrink=0.85)
     for ax in axes[n:]:
@@ -197,109 +456,51 @@ def plot_attention_heads(
     title: str | None = None,
     batch_index: int = 0,
     output_path: str | Path | None = None,
+    pooling: Mapping[str, Any] | None = None,
 ) -> Figure:
     """A grid of every head of one layer (``attention_heads_{layer}.png``), 4 per row.
 
     ``attention`` is ``(heads, q, k)``, or ``(batch, heads, q, k)`` with ``batch_index``
-    picking the item. All heads share one color scale so they can be compared.
+    picking the item. All heads share one color scale so they can be compared. Heads longer
+    than ``DISPLAY_SIZE`` are max-pooled one at a time; ``pooling`` describes data that was
+    pooled already (see the module docstring). The title says how it was pooled.
     """
-    item = _item(attention, batch_index=batch_index)
-    heads, q, k = item.shape
+    given = None if pooling is None else _Pooling.from_info(pooling)
+    item = _item(attention, batch_index=batch_index, pooling=given)
+    heads = item.shape[0]
+    views = [_head_view(item, h, given) for h in range(heads)]
+    drawn_pooling = views[0][1]
     ncols = min(4, heads)
     nrows = math.ceil(heads / ncols)
     fig = _new_figure(3.6 * ncols + 1.0, 3.4 * nrows + 0.4)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    query_tokens, key_tokens = _axis_tokens(tokens, q, k)
-    vmax = float(item.max()) or 1.0
+    query_tokens, key_tokens = _axis_tokens(tokens, *_source_len(item, drawn_pooling))
+    # Max-pooling keeps the largest value, so the shared scale is the exact one.
+    vmax = max(float(matrix.max()) for matrix, _ in views) or 1.0
     image = None
-    for h in range(heads):
-        image = _draw(axes[h], item[h], query_tokens=query_tokens, key_tokens=key_tokens, vmax=vmax)
+    for h, (matrix, _) in enumerate(views):
+        image = _draw(
+            axes[h],
+            matrix,
+            query_tokens=query_tokens,
+            key_tokens=key_tokens,
+            vmax=vmax,
+            pooling=drawn_pooling,
+        )
         axes[h].set_title(f"head {h}", fontsize=10)
     for ax in axes[heads:]:
         ax.remove()
     assert image is not None
     fig.colorbar(image, ax=list(axes[:heads]), shrink=0.8)
-    fig.suptitle(title or f"{heads} attention head{'s' * (heads != 1)}")
+    suptitle = title or f"{heads} attention head{'s' * (heads != 1)}"
+    if drawn_pooling is not None and drawn_pooling.note():
+        suptitle += f" — {drawn_pooling.note()}"
+    fig.suptitle(suptitle)
     _save(fig, output_path)
     return fig
 
 
-# --- plotly ---------------------------------------------------------------------------------
-
-
-def _unique_labels(tokens: list[str] | None, n: int) -> list[str] | list[int]:
-    """Axis categories; a repeated token gets its position so plotly keeps the cells apart."""
-    if tokens is None:
-        return list(range(n))
-    counts: dict[str, int] = {}
-    for token in tokens:
-        counts[token] = counts.get(token, 0) + 1
-    return [t if counts[t] == 1 else f"{t} ({i})" for i, t in enumerate(tokens)]
-
-
-def _rounded(matrix: np.ndarray) -> list[Any]:
-    return np.round(matrix, HTML_DECIMALS).tolist()
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, int | float) else "–"
-
-
-def _metrics_table(name: str, metrics: Mapping[str, Any]) -> str:
-    """One layer's per-head metrics as a plain HTML table."""
-    columns = [
-        ("entropy", "attention_entropy"),
-        ("normalized entropy", "normalized_entropy"),
-        ("max attention", "max_attention_per_head"),
-        ("diagonal strength", "diagonal_attention_strength"),
-        ("mean distance", "mean_attention_distance"),
-    ]
-    heads = int(metrics.get("num_heads", len(metrics.get("attention_entropy", []))))
-    header = "".join(f"<th>{html.escape(label)}</th>" for label, _ in columns)
-    rows = []
-    for h in range(heads):
-        cells = "".join(
-            f"<td>{_fmt((metrics.get(key) or [None] * heads)[h])}</td>" for _, key in columns
-        )
-        pattern = (metrics.get("pattern_per_head") or ["–"] * heads)[h]
-        rows.append(f"<tr><th>head {h}</th>{cells}<td>{html.escape(str(pattern))}</td></tr>")
-    averages = [metrics.get(k) for k in ("avg_entropy", "avg_max_attention")]
-    mean_cells = (
-        f"<td>{_fmt(averages[0])}</td><td>–</td><td>{_fmt(averages[1])}</td>"
-        f"<td>{_fmt(metrics.get('avg_diagonal_strength'))}</td><td>–</td><td></td>"
-    )
-    rows.append(f"<tr class='mean'><th>mean</th>{mean_cells}</tr>")
-    return (
-        f"<h2>{html.escape(name)}</h2>\n<table>\n<tr><th>head</th>{header}<th>pattern</th></tr>\n"
-        + "\n".join(rows)
-        + "\n</table>"
-    )
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5rem; font-variant-numeric: tabular-nums; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }}
-tr.mean {{ background: #f3f3f3; }}
-</style>
-</head>
-<body>
-<h1>{title}</h1>
-<p>Choose a layer and head (or the mean over heads) from the menu at the top right of the plot.
-Rows are query positions, columns key positions.</p>
-{plot}
-<section id="metrics">
-{tables}
-</section>
-<script type="application/json" id="attention-data">{data}</script>
-</body>
-</html>
-"""
+# --- the page -------------------------------------------------------------------------------
 
 
 def create_interactive_html(
@@ -309,125 +510,26 @@ def create_interactive_html(
     batch_index: int = 0,
     analysis: Mapping[str, Any] | None = None,
     output_path: str | Path = "attention_interactive.html",
+    pooling: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``attention_interactive.html``: a self-contained page that works offline.
 
-    One heatmap per (layer, mean or head), shown one at a time from a dropdown; values are
-    rounded to 4 decimals. The metrics table comes from ``analysis`` (``{layer: metrics}`` or
-    the ``analysis.json`` content) and is computed here when that is ``None``. The drawn data
-    is also embedded as JSON in ``<script id="attention-data">`` for reading back.
+    Layer, head (or the mean of heads) and, for small batches, batch item are chosen from
+    menus; heads above ``DISPLAY_SIZE`` positions are shown max-pooled with a note saying
+    so. The data is binary in the page (see ``neural_attn.client._html``). The metrics table
+    comes from ``analysis`` (``{layer: metrics}`` or the ``analysis.json`` content) and is
+    computed here when that is ``None`` (not for data ``pooling`` says was pooled).
     """
-    import plotly.graph_objects as go
+    from neural_attn.client._html import write_page
 
-    if not attention_by_layer:
-        raise InvalidInputError("no attention layers to put on the page")
-    given = _per_layer(analysis)
-    traces: list[Any] = []
-    labels: list[str] = []
-    data_layers: list[dict[str, Any]] = []
-    tables: list[str] = []
-    first_visible: int | None = None
-    for name, attention in attention_by_layer.items():
-        item = _item(attention, batch_index=batch_index, name=name)
-        heads, q, k = item.shape
-        query_tokens, key_tokens = _axis_tokens(tokens, q, k)
-        x, y = _unique_labels(key_tokens, k), _unique_labels(query_tokens, q)
-        mean = item.mean(axis=0)
-        # Small batches carry every item so the page can switch between them.
-        batch = int(np.shape(attention)[0]) if np.ndim(attention) == 4 else 1
-        items = list(range(batch)) if 1 < batch <= MAX_PAGE_ITEMS else [batch_index]
-        for b in items:
-            drawn = item if b == batch_index else _item(attention, batch_index=b, name=name)
-            prefix = f"item {b} — " if len(items) > 1 else ""
-            views = [(f"mean of {heads} heads", drawn.mean(axis=0))]
-            views += [(f"head {h}", drawn[h]) for h in range(heads)]
-            if b == batch_index and first_visible is None:
-                first_visible = len(traces)
-            for view, matrix in views:
-                traces.append(
-                    go.Heatmap(
-                        z=np.round(matrix, HTML_DECIMALS).astype(np.float32),
-                        x=x,
-                        y=y,
-                        zmin=0.0,
-                        colorscale="Viridis",
-                        colorbar={"title": {"text": "attention"}},
-                        hovertemplate=(
-                            "query: %{y}<br>key: %{x}<br>attention: %{z:.4f}<extra></extra>"
-                        ),
-                        name=f"{prefix}{name} — {view}",
-                        visible=False,
-                    )
-                )
-                labels.append(f"{prefix}{name} — {view}")
-        data_layers.append(
-            {
-                "name": name,
-                "shape": [int(n) for n in np.shape(attention)],
-                "mean": _rounded(mean),
-                "heads": [_rounded(item[h]) for h in range(heads)],
-            }
-        )
-        metrics = given.get(name) or analyze_attention_patterns(attention)
-        tables.append(_metrics_table(name, metrics))
-
-    buttons = [
-        {
-            "label": label,
-            "method": "update",
-            "args": [{"visible": [i == t for i in range(len(traces))]}, {"title.text": label}],
-        }
-        for t, label in enumerate(labels)
-    ]
-    assert first_visible is not None
-    traces[first_visible].visible = True
-    fig = go.Figure(data=traces)
-    fig.update_layout(
-        title={"text": labels[first_visible], "x": 0.0, "xanchor": "left", "xref": "paper"},
-        height=760,
-        xaxis={"title": {"text": "key"}, "side": "bottom"},
-        yaxis={"title": {"text": "query"}, "autorange": "reversed"},
-        updatemenus=[
-            {
-                "buttons": buttons,
-                "active": first_visible,  # the dropdown opens on the chosen item
-                "direction": "down",
-                "showactive": True,
-                "x": 1.0,
-                "xanchor": "right",
-                "y": 1.12,
-                "yanchor": "top",
-            }
-        ],
-        margin={"t": 110},
+    return write_page(
+        attention_by_layer,
+        tokens=tokens,
+        batch_index=batch_index,
+        analysis=analysis,
+        output_path=output_path,
+        pooling=pooling,
     )
-    plot = fig.to_html(
-        full_html=False,
-        include_plotlyjs=True,
-        div_id="attention-plot",
-        config={"displaylogo": False, "responsive": True},
-    )
-    data = {
-        "batch_index": batch_index,
-        "tokens": None if tokens is None else [str(t) for t in tokens],
-        "decimals": HTML_DECIMALS,
-        "layers": data_layers,
-    }
-    # "</script" or "<!--" in a token would end or confuse the script block; \u escapes read
-    # back as the same JSON.
-    data_json = (
-        json.dumps(data, separators=(",", ":"))
-        .replace("<", "\\u003c")
-        .replace(">", "\\u003e")
-        .replace("&", "\\u0026")
-    )
-    page = _PAGE.format(
-        title="Attention — neural-attn", plot=plot, tables="\n".join(tables), data=data_json
-    )
-    path = Path(output_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path
 
 
 # --- console --------------------------------------------------------------------------------

@@ -162,27 +162,51 @@ def test_bad_arguments_raise_invalid_input(call: Any, needle: str) -> None:
 # --- HTML -----------------------------------------------------------------------------------
 
 
-def _plot_json(page: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The data and layout passed to Plotly.newPlot on the page."""
-    start = page.index("Plotly.newPlot(")
-    decoder = json.JSONDecoder()
-    pos = page.index(",", start) + 1  # past the div id
-    pos = len(page) - len(page[pos:].lstrip())
-    data, end = decoder.raw_decode(page, pos)
-    pos = page.index(",", end) + 1
-    pos = len(page) - len(page[pos:].lstrip())
-    layout, _ = decoder.raw_decode(page, pos)
-    return data, layout
+def page_data(text: str) -> dict[str, Any]:
+    """The JSON block the page draws from."""
+    match = re.search(
+        r'<script type="application/json" id="attention-data">(.*?)</script>', text, re.S
+    )
+    assert match
+    data: dict[str, Any] = json.loads(match.group(1))
+    return data
 
 
-def _z(trace: dict[str, Any]) -> np.ndarray:
-    z = trace["z"]
-    if isinstance(z, dict):  # plotly's typed-array encoding
-        shape = [int(n) for n in str(z["shape"]).split(",")]
-        return np.frombuffer(base64.b64decode(z["bdata"]), dtype=np.dtype(z["dtype"])).reshape(
-            shape
-        )
-    return np.asarray(z, dtype=np.float64)
+def decode_view(layer: dict[str, Any], item: int, view: int) -> np.ndarray:
+    """One drawn matrix as the page holds it: float16 little-endian, base64."""
+    (entry,) = [e for e in layer["items"] if e["index"] == item]
+    raw = base64.b64decode(entry["views"][view]["data"])
+    return np.frombuffer(raw, dtype="<f2").reshape(layer["display_shape"])
+
+
+def chromium_dom(url: str, profile: Path) -> str:
+    """The page's DOM after its scripts ran, in a headless Chromium with no network."""
+    command = [
+        shutil.which("chromium") or "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        # Any name lookup fails: the page has to work with no network at all.
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--virtual-time-budget=30000",
+        "--dump-dom",
+        url,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def view_status(dom: str) -> dict[str, str]:
+    """The data-* attributes the page writes on #view-status after drawing."""
+    match = re.search(r'<p id="view-status"([^>]*)>', dom)
+    assert match, "the page wrote no view status"
+    return dict(re.findall(r'data-([a-z]+)="([^"]*)"', match.group(1)))
 
 
 @pytest.fixture(scope="module")
@@ -208,54 +232,51 @@ def test_html_is_self_contained(page: tuple[Path, dict[str, Any]]) -> None:
     assert "https://" not in ours and "http://" not in ours
 
 
-def test_html_embeds_the_data_it_plots(page: tuple[Path, dict[str, Any]]) -> None:
+def test_html_holds_every_view_as_binary_float16(page: tuple[Path, dict[str, Any]]) -> None:
     path, layers = page
     text = path.read_text(encoding="utf-8")
-    match = re.search(
-        r'<script type="application/json" id="attention-data">(.*?)</script>', text, re.S
-    )
-    assert match
-    data = json.loads(match.group(1))
+    data = page_data(text)
     assert data["tokens"] == TOKENS and data["batch_index"] == 1
+    assert data["encoding"] == "float16-le-base64"
     assert [layer["name"] for layer in data["layers"]] == list(layers)
     for layer in data["layers"]:
-        item = layers[layer["name"]][1].astype(np.float64)
-        assert layer["shape"] == [2, 3, 12, 12]
-        np.testing.assert_allclose(np.array(layer["heads"]), item, atol=5e-5 + 1e-9)
-        np.testing.assert_allclose(np.array(layer["mean"]), item.mean(axis=0), atol=5e-5 + 1e-9)
-        assert np.array_equal(np.array(layer["heads"]), np.round(item, 4))
+        attention = layers[layer["name"]]
+        assert layer["shape"] == [2, 3, 12, 12] and layer["display_shape"] == [12, 12]
+        assert layer["pooling"] is None  # 12 positions are shown exactly
+        # A small batch puts every item on the page.
+        assert [entry["index"] for entry in layer["items"]] == [0, 1]
+        for b in (0, 1):
+            (entry,) = [e for e in layer["items"] if e["index"] == b]
+            labels = [view["label"] for view in entry["views"]]
+            assert labels == ["mean of 3 heads", "head 0", "head 1", "head 2"]
+            titles = [view["title"] for view in entry["views"]]
+            assert titles == [f"item {b} — {layer['name']} — {label}" for label in labels]
+            item = attention[b].astype(np.float64)
+            expected = [item.mean(axis=0), *item]
+            for v, want in enumerate(expected):
+                got = decode_view(layer, b, v)
+                np.testing.assert_array_equal(got, want.astype(np.float16))
+                np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-7)  # subnormals
+        # Repeated tokens stay separate cells.
+        assert len(set(layer["x"])) == 12 and layer["x"][0] == "The"
+        assert layer["y"] == layer["x"]
+    # No matrix is written as JSON number text.
+    assert not re.search(r"(\d\.\d+,\s*){20}", text.replace(_plotlyjs(), ""))
 
 
-def test_html_has_a_trace_per_layer_and_head_and_a_dropdown(
-    page: tuple[Path, dict[str, Any]],
-) -> None:
-    path, layers = page
-    traces, layout = _plot_json(path.read_text(encoding="utf-8"))
-    # A small batch puts every item on the page; the chosen one (item 1) shows first.
-    expected = [
-        f"item {b} — {name} — {view}"
-        for name in layers
-        for b in (0, 1)
-        for view in ["mean of 3 heads", "head 0", "head 1", "head 2"]
-    ]
-    assert [t["name"] for t in traces] == expected
-    assert all(t["type"] == "heatmap" for t in traces)
-    assert [t["visible"] for t in traces] == [i == 4 for i in range(len(expected))]
-    menu = layout["updatemenus"][0]
-    assert menu["active"] == 4
-    buttons = menu["buttons"]
-    assert [b["label"] for b in buttons] == expected
-    for index, button in enumerate(buttons):
-        visible = button["args"][0]["visible"]
-        assert visible == [i == index for i in range(len(expected))]
-    # The plotted values are the input to 4 decimals; rows are queries.
-    for b, start in ((0, 8), (1, 12)):
-        item = layers["transformer_encoder_1"][b].astype(np.float64)
-        np.testing.assert_allclose(_z(traces[start]), item.mean(axis=0), atol=6e-5)
-        np.testing.assert_allclose(_z(traces[start + 2]), item[1], atol=6e-5)
-    # Repeated tokens stay separate cells; hover names query, key and value.
-    assert len(set(traces[0]["x"])) == 12 and traces[0]["x"][0] == "The"
-    assert "query" in traces[0]["hovertemplate"] and "%{z" in traces[0]["hovertemplate"]
+def _plotlyjs() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return str(get_plotlyjs())
+
+
+def test_html_has_item_layer_and_view_menus(page: tuple[Path, dict[str, Any]]) -> None:
+    path, _ = page
+    text = path.read_text(encoding="utf-8")
+    for menu in ("item-select", "layer-select", "view-select"):
+        assert f'<select id="{menu}">' in text
+    assert "<label>batch item" in text  # not hidden: the batch has two items
+    assert 'id="pooling-note"' not in text  # nothing pooled at 12 positions
 
 
 def test_html_shows_the_metrics_table(page: tuple[Path, dict[str, Any]]) -> None:
@@ -277,9 +298,19 @@ def test_html_survives_hostile_tokens_and_computes_missing_metrics(tmp_path: Pat
     path = create_interactive_html(layers, tokens=tokens, output_path=tmp_path / "p.html")
     text = path.read_text(encoding="utf-8")
     assert "<script>alert(1)" not in text
-    match = re.search(r'id="attention-data">(.*?)</script>', text, re.S)
-    assert match and json.loads(match.group(1))["tokens"] == tokens
+    assert page_data(text)["tokens"] == tokens
     assert "<tr><th>head 0</th>" in text
+    assert "<label hidden>batch item" in text  # one item: no item menu
+
+
+def test_html_shows_only_the_chosen_item_of_a_big_batch(tmp_path: Path) -> None:
+    layers = _layers(1, batch=9, heads=2, seq=6)
+    path = create_interactive_html(layers, batch_index=7, output_path=tmp_path / "p.html")
+    (layer,) = page_data(path.read_text(encoding="utf-8"))["layers"]
+    assert [entry["index"] for entry in layer["items"]] == [7]
+    assert layer["items"][0]["views"][1]["title"] == "transformer_encoder_0 — head 0"
+    with pytest.raises(InvalidInputError, match="batch_index 9"):
+        create_interactive_html(_layers(1, batch=2), batch_index=9, output_path=tmp_path / "q")
 
 
 @pytest.mark.browser
@@ -287,30 +318,21 @@ def test_html_survives_hostile_tokens_and_computes_missing_metrics(tmp_path: Pat
 def test_html_renders_offline_in_a_headless_browser(
     page: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    path, _ = page
-    command = [
-        shutil.which("chromium") or "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        # Any name lookup fails: the page has to work with no network at all.
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        path.resolve().as_uri(),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    dom = result.stdout
-    assert result.returncode == 0, result.stderr[-2000:]
+    path, layers = page
+    dom = chromium_dom(path.resolve().as_uri(), tmp_path / "profile")
     assert 'class="plot-container' in dom
     assert 'class="main-svg"' in dom
     assert 'class="hm"' in dom  # the heatmap was drawn
-    assert 'class="updatemenu-container"' in dom  # and the layer/head menu
+    # It opens on the chosen item, the mean of the first layer's heads, decoded exactly.
+    status = view_status(dom)
+    assert status["drawn"] == "1"
+    assert status["title"] == "item 1 — transformer_encoder_0 — mean of 3 heads"
+    assert status["shape"] == "12x12"
+    mean = layers["transformer_encoder_0"][1].astype(np.float64).mean(axis=0).astype(np.float16)
+    assert float(status["sum"]) == pytest.approx(float(mean.astype(np.float64).sum()), rel=1e-12)
+    assert float(status["max"]) == float(mean.max())
+    # Every option of the menus is there.
+    assert dom.count('<option value="') == 2 + 2 + 4
 
 
 # --- console --------------------------------------------------------------------------------
