@@ -57,11 +57,13 @@ def measured(cmd: list[str], *, timeout: float, rss_cap: int) -> dict:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT)
         stopped: list[str] = []
+        samples: list[tuple[float, float]] = []  # (seconds since start, RSS MiB)
         done = threading.Event()
 
         def watch() -> None:
             while not done.wait(0.2):
                 rss = _rss_kib(proc.pid) * 1024
+                samples.append((round(time.perf_counter() - start, 1), round(rss / MIB, 1)))
                 if rss > rss_cap:
                     stopped.append(f"killed by the bench at {rss / 2**30:.1f} GiB RSS (cap)")
                 elif time.perf_counter() - start > timeout:
@@ -86,6 +88,7 @@ def measured(cmd: list[str], *, timeout: float, rss_cap: int) -> dict:
         "peak_rss": usage.ru_maxrss * 1024,
         "last_stderr": lines[-1][:240] if lines else "",
         "stopped": stopped[0] if stopped else "",
+        "rss_samples": samples,
     }
 
 
@@ -155,10 +158,12 @@ def run(args: argparse.Namespace) -> list[Row]:
             outputs[name] = _files(out)
         finally:
             shutil.rmtree(out, ignore_errors=True)
-        print(f"  {name}: {runs[name]}", flush=True)
+        shown = {k: v for k, v in runs[name].items() if k != "rss_samples"}
+        print(f"  {name}: {shown}", flush=True)
 
     short, long = runs["16 tokens"], runs["4,096 tokens"]
     ok = long["rc"] == 0 and not long["stopped"]
+    peak_at = max(long["rss_samples"], key=lambda s: s[1], default=(0.0, 0.0))[0]
     why = long["stopped"] or f"exit status {long['rc']}: {long['last_stderr']}"
     rows.append(
         Row(
@@ -198,8 +203,9 @@ def run(args: argparse.Namespace) -> list[Row]:
             "CLI 4,096 tokens: peak RSS",
             long["peak_rss"] / MIB,
             "MiB",
-            note="" if ok else "at the moment it stopped",
+            note=f"reached about {peak_at:.0f} s into the run" + ("" if ok else "; it stopped"),
             device=dev,
+            extra={"rss_mib_over_time": long["rss_samples"][::5]},
         )
     )
     rows.append(
