@@ -256,7 +256,7 @@ def write_page(
     note = ""
     if notes:
         note = (
-            "<div id='pooling-note' class='note'><p><strong>Pooled for display.</strong> "
+            '<div id="pooling-note" class="note"><p><strong>Pooled for display.</strong> '
             "Not every position is drawn:</p>\n<ul>\n" + "\n".join(notes) + "\n</ul></div>"
         )
     page = _PAGE.format(
