@@ -16,6 +16,7 @@ of rows at a time), so no float64 copy of a layer is ever made. Data the server 
 comes with a ``pooling=`` description (``pool_for_display``'s ``info``, or the chunk's
 ``Reduction`` as a dict: ``query_block``, ``key_block``, ``mode``, ``source_shape`` and
 optionally the window ``query_start/stop``, ``key_start/stop``) and is drawn as it is.
+The page holds each drawn matrix as base64 float16, not JSON numbers (``_html.py``).
 """
 
 from __future__ import annotations
