@@ -24,7 +24,7 @@ from neural_attn.backends.base import (
 )
 from neural_attn.backends.codegen import Call, instantiate, mark_padding, render_call, render_module
 from neural_attn.backends.info import resolve_device
-from neural_attn.backends.streaming import Reduction, block_counts
+from neural_attn.backends.streaming import Reduction
 from neural_attn.backends.torch_weights import Tensors, from_torch, to_torch, walk
 from neural_attn.backends.weight_files import check_neutral
 from neural_attn.backends.weights import initial_weights, weight_shapes
@@ -299,15 +299,10 @@ def reduce_attention(probs: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     bq, bk = reduction.blocks(q_len, k_len)
     if bq == bk == 1:
         return probs
-    batch, heads, rows, cols = probs.shape
-    out_q, out_k = -(-rows // bq), -(-cols // bk)
-    # Zero padding changes neither a block's maximum nor its sum: probabilities are >= 0.
-    padded = F.pad(probs, (0, out_k * bk - cols, 0, out_q * bq - rows))
-    blocks = padded.reshape(batch, heads, out_q, bq, out_k, bk)
+    # ceil_mode keeps a partial last block; its mean is over the positions it covers.
     if reduction.pool_mode == "max":
-        return blocks.amax(dim=(3, 5))
-    counts = np.outer(block_counts(rows, bq), block_counts(cols, bk))
-    return blocks.sum(dim=(3, 5)) / torch.from_numpy(counts).to(probs.device)
+        return F.max_pool2d(probs, (bq, bk), ceil_mode=True)
+    return F.avg_pool2d(probs, (bq, bk), ceil_mode=True, count_include_pad=False)
 
 
 class PyTorchBackend(Backend):

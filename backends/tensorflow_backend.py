@@ -333,9 +333,11 @@ def reduce_attention(probs: tf.Tensor, reduction: Reduction) -> tf.Tensor:
         return probs
     batch, heads, rows, cols = probs.shape
     out_q, out_k = -(-rows // bq), -(-cols // bk)
-    # Zero padding changes neither a block's maximum nor its sum: probabilities are >= 0.
-    padded = tf.pad(probs, [[0, 0], [0, 0], [0, out_q * bq - rows], [0, out_k * bk - cols]])
-    blocks = tf.reshape(padded, (batch, heads, out_q, bq, out_k, bk))
+    if (out_q * bq, out_k * bk) != (rows, cols):
+        # Zero padding changes neither a block's maximum nor its sum: probabilities are >= 0.
+        # (It copies the layer: lengths that the block divides need no copy.)
+        probs = tf.pad(probs, [[0, 0], [0, 0], [0, out_q * bq - rows], [0, out_k * bk - cols]])
+    blocks = tf.reshape(probs, (batch, heads, out_q, bq, out_k, bk))
     if reduction.pool_mode == "max":
         return tf.reduce_max(blocks, axis=[3, 5])
     counts = np.outer(block_counts(rows, bq), block_counts(cols, bk))

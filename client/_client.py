@@ -530,6 +530,7 @@ class AttentionClient:
         data: np.ndarray | None = None,
         layers: Sequence[str] | None = None,
         head: int | None = None,
+        sequence_length: int = 0,
     ) -> dict[str, Any]:
         """Metrics per layer and head: for `attention` you send, or for a `model` the server runs.
 
@@ -551,7 +552,7 @@ class AttentionClient:
             )
             return self._analyze(request)
         assert model is not None
-        options = _ExtractOptions(layers, head)
+        options = _ExtractOptions(layers, head, sequence_length=sequence_length)
 
         def call(inline: bool) -> Iterator[dict[str, Any]]:
             request = self._extract_request(model, data, options, inline=inline)

@@ -17,6 +17,7 @@ import numpy as np
 from neural_attn.analysis import analyze_attention_patterns, summarize_layers
 from neural_attn.client import render
 from neural_attn.client._client import AttentionClient, CompileResult
+from neural_attn.client._sinks import NpzSink
 from neural_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -192,27 +193,28 @@ class AttentionVisualizer:
         output_dir: str | os.PathLike[str] = "attention_outputs",
         *,
         batch_index: int = 0,
+        dtype: str = "float32",
+        write_npz: bool = True,
+        display_size: int = render.DISPLAY_SIZE,
     ) -> dict[str, Any]:
         """Compile a .neural file, extract its attention and write every output file.
 
         Writes into `output_dir`: attention_heatmap.png, attention_heads_{layer}.png,
-        compiled_model_{backend}.py, attention_interactive.html, attention_weights.npz,
-        analysis.json. Returns {"attention_weights", "analysis", "files", "model", "summary"}.
+        compiled_model_{backend}.py, attention_interactive.html, attention_weights.npz (exact,
+        every layer; `write_npz=False` skips it), attention_rollout.npy and analysis.json
+        (metrics only). Returns {"attention_weights", "analysis", "files", "model", "summary"}.
+
+        Sized for long sequences: the metrics are computed on the server (no tensors move), the
+        figures and page get attention pooled on the server to `display_size` positions when
+        the sequence is longer, and the npz is written chunk by chunk as the layers stream in,
+        so no layer is ever whole in this process. "attention_weights" is then the npz opened
+        lazily (each layer read when asked for); for short sequences it is the arrays.
+        `dtype="float16"` halves what travels and what the npz takes.
         """
         compiled = self.compile(str(dsl_file), backend)
         _check_tokens(compiled, input_data, tokens)
         layers = [layer_name] if layer_name else None
-        weights = self._extract(
-            compiled, input_data, layers, sequence_length=len(tokens) if tokens else 0
-        )
-        if head_index is not None:
-            for name, w in weights.items():
-                if not 0 <= head_index < w.shape[1]:
-                    raise InvalidInputError(
-                        f"head {head_index} does not exist in `{name}`, which has "
-                        f"{w.shape[1]} heads (0..{w.shape[1] - 1})"
-                    )
-        analysis = summarize_layers(weights)
+        length = len(tokens) if tokens else 0
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         files: dict[str, str] = {}
@@ -221,31 +223,89 @@ class AttentionVisualizer:
             files[key] = str(path)
             self._progress(f"wrote {path}")
 
+        self._progress("computing metrics on the server")
+        analysis = self.client.analyze(
+            model=compiled, data=input_data, layers=layers, sequence_length=length
+        )
+        for name, metrics in analysis["layers"].items():
+            if head_index is not None and not 0 <= head_index < metrics["num_heads"]:
+                raise InvalidInputError(
+                    f"head {head_index} does not exist in `{name}`, which has "
+                    f"{metrics['num_heads']} heads (0..{metrics['num_heads'] - 1})"
+                )
+
+        shown: dict[str, np.ndarray] = {}
+        pooling: dict[str, dict[str, Any]] = {}
+        for layer in self.client.extract_layers(
+            compiled,
+            input_data,
+            layers=layers,
+            sequence_length=length,
+            dtype=dtype,
+            pool_size=display_size,
+        ):
+            self._progress(f"received {layer.name} {tuple(layer.shape)} for display")
+            shown[layer.name] = layer.value
+            if layer.pooling is not None and layer.pooling.pooled:
+                pooling[layer.name] = layer.pooling.as_dict()
+        weights: Mapping[str, np.ndarray] = shown
+
+        npz = out / "attention_weights.npz"
+        if write_npz and not pooling:
+            np.savez(npz, **shown)  # type: ignore[arg-type]  # shown is exact: no second pass
+            written("npz", npz)
+        elif write_npz:
+            with NpzSink(npz) as sink:
+                for layer in self.client.extract_layers(
+                    compiled,
+                    input_data,
+                    layers=layers,
+                    sequence_length=length,
+                    dtype=dtype,
+                    sink=sink,
+                ):
+                    self._progress(f"wrote {layer.name} {tuple(layer.shape)} to {npz.name}")
+            written("npz", npz)
+            weights = np.load(npz)
+
         path = out / "attention_heatmap.png"
         render.plot_heatmaps(
-            weights, head=head_index, tokens=tokens, batch_index=batch_index, output_path=path
+            shown,
+            head=head_index,
+            tokens=tokens,
+            batch_index=batch_index,
+            output_path=path,
+            pooling=pooling or None,
         )
         written("heatmap", path)
-        for name, w in weights.items():
+        for name, w in shown.items():
             path = out / f"attention_heads_{_safe_name(name)}.png"
             render.plot_attention_heads(
-                w, tokens=tokens, title=name, batch_index=batch_index, output_path=path
+                w,
+                tokens=tokens,
+                title=name,
+                batch_index=batch_index,
+                output_path=path,
+                pooling=pooling.get(name),
             )
             written(f"heads:{name}", path)
         path = out / f"compiled_model_{compiled.backend}.py"
         path.write_text(compiled.generated_code, encoding="utf-8")
         written("code", path)
         path = render.create_interactive_html(
-            weights,
+            shown,
             tokens=tokens,
             batch_index=batch_index,
             analysis=analysis,
             output_path=out / "attention_interactive.html",
+            pooling=pooling or None,
         )
         written("html", path)
-        path = out / "attention_weights.npz"
-        np.savez_compressed(path, **weights)  # type: ignore[arg-type]
-        written("npz", path)
+        rollout = analysis.get("rollout")
+        if rollout is not None:
+            path = out / "attention_rollout.npy"
+            np.save(path, np.asarray(rollout))
+            written("rollout", path)
         path = out / "analysis.json"
         path.write_text(
             json.dumps(
@@ -254,7 +314,10 @@ class AttentionVisualizer:
                     "network": compiled.network_name,
                     "backend": compiled.backend,
                     "device": compiled.device,
-                    **analysis,
+                    "layers": analysis["layers"],
+                    "rollout": "attention_rollout.npy" if rollout is not None else None,
+                    "attention_weights": npz.name if write_npz else None,
+                    "display_pooling": pooling or None,
                 },
                 indent=2,
             ),
@@ -266,7 +329,14 @@ class AttentionVisualizer:
             "analysis": analysis,
             "files": files,
             "model": compiled,
-            "summary": render.format_console_summary(weights, analysis),
+            "summary": render.format_console_summary(
+                # the exact shapes (figures may be pooled), as views that take no memory
+                {
+                    name: np.broadcast_to(np.float32(0), tuple(metrics["shape"]))
+                    for name, metrics in analysis["layers"].items()
+                },
+                analysis,
+            ),
         }
 
     def plot_attention_heads(

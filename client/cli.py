@@ -2,7 +2,7 @@
 
     neural-attn-client visualize model.neural --attention [--backend tensorflow|pytorch]
         [--data input.npy] [--tokens "The,cat,sat"] [--layer NAME] [--head N]
-        [--server host:port] [--output-dir DIR]
+        [--server host:port] [--output-dir DIR] [--dtype float16] [--no-npz]
 
 Without --server (or $NEURAL_ATTN_SERVER) an embedded server runs in this process.
 """
@@ -62,6 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--head", type=int, help="draw this head instead of the mean of heads")
     v.add_argument("--batch-index", type=int, default=0, help="which item of a batch to draw")
     v.add_argument("--output-dir", default="attention_outputs")
+    v.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="attention on the wire and in the npz: float32 (exact, default) or float16 (half "
+        "the bytes)",
+    )
+    v.add_argument(
+        "--no-npz",
+        action="store_true",
+        help="skip attention_weights.npz: only pooled attention and metrics leave the server",
+    )
     e = sub.add_parser(
         "export-weights",
         help="write a model's weights (e.g. converted from --weights) as a neutral .npz",
@@ -136,6 +148,8 @@ def _visualize(args: argparse.Namespace) -> int:
         tokens=tokens,
         output_dir=args.output_dir,
         batch_index=args.batch_index,
+        dtype=args.dtype,
+        write_npz=not args.no_npz,
     )
     for warning in result["model"].warnings:
         print(f"warning: {warning}", file=sys.stderr)
