@@ -32,6 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-sequence-length", type=int, default=defaults.max_sequence_length)
     p.add_argument("--max-message-bytes", type=int, default=defaults.max_message_bytes)
     p.add_argument(
+        "--weights-dir",
+        default=os.environ.get("NEURAL_ATTN_WEIGHTS_DIR"),
+        help="directory whose files requests may name as weights (default: none)",
+    )
+    p.add_argument(
         "--token",
         default=os.environ.get("NEURAL_ATTN_TOKEN"),
         help="require 'authorization: Bearer TOKEN' (default: $NEURAL_ATTN_TOKEN)",
