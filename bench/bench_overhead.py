@@ -104,9 +104,9 @@ def run(args: argparse.Namespace) -> list[Row]:
 
                     t = interleaved(
                         {"served": serve, "forward": forward, "floor": floor},
-                        budget_s=(10.0 if seq <= 128 else 20.0) * args.budget,
+                        budget_s=(15.0 if seq <= 128 else 30.0) * args.budget,
                         min_reps=3,
-                        max_reps=25,
+                        max_reps=40,
                         sync=_sync(dev),
                     )
                 except Exception as exc:  # noqa: BLE001 - report and go on
@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                         s * 1e3,
                         "ms",
                         note=f"median of {reps}; {attention_mib:.0f} MiB attention",
+                        extra={"times_s": {k: v["all_s"] for k, v in t.items()}},
                         **common,
                     ),
                     Row(SECTION, f"{label}: project forward + capture", f * 1e3, "ms", **common),

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             fns = {"served": serve, "bare": bare_receive, "bare_copy": bare_copy}
             model = get_backend("pytorch").build(net, seed=0, device=dev)
             fns["forward"] = lambda: model.forward(data, capture=names)
-            t = interleaved(fns, budget_s=25.0 * args.budget, min_reps=3, max_reps=7)
+            t = interleaved(fns, budget_s=40.0 * args.budget, min_reps=3, max_reps=9)
         except Exception as exc:  # noqa: BLE001
             return [failed_row(SECTION, f"pytorch {shape} wire", describe(exc), device=dev)]
 
@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             mb / s,
             "MB/s",
             note=f"{s:.2f} s per call, median of {reps}, chunk {chunk // 1024} KiB",
+            extra={"times_s": {k: v["all_s"] for k, v in t.items()}},
             device=dev,
         ),
         Row(

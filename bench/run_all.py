@@ -38,6 +38,10 @@ SECTIONS = {
 }
 GPU_SECTIONS = ("0", "2", "3", "4")  # section 1's CLI picks the GPU itself (device auto)
 ORDER = ("1", "2", "3", "4", "0")  # the long CLI first, on a quiet machine
+# Sections timing both frameworks run once per backend, each in a fresh process: a process that
+# has run TensorFlow can slow PyTorch's next passes (thread pools fighting over the cores).
+PER_BACKEND = ("0", "2", "4")
+BACKENDS = ("pytorch", "tensorflow")
 
 
 def main() -> int:
@@ -48,10 +52,19 @@ def main() -> int:
     parser.add_argument("--output", default=str(BENCH / "results.json"))
     args = parser.parse_args()
     chosen = [s for s in ORDER if not args.only or s in args.only.split(",")]
-    runs = [(s, "cpu") for s in chosen]
     gpu = cuda_available() and not args.no_gpu
-    if gpu:
-        runs += [(s, "cuda") for s in chosen if s in GPU_SECTIONS]
+    devices = ["cpu", "cuda"] if gpu else ["cpu"]
+    runs: list[tuple[str, str, str]] = []  # (section, device, backend or "")
+    for device in devices:
+        for s in chosen:
+            if device == "cuda" and s not in GPU_SECTIONS:
+                continue
+            if s in PER_BACKEND:
+                # TensorFlow here is the CPU build: on the GPU pass only PyTorch runs.
+                names = BACKENDS if device == "cpu" else ("pytorch",)
+                runs += [(s, device, b) for b in names]
+            else:
+                runs.append((s, device, ""))
     info = machine()
     print(
         f"neural-attn bench: {info['date']}, {info['cores']} cores, {info['cpu']}, "
@@ -62,8 +75,8 @@ def main() -> int:
     rows: list[Row] = []
     loads: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for section, device in runs:
-            out = Path(tmp) / f"{section}-{device}.json"
+        for section, device, backend in runs:
+            out = Path(tmp) / f"{section}-{device}-{backend}.json"
             cmd = [
                 sys.executable,
                 str(BENCH / SECTIONS[section]),
@@ -73,12 +86,16 @@ def main() -> int:
                 device,
                 "--budget",
                 args.budget,
+                *(["--backends", backend] if backend else []),
             ]
             t0 = time.perf_counter()
             load = os.getloadavg()[0]
             rc = subprocess.call(cmd, cwd=str(BENCH.parent))
             took = time.perf_counter() - t0
-            loads[f"{section}-{device}"] = {"before": load, "after": os.getloadavg()[0]}
+            loads[f"{section}-{device}-{backend}".rstrip("-")] = {
+                "before": load,
+                "after": os.getloadavg()[0],
+            }
             got = [Row(**r) for r in json.loads(out.read_text())] if out.exists() else []
             if rc != 0 or not got:
                 got.append(
@@ -91,7 +108,7 @@ def main() -> int:
                     )
                 )
             print(
-                f"[section {section} on {device}: {took:.0f} s; load average (1 min) "
+                f"[section {section} {backend} on {device}: {took:.0f} s; load average (1 min) "
                 f"{load:.2f} before, {os.getloadavg()[0]:.2f} after]",
                 flush=True,
             )
