@@ -245,3 +245,31 @@ def test_analyze_refuses_reduced_attention(server_target, exact):
         stub.Analyze(request, timeout=60)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "exact attention" in info.value.details()
+
+
+# 4 heads x 1,024^2 float32: 16 MiB a layer, far more than gRPC's flow-control windows.
+BIG = """
+network Big {
+  input: (1024, 8)
+  layers:
+    TransformerEncoder(num_heads=4, ff_dim=8) * 3
+}
+"""
+
+
+def test_a_reader_that_stops_reading_stops_the_pass(server_target, monkeypatch):
+    """Flow control is honoured: the server does not run ahead and buffer the answer."""
+    from neural_attn.client import AttentionClient
+
+    live = _LiveLayers(monkeypatch)
+    stub = pb_grpc.AttentionServiceStub(grpc.insecure_channel(server_target))
+    with AttentionClient(server_target, timeout=120) as client:
+        model = client.compile(BIG, backend="pytorch")
+    call = stub.ExtractAttention(pb.ExtractRequest(model_id=model.model_id), timeout=120)
+    first = next(call)
+    assert first.layer_name == "transformer_encoder_0"
+    time.sleep(2.0)  # the reader pauses with 16 MiB of layer 0 still unread
+    assert len(live.alive_at_handout) == 1, "the pass ran ahead of a reader that stopped"
+    received = sum(len(chunk.content) for chunk in call) + len(first.content)
+    assert received == 3 * 4 * 1024 * 1024 * 4
+    assert len(live.alive_at_handout) == 3
