@@ -195,6 +195,7 @@ class AttentionVisualizer:
         batch_index: int = 0,
         dtype: str = "float32",
         write_npz: bool = True,
+        npz_window: tuple[tuple[int, int], tuple[int, int]] | None = None,
         display_size: int = render.DISPLAY_SIZE,
     ) -> dict[str, Any]:
         """Compile a .neural file, extract its attention and write every output file.
@@ -209,7 +210,8 @@ class AttentionVisualizer:
         the sequence is longer, and the npz is written chunk by chunk as the layers stream in,
         so no layer is ever whole in this process. "attention_weights" is then the npz opened
         lazily (each layer read when asked for); for short sequences it is the arrays.
-        `dtype="float16"` halves what travels and what the npz takes.
+        `dtype="float16"` halves what travels and what the npz takes; `npz_window=((q0, q1),
+        (k0, k1))` keeps only that query range x key range in the npz (a stop of 0: the end).
         """
         compiled = self.compile(str(dsl_file), backend)
         _check_tokens(compiled, input_data, tokens)
@@ -251,7 +253,7 @@ class AttentionVisualizer:
         weights: Mapping[str, np.ndarray] = shown
 
         npz = out / "attention_weights.npz"
-        if write_npz and not pooling:
+        if write_npz and not pooling and npz_window is None:
             np.savez(npz, **shown)  # type: ignore[arg-type]  # shown is exact: no second pass
             written("npz", npz)
         elif write_npz:
@@ -262,6 +264,7 @@ class AttentionVisualizer:
                     layers=layers,
                     sequence_length=length,
                     dtype=dtype,
+                    window=npz_window,
                     sink=sink,
                 ):
                     self._progress(f"wrote {layer.name} {tuple(layer.shape)} to {npz.name}")
@@ -317,6 +320,7 @@ class AttentionVisualizer:
                     "layers": analysis["layers"],
                     "rollout": "attention_rollout.npy" if rollout is not None else None,
                     "attention_weights": npz.name if write_npz else None,
+                    "attention_weights_window": npz_window,
                     "display_pooling": pooling or None,
                 },
                 indent=2,

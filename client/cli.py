@@ -2,7 +2,7 @@
 
     neural-attn-client visualize model.neural --attention [--backend tensorflow|pytorch]
         [--data input.npy] [--tokens "The,cat,sat"] [--layer NAME] [--head N]
-        [--server host:port] [--output-dir DIR] [--dtype float16] [--no-npz]
+        [--server host:port] [--output-dir DIR] [--dtype float16] [--window Q0:Q1,K0:K1] [--no-npz]
 
 Without --server (or $NEURAL_ATTN_SERVER) an embedded server runs in this process.
 """
@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
         "the bytes)",
     )
     v.add_argument(
+        "--window",
+        type=_window,
+        metavar="Q0:Q1,K0:K1",
+        help="attention_weights.npz holds only this query range x key range, exact (e.g. "
+        "0:256,: ; an empty bound is the start or the end)",
+    )
+    v.add_argument(
         "--no-npz",
         action="store_true",
         help="skip attention_weights.npz: only pooled attention and metrics leave the server",
@@ -84,6 +91,21 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--server", help="host:port (default: embedded)")
     _token_option(i)
     return p
+
+
+def _window(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """'Q0:Q1,K0:K1' -> ((q0, q1), (k0, k1)); an empty start is 0, an empty stop the end (0)."""
+    try:
+        query, key = text.split(",")
+        bounds = [
+            tuple(int(b) if b.strip() else 0 for b in part.split(":")) for part in (query, key)
+        ]
+        (q0, q1), (k0, k1) = bounds
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a window: write Q0:Q1,K0:K1, e.g. 0:256,: (empty: start / end)"
+        ) from None
+    return (q0, q1), (k0, k1)
 
 
 def _load_data(path: str | None) -> np.ndarray | None:
@@ -150,6 +172,7 @@ def _visualize(args: argparse.Namespace) -> int:
         batch_index=args.batch_index,
         dtype=args.dtype,
         write_npz=not args.no_npz,
+        npz_window=args.window,
     )
     for warning in result["model"].warnings:
         print(f"warning: {warning}", file=sys.stderr)

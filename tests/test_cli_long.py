@@ -167,3 +167,25 @@ def test_float16_halves_the_npz_and_no_npz_moves_only_pooled_attention(tmp_path)
     assert analysis["attention_weights"] is None
     assert len(analysis["layers"]["transformer_encoder_1"]["attention_entropy"]) == 2
     assert "Pooled for display" in (tmp_path / "lean" / "attention_interactive.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_window_keeps_exact_values_of_that_range_only(long_run, tmp_path):
+    out, _ = long_run
+    (tmp_path / "long.neural").write_text(MODEL)
+    cut = _run(
+        "visualize", "long.neural", "--attention", "--backend", "pytorch", "--window",
+        "100:300,:", "--output-dir", "cut", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert cut.returncode == 0, cut.stderr
+    with (
+        np.load(tmp_path / "cut" / "attention_weights.npz") as part,
+        np.load(out / "attention_weights.npz") as whole,
+    ):
+        for name in LAYERS:
+            assert part[name].shape == (1, 2, 200, LENGTH)
+            np.testing.assert_array_equal(part[name], whole[name][:, :, 100:300, :])
+    analysis = json.loads((tmp_path / "cut" / "analysis.json").read_text())
+    assert analysis["attention_weights_window"] == [[100, 300], [0, 0]]
+    bad = _run("visualize", "long.neural", "--attention", "--window", "1-2", cwd=tmp_path)
+    assert bad.returncode == 2 and "not a window" in bad.stderr
