@@ -337,11 +337,13 @@ def reduce_attention(probs: tf.Tensor, reduction: Reduction) -> tf.Tensor:
         # Zero padding changes neither a block's maximum nor its sum: probabilities are >= 0.
         # (It copies the layer: lengths that the block divides need no copy.)
         probs = tf.pad(probs, [[0, 0], [0, 0], [0, out_q * bq - rows], [0, out_k * bk - cols]])
-    blocks = tf.reshape(probs, (batch, heads, out_q, bq, out_k, bk))
+    # One axis at a time: a 6-d reduction over two axes at once copies the layer first.
+    reduce = tf.reduce_max if reduction.pool_mode == "max" else tf.reduce_sum
+    rows_pooled = reduce(tf.reshape(probs, (batch, heads, out_q, bq, out_k * bk)), axis=3)
+    pooled = reduce(tf.reshape(rows_pooled, (batch, heads, out_q, out_k, bk)), axis=4)
     if reduction.pool_mode == "max":
-        return tf.reduce_max(blocks, axis=[3, 5])
-    counts = np.outer(block_counts(rows, bq), block_counts(cols, bk))
-    return tf.reduce_sum(blocks, axis=[3, 5]) / counts
+        return pooled
+    return pooled / np.outer(block_counts(rows, bq), block_counts(cols, bk))
 
 
 class TensorFlowBackend(Backend):
