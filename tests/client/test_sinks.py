@@ -1,0 +1,50 @@
+"""Sinks take chunks as they arrive: the npz and .npy files they write equal the arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neural_attn.client._sinks import LayerHeader, NpyDirSink, NpzSink
+from neural_attn.errors import InvalidInputError
+
+MODEL = """
+network Sunk {
+  input: (40, 16)
+  layers:
+    TransformerEncoder(num_heads=4, ff_dim=16) * 2
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "pytorch"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_files_written_chunk_by_chunk_equal_the_arrays(client, tmp_path, backend, dtype):
+    model = client.compile(MODEL, backend=backend)
+    data = np.random.default_rng(1).standard_normal((3, 40, 16)).astype(np.float32)
+    # 1 KiB chunks: a layer arrives in dozens of pieces, some ending inside a row.
+    options = {"dtype": dtype, "max_chunk_bytes": 1024}
+    arrays = dict(client.extract_attention(model, data, **options))
+    with NpzSink(tmp_path / "w.npz") as sink:
+        written = list(client.extract_layers(model, data, sink=sink, **options))
+    assert [layer.value for layer in written] == [None, None]
+    mapped = dict(
+        client.extract_attention(model, data, sink=NpyDirSink(tmp_path / "npy"), **options)
+    )
+    with np.load(tmp_path / "w.npz") as npz:
+        assert sorted(npz.keys()) == sorted(arrays)
+        for name, array in arrays.items():
+            assert array.dtype == np.dtype(dtype) and array.shape == (3, 4, 40, 40)
+            np.testing.assert_array_equal(npz[name], array)
+            assert isinstance(mapped[name], np.memmap)
+            np.testing.assert_array_equal(mapped[name], array)
+            assert (tmp_path / "npy" / f"{name}.npy").is_file()
+
+
+def test_a_file_sink_refuses_chunks_out_of_order(tmp_path):
+    header = LayerHeader("layer_0", 0, (1, 1, 2, 2), np.dtype("<f4"), None, None)
+    with NpzSink(tmp_path / "w.npz") as sink:
+        sink.begin(header)
+        sink.write(0, np.zeros(2, dtype=np.float32))
+        with pytest.raises(InvalidInputError, match="out of order"):
+            sink.write(3, np.zeros(1, dtype=np.float32))
