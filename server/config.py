@@ -29,3 +29,9 @@ class ServerConfig:
     max_weights_bytes: int = 2048 * MIB
     max_workers: int = 8
     auth_token: str | None = None  # when set, calls need "authorization: Bearer <token>"
+    tls_cert: str | None = None  # PEM certificate chain; with tls_key the server speaks TLS only
+    tls_key: str | None = None  # PEM private key of tls_cert
+    tls_client_ca: str | None = None  # PEM CA bundle: clients must present a cert it signed (mTLS)
+    # Connections are closed (GOAWAY) after this long so clients re-resolve and rebalance; the
+    # calls on them finish first. 0: never.
+    max_connection_age_ms: int = 300_000
