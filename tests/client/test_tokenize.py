@@ -1,0 +1,66 @@
+"""Text to token ids and labels: whitespace, punctuation, word pieces, the unknown token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neural_attn.client._tokenize import (
+    Vocabulary,
+    check_ids,
+    embedding_range,
+    tokenize,
+)
+from neural_attn.errors import InvalidInputError
+
+VOCAB = ["[PAD]", "[UNK]", "the", "cat", "sat", "on", "mat", ".", "play", "##ing", "##ed"]
+
+
+@pytest.fixture()
+def vocab_file(tmp_path: Path) -> Path:
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(VOCAB) + "\n\n", encoding="utf-8")
+    return path
+
+
+def test_words_map_to_their_line_numbers(vocab_file: Path) -> None:
+    tokens = tokenize("The cat sat on the mat.", vocab_file)
+    assert tokens.labels == ("the", "cat", "sat", "on", "the", "mat", ".")
+    assert tokens.ids == (2, 3, 4, 5, 2, 6, 7)
+    np.testing.assert_array_equal(tokens.as_batch(), [[2, 3, 4, 5, 2, 6, 7]])
+    assert tokens.as_batch().dtype == np.int64
+
+
+def test_word_pieces_and_unknown_words(vocab_file: Path) -> None:
+    tokens = tokenize("playing played dog", Vocabulary.load(vocab_file))
+    assert tokens.labels == ("play", "##ing", "play", "##ed", "dog [UNK]")
+    assert tokens.ids == (8, 9, 8, 10, 1)
+
+
+def test_a_vocabulary_without_unknown_token_names_the_word(tmp_path: Path) -> None:
+    path = tmp_path / "v.txt"
+    path.write_text("a\nb\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="'zebra' is not in the vocabulary"):
+        tokenize("a zebra", path)
+
+
+def test_empty_text_and_missing_file_are_refused(vocab_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="no words"):
+        tokenize("   ", vocab_file)
+    with pytest.raises(InvalidInputError, match="cannot read the vocabulary"):
+        tokenize("the", tmp_path / "missing.txt")
+
+
+def test_ids_past_the_embedding_are_refused_naming_the_token(vocab_file: Path) -> None:
+    tokens = tokenize("the cat mat", vocab_file)
+    check_ids(tokens, 7, "embedding_0")
+    with pytest.raises(InvalidInputError, match=r"token 'mat' has id 6 .* \[0, 5\)"):
+        check_ids(tokens, 5, "embedding_0")
+
+
+def test_the_embedding_range_is_read_from_the_input_spec() -> None:
+    described = ["token ids in [0, 16) through `embedding_0`", "already-embedded features"]
+    assert embedding_range(described) == (16, "embedding_0")
+    assert embedding_range(["features (batch, seq, 64)"]) is None
