@@ -34,8 +34,14 @@ proto-check: $(PY)
 lint: $(PY)
 	$(VENV)/bin/ruff check .
 
+# mypy sees the package as installed: build/typecheck/neural_attn links the folders that
+# pyproject's package-dir maps into it, so neural_attn.dsl, .backends, ... resolve.
+TYPECHECK := build/typecheck
 types: $(PY)
-	$(VENV)/bin/mypy neural_attn dsl backends server client
+	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/neural_attn
+	@for f in neural_attn/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/neural_attn/; done
+	@for d in dsl backends server client; do ln -s "$(CURDIR)/$$d" $(TYPECHECK)/neural_attn/$$d; done
+	cd $(TYPECHECK) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p neural_attn
 
 check: lint types proto-check test
 

@@ -30,6 +30,10 @@ def _quiet(_: str) -> None:
     pass
 
 
+def _path(path: str | os.PathLike[str] | None) -> Path | None:
+    return None if path is None else Path(path)
+
+
 def _safe_name(layer: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in layer)
 
@@ -173,7 +177,7 @@ class AttentionVisualizer:
             sequence_length=len(tokens) if tokens else 0,
         )
         figure = render.plot_heatmaps(
-            weights, head=head_index, tokens=tokens, output_path=output_path
+            weights, head=head_index, tokens=tokens, output_path=_path(output_path)
         )
         return {
             "attention_weights": weights,
@@ -351,7 +355,7 @@ class AttentionVisualizer:
     ) -> Figure:
         """A grid of all heads; `attention_weights` is (num_heads, seq_len, seq_len)."""
         return render.plot_attention_heads(
-            attention_weights, tokens=tokens, output_path=output_path
+            attention_weights, tokens=tokens, output_path=_path(output_path)
         )
 
     def create_interactive_visualization(
@@ -366,7 +370,7 @@ class AttentionVisualizer:
                 attention_weights,
                 tokens=tokens,
                 analysis=summarize_layers(dict(attention_weights)),
-                output_path=output_path,
+                output_path=Path(output_path),
             )
         )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -317,7 +317,7 @@ class Engine:
         plan: ExtractPlan,
         *,
         should_stop: Callable[[], bool] | None = None,
-    ) -> Iterator[tuple[int, Layer, np.ndarray]]:
+    ) -> Generator[tuple[int, Layer, np.ndarray], None, None]:
         """One forward pass; yields (index, layer, attention) per planned layer, in model order,
         as soon as the pass has computed it, reduced as planned.
 
