@@ -10,7 +10,7 @@ from neural_attn.errors import DSLError, DSLSemanticError
 
 from .ir import Layer, Network, NetworkDecl, Program
 from .parser import parse
-from .resolve import resolve_network
+from .resolve import MAX_LAYERS, resolve_network
 from .syntax_errors import source_line
 from .values import to_json
 
@@ -18,17 +18,22 @@ __all__ = ["compile_file", "compile_source", "network_to_dict", "parse"]
 
 
 def compile_source(
-    source: str, *, filename: str = "<string>", network: str | None = None
+    source: str,
+    *,
+    filename: str = "<string>",
+    network: str | None = None,
+    max_layers: int = MAX_LAYERS,
 ) -> Network:
     """Parse, resolve, infer shapes and validate; return the network ready to build.
 
     Args:
         network: the network to pick when the file defines several (by name).
+        max_layers: refuse a network that expands to more layers (blocks' included).
     """
     program = parse(source, filename=filename)
     decl = _pick(program, network)
     try:
-        return resolve_network(program, decl)
+        return resolve_network(program, decl, max_layers=max_layers)
     except RecursionError:
         raise DSLSemanticError(
             "this network nests too deeply to resolve", filename=filename

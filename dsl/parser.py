@@ -6,11 +6,15 @@ known to build the node). Meaning (layer types, parameters, shapes) is ``resolve
 
 from __future__ import annotations
 
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import LarkError, UnexpectedInput, VisitError
+from lark import Lark, Token, Tree
+from lark.exceptions import LarkError, UnexpectedInput
 
 from neural_attn.errors import DSLError, DSLSyntaxError
 
@@ -21,6 +25,7 @@ __all__ = ["parse"]
 
 # Values beyond these sizes are refused rather than risk Python's int/str conversion limits.
 _MAX_DIGITS = 100
+_MAX_NAME_SHOWN = 80  # longer names are cut in messages
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
 HPO_KINDS = ("choice", "range", "log_range")
 
@@ -31,23 +36,56 @@ def _lark() -> Lark:
 
 
 def parse(source: str, *, filename: str = "<string>") -> Program:
-    """Parse Neural DSL text into a ``Program`` (syntax only, nothing resolved)."""
-    try:
-        tree = _lark().parse(source)
-    except UnexpectedInput as exc:
-        raise error_from_lark(exc, source, filename) from None
-    except LarkError as exc:  # pragma: no cover - lark raises UnexpectedInput for bad text
-        raise DSLSyntaxError(f"could not parse this file ({exc})", filename=filename) from None
-    except RecursionError:
-        raise _too_deep(filename) from None
-    try:
-        return _ToIR(source, filename).transform(tree)
-    except VisitError as exc:
-        if isinstance(exc.orig_exc, RecursionError):
+    """Parse Neural DSL text into a ``Program`` (syntax only, nothing resolved).
+
+    Time is linear in the length of the text (about a second per MiB).
+    """
+    with _collector_paused():
+        try:
+            tree = _lark().parse(source)
+        except UnexpectedInput as exc:
+            raise error_from_lark(exc, source, filename) from None
+        except LarkError as exc:  # pragma: no cover - lark raises UnexpectedInput for bad text
+            raise DSLSyntaxError(f"could not parse this file ({exc})", filename=filename) from None
+        except RecursionError:
             raise _too_deep(filename) from None
-        raise exc.orig_exc from None
-    except RecursionError:
-        raise _too_deep(filename) from None
+        try:
+            return _ToIR(source, filename).transform(tree)
+        except RecursionError:
+            raise _too_deep(filename) from None
+
+
+class _CollectorPause:
+    """Pause Python's cyclic garbage collector while parses run.
+
+    A parse makes hundreds of thousands of small tree objects and no cycles; each collection
+    those allocations trigger walks the whole growing tree, which more than doubled the time of
+    a large file. Concurrent parses overlap: the last one out switches the collector back on,
+    if it was on when the first one came in.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._was_enabled = False
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._active == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if self._active == 0 and self._was_enabled:
+                    gc.enable()
+
+
+_collector_paused = _CollectorPause()
 
 
 def _too_deep(filename: str) -> DSLSyntaxError:
@@ -71,14 +109,23 @@ class _Suffix:
         self.kind, self.value, self.pos = kind, value, pos
 
 
-@v_args(meta=True)
-class _ToIR(Transformer[Token, Program]):
-    """Lark tree to syntax IR; every method is named after the grammar rule it builds."""
+class _ToIR:
+    """Lark tree to syntax IR; every method is named after the grammar rule it builds and takes
+    the rule's meta (positions) and its children, already built."""
 
     def __init__(self, source: str, filename: str) -> None:
-        super().__init__()
         self.source = source
         self.filename = filename
+
+    def transform(self, tree: Tree[Token]) -> Program:
+        # Our own walk rather than lark's Transformer with v_args(meta=True), which builds a
+        # wrapper per node (a third of the time on a large file) and wraps our errors.
+        def build(node: Tree[Token]) -> Any:
+            children = [build(c) if isinstance(c, Tree) else c for c in node.children]
+            return getattr(self, node.data)(node.meta, children)
+
+        program: Program = build(tree)
+        return program
 
     def _error(self, message: str, pos: Pos, hint: str | None = None) -> DSLError:
         return DSLSyntaxError(
@@ -187,9 +234,9 @@ class _ToIR(Transformer[Token, Program]):
     def arguments(self, meta: Any, children: list[Any]) -> _Args:
         args = _Args(children)
         seen_named: set[str] = set()
-        owner = self._owner_of(meta)
         for arg in args:
             if arg.name is None and seen_named:
+                owner = self._owner_of(meta)
                 raise self._error(
                     f"a positional argument cannot follow named ones in the arguments of {owner}",
                     arg.pos,
@@ -197,6 +244,7 @@ class _ToIR(Transformer[Token, Program]):
                 )
             if arg.name is not None:
                 if arg.name in seen_named:
+                    owner = self._owner_of(meta)
                     raise self._error(
                         f"`{arg.name}` is given twice in the arguments of {owner}", arg.pos
                     )
@@ -204,14 +252,16 @@ class _ToIR(Transformer[Token, Program]):
         return args
 
     def _owner_of(self, meta: Any) -> str:
-        # The name right before the `(` that opens these arguments, for messages only.
-        line = source_line(self.source, meta.line)
-        head = line[: meta.column - 1].rstrip()
-        word = ""
-        for ch in reversed(head):
-            if not (ch.isalnum() or ch == "_"):
-                break
-            word = ch + word
+        # The name right before the `(` that opens these arguments, for messages only. Read
+        # backwards from the bracket, never by splitting the source: that made parsing
+        # quadratic in the number of lines.
+        i = meta.start_pos
+        while i > 0 and self.source[i - 1] in " \t\r":
+            i -= 1
+        end = i
+        while i > 0 and (self.source[i - 1].isalnum() or self.source[i - 1] == "_"):
+            i -= 1
+        word = self.source[i:end][:_MAX_NAME_SHOWN]
         return f"`{word}`" if word else "this call"
 
     def kwarg(self, meta: Any, children: list[Any]) -> Arg:

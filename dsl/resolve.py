@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from neural_attn.errors import DSLSemanticError
+from neural_attn.errors import DSLLimitError, DSLSemanticError
 
 from .binding import Binder
 from .ir import HPO, Arg, Layer, LayerCall, Macro, Network, NetworkDecl, Pos, Program, Shape
@@ -32,8 +32,9 @@ from .values import (
 
 __all__ = ["MAX_LAYERS", "resolve_network"]
 
-# A file may not expand into more layers than this (``Dense(1) * 10**9`` is refused, not run).
-MAX_LAYERS = 10_000
+# A file may not expand into more layers (blocks' included) than this: ``Dense(1) * 10**9`` is
+# refused while expanding, not run. The one default: the server's `max_layers` is this number.
+MAX_LAYERS = 2_000
 _STACKED = ("TransformerEncoder", "TransformerDecoder")  # num_layers=N expands to N blocks
 _DEVICE = re.compile(r"(cpu|gpu|cuda|mps|tpu|auto)(:[0-9]+)?\Z", re.IGNORECASE)
 
@@ -53,16 +54,19 @@ class _Plan:
     name: str = ""
 
 
-def resolve_network(program: Program, decl: NetworkDecl) -> Network:
-    """Resolve one network of a parsed program."""
-    return _Resolver(program, decl).run()
+def resolve_network(
+    program: Program, decl: NetworkDecl, *, max_layers: int = MAX_LAYERS
+) -> Network:
+    """Resolve one network of a parsed program, expanding to at most ``max_layers`` layers."""
+    return _Resolver(program, decl, max_layers=max_layers).run()
 
 
 class _Resolver(Binder):
-    def __init__(self, program: Program, decl: NetworkDecl) -> None:
+    def __init__(self, program: Program, decl: NetworkDecl, *, max_layers: int) -> None:
         self.program = program
         self.decl = decl
         self.count = 0
+        self.max_layers = max_layers
         self.macros: dict[str, Macro] = {}
         for macro in program.macros:
             if macro.name in self.macros:
@@ -256,10 +260,14 @@ class _Resolver(Binder):
 
     def _count(self, call: LayerCall) -> None:
         self.count += 1
-        if self.count > MAX_LAYERS:
-            raise self.error(
-                f"this network expands to more than {MAX_LAYERS} layers",
-                call.pos,
+        if self.count > self.max_layers:
+            pos = call.pos
+            raise DSLLimitError(
+                f"this network expands to more than {self.max_layers:,} layers (blocks' included)",
+                filename=self.program.filename,
+                line=pos.line,
+                column=pos.column,
+                source_line=source_line(self.program.source, pos.line),
                 hint="lower the `* N` counts or num_layers",
             )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from neural_attn.dsl.resolve import MAX_LAYERS
+
 MIB = 1024 * 1024
 
 
@@ -24,7 +26,7 @@ class ServerConfig:
     min_chunk_bytes: int = 1024
     max_cached_models: int = 16
     max_parameters: int = 500_000_000  # a model over this is refused before it is built
-    max_layers: int = 2_000
+    max_layers: int = MAX_LAYERS  # layers a network may expand to; the DSL's own default
     weights_dir: str | None = None  # where Weights.path names files; None: inline weights only
     max_weights_bytes: int = 2048 * MIB
     max_workers: int = 8

@@ -20,6 +20,7 @@ def test_signatures():
         ("source", "POSITIONAL_OR_KEYWORD"),
         ("filename", "KEYWORD_ONLY"),
         ("network", "KEYWORD_ONLY"),
+        ("max_layers", "KEYWORD_ONLY"),
     ]
     assert params["filename"].default == "<string>" and params["network"].default is None
     assert list(inspect.signature(dsl.parse).parameters) == ["source", "filename"]

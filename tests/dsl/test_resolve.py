@@ -87,7 +87,7 @@ def test_positional_binding_defaults_and_normalization():
         ('Dense(3, name="1x")', "a layer name must be letters, digits and `_`"),
         ('Dense(3, name="d") Dense(3, name="d")', "two layers are named `d`"),
         ('Dense(3, name="d") * 2', "two layers are named `d`"),
-        ("Dense(3) * 20000", "this network expands to more than 10000 layers"),
+        ("Dense(3) * 20000", "this network expands to more than 2,000 layers"),
         ("TransformerEncoder(2, 8, num_layers=0)", "`num_layers` of TransformerEncoder"),
         ("Dense(3) { Dense(2) }", "`Dense` cannot have a body `{ ... }`"),
         ("ResidualConnection", "ResidualConnection needs a body"),
