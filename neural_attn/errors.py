@@ -4,6 +4,8 @@
     ├── DSLError                    INVALID_ARGUMENT  a .neural file is wrong (line, column, caret)
     │   ├── DSLSyntaxError                            it does not parse
     │   └── DSLSemanticError                          it parses but means nothing buildable
+    │       └── DSLLimitError       RESOURCE_EXHAUSTED   it expands past a limit (also a
+    │                                                 ResourceLimitError)
     ├── InvalidInputError           INVALID_ARGUMENT  a tensor or request field is wrong
     ├── ModelNotFoundError          NOT_FOUND         unknown model_id (the SDK resends the source)
     ├── LayerNotFoundError          NOT_FOUND         a requested layer does not exist
@@ -18,15 +20,22 @@
 
 This module imports nothing heavy: the thin client, the DSL and the server all share it.
 Status codes are held as names (``"INVALID_ARGUMENT"``) so that no grpc import is needed here.
+
+Messages stay small whatever the input: a message travels in the status details, which share
+gRPC's 16 KiB metadata cap with the error kind, so every message is cut to
+``MAX_MESSAGE_BYTES`` here, and what messages quote (source lines, names, reprs) is cut to an
+``excerpt`` where it is written.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "MAX_MESSAGE_BYTES",
     "AuthenticationError",
     "BackendUnavailableError",
     "CancelledError",
     "DSLError",
+    "DSLLimitError",
     "DSLSemanticError",
     "DSLSyntaxError",
     "DeadlineExceededError",
@@ -39,7 +48,29 @@ __all__ = [
     "ResourceLimitError",
     "ServerUnavailableError",
     "error_for_status",
+    "excerpt",
 ]
+
+# UTF-8 bytes of a message at most: percent-encoded in the grpc-message header, even a message
+# of non-ASCII characters stays well under the 16 KiB metadata cap.
+MAX_MESSAGE_BYTES = 2048
+_EXCERPT_CHARS = 80
+
+
+def excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
+    """``text`` cut to about ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
+def _bounded(message: str) -> str:
+    data = message.encode("utf-8", "replace")
+    if len(data) <= MAX_MESSAGE_BYTES:
+        return message
+    tail = f"... (message cut, {len(data):,} bytes in all)"
+    keep = data[: MAX_MESSAGE_BYTES - len(tail)].decode("utf-8", "ignore")
+    return keep + tail
 
 
 class NeuralAttnError(Exception):
@@ -48,6 +79,7 @@ class NeuralAttnError(Exception):
     status_name = "UNKNOWN"
 
     def __init__(self, message: str) -> None:
+        message = _bounded(message)
         super().__init__(message)
         self.message = message
 
@@ -79,22 +111,41 @@ class DSLError(NeuralAttnError):
         super().__init__(self._render())
 
     def _render(self) -> str:
-        where = self.filename
+        where = excerpt(self.filename, 200)
         if self.line is not None:
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"
         text = f"{where}: {self.reason}"
         if self.source_line is not None and self.line is not None:
+            shown, caret = _line_window(self.source_line.rstrip(), self.column)
             gutter = f"{self.line:>4} | "
-            text += f"\n{gutter}{self.source_line.rstrip()}"
-            if self.column is not None:
+            text += f"\n{gutter}{shown}"
+            if caret is not None:
                 # Tabs keep their width so the caret lines up under the offending character.
-                lead = "".join(c if c == "\t" else " " for c in self.source_line[: self.column - 1])
+                lead = "".join(c if c == "\t" else " " for c in shown[:caret])
                 text += f"\n{' ' * (len(gutter) - 2)}| {lead}^"
         if self.hint:
             text += f"\n{self.hint}"
         return text
+
+
+_LINE_WINDOW = 100  # characters of a source line shown under a message
+_BEFORE_CARET = 60  # of which before the caret, when the line is cut
+
+
+def _line_window(line: str, column: int | None) -> tuple[str, int | None]:
+    """The part of a source line to show, and the caret's index in it (None: no caret).
+
+    A long line is cut around the column, with `...` where text was left out."""
+    at = None if column is None else max(0, column - 1)
+    if len(line) <= _LINE_WINDOW:
+        return line, at
+    start = 0 if at is None else max(0, min(at - _BEFORE_CARET, len(line) - _LINE_WINDOW))
+    shown = line[start : start + _LINE_WINDOW]
+    head = "..." if start else ""
+    tail = "..." if start + _LINE_WINDOW < len(line) else ""
+    return head + shown + tail, None if at is None else len(head) + at - start
 
 
 class DSLSyntaxError(DSLError):
@@ -103,6 +154,18 @@ class DSLSyntaxError(DSLError):
 
 class DSLSemanticError(DSLError):
     """The text parses but does not describe a model we can build (shapes, parameters, ...)."""
+
+
+class ResourceLimitError(NeuralAttnError):
+    """The request is over a configured limit; refused before allocating."""
+
+    status_name = "RESOURCE_EXHAUSTED"
+
+
+class DSLLimitError(DSLSemanticError, ResourceLimitError):
+    """The file expands past a configured limit (layers after `* N`, macros, num_layers)."""
+
+    status_name = "RESOURCE_EXHAUSTED"
 
 
 class InvalidInputError(NeuralAttnError):
@@ -127,12 +190,6 @@ class NoAttentionLayersError(NeuralAttnError):
     """The model has no attention layers, so there is nothing to extract."""
 
     status_name = "FAILED_PRECONDITION"
-
-
-class ResourceLimitError(NeuralAttnError):
-    """The request is over a configured limit; refused before allocating."""
-
-    status_name = "RESOURCE_EXHAUSTED"
 
 
 class BackendUnavailableError(NeuralAttnError):
@@ -188,7 +245,14 @@ _BY_STATUS: dict[str, type[NeuralAttnError]] = {
 ERROR_KIND_KEY = "neural-attn-error"
 _BY_KIND: dict[str, type[NeuralAttnError]] = {
     cls.__name__: cls
-    for cls in (DSLSyntaxError, DSLSemanticError, DSLError, LayerNotFoundError, ModelNotFoundError)
+    for cls in (
+        DSLSyntaxError,
+        DSLSemanticError,
+        DSLLimitError,
+        DSLError,
+        LayerNotFoundError,
+        ModelNotFoundError,
+    )
 }
 
 

@@ -149,7 +149,12 @@ class Engine:
             )
         backend = backend or self.config.default_backend
         impl = get_backend(backend)  # UNIMPLEMENTED when not installed, before any parsing work
-        net = compile_source(source, filename=filename or "<string>", network=network or None)
+        net = compile_source(
+            source,
+            filename=filename or "<string>",
+            network=network or None,
+            max_layers=self.config.max_layers,  # refused while expanding, not after
+        )
         self._check_size(net)
         digest = weights.sha256 if weights else ""
         model_id = model_id_for(net, backend=backend, seed=seed, weights_sha256=digest)
@@ -164,12 +169,6 @@ class Engine:
         return self.cache.get_or_build(model_id, build)
 
     def _check_size(self, net: Network) -> None:
-        count = sum(1 for _ in _layers(net.layers))
-        if count > self.config.max_layers:
-            raise ResourceLimitError(
-                f"network `{net.name}` has {count} layers (blocks' included); this server "
-                f"builds at most {self.config.max_layers}"
-            )
         count = parameter_count(net)
         if count > self.config.max_parameters:
             raise ResourceLimitError(
