@@ -47,8 +47,12 @@ __all__ = [
 ]
 
 PNG_DPI = 100
-# Past this many positions an axis shows every k-th token so the labels stay readable.
+# Past this many positions an axis shows every k-th token so the labels stay readable; the
+# smaller panels of a head grid take fewer.
 MAX_TICK_LABELS = 40
+GRID_TICK_LABELS = 24
+# Behind masked cells (exactly 0 in every head), hatched: never confused with a low value.
+MASKED_COLOR = "#d9d9d9"
 # Figures and the page show at most this many positions per axis; longer axes are pooled.
 DISPLAY_SIZE = 512
 POOL_MODES = ("max", "mean")
@@ -319,8 +323,9 @@ def _axis_tokens(
     return (labels if len(labels) == q else None), (labels if len(labels) == k else None)
 
 
-def _tick_step(n: int) -> int:
-    return max(1, math.ceil(n / MAX_TICK_LABELS))
+def _tick_step(n: int, max_labels: int = MAX_TICK_LABELS) -> int:
+    """Label every k-th position so that at most ``max_labels`` labels show."""
+    return max(1, math.ceil(n / max_labels))
 
 
 def _per_layer(analysis: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -339,11 +344,33 @@ def _per_layer(analysis: Mapping[str, Any] | None) -> Mapping[str, Any]:
 
 def _new_figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="constrained")
+    from neural_attn.client._figures import attention_figure_class
+
+    fig = attention_figure_class()(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def _masked_cells(views: Sequence[np.ndarray]) -> np.ndarray | None:
+    """Cells that are exactly 0 in every view: masked keys (padding, the causal triangle).
+
+    Softmax gives an exact 0 only where a mask put -inf (or on a rare underflow, which would
+    have to happen in every head at once), so such cells are drawn as masked, not as zero.
+    """
+    mask = views[0] == 0
+    for view in views[1:]:
+        if not mask.any():
+            break
+        mask &= view == 0
+    return mask if mask.any() else None
+
+
+def _colormap() -> Any:
+    """The heatmap colours; masked cells are transparent so the hatched background shows."""
+    import matplotlib
+
+    return matplotlib.colormaps[_COLORMAP].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
 
 
 def _draw(
@@ -354,11 +381,22 @@ def _draw(
     key_tokens: list[str] | None,
     vmax: float | None = None,
     pooling: _Pooling | None = None,
+    mask: np.ndarray | None = None,
+    max_labels: int = MAX_TICK_LABELS,
 ) -> AxesImage:
-    """Draw ``matrix``; a pooled one is laid out in source positions, one cell per block."""
+    """Draw ``matrix``; a pooled one is laid out in source positions, one cell per block.
+
+    ``mask`` cells are left out of the colour scale and show a grey hatch instead.
+    """
+    if mask is not None:
+        matrix = np.ma.masked_array(matrix, mask=mask)
+        ax.set_facecolor(MASKED_COLOR)
+        ax.patch.set_hatch("////")
+        ax.patch.set_edgecolor("#a8a8a8")
+    cmap = _colormap()
     if pooling is None:
         image = ax.imshow(
-            matrix, cmap=_COLORMAP, vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest"
+            matrix, cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest"
         )
         (q0, q1), (k0, k1) = (0, matrix.shape[0]), (0, matrix.shape[1])
     else:
@@ -366,7 +404,7 @@ def _draw(
         rows, cols = matrix.shape
         image = ax.imshow(
             matrix,
-            cmap=_COLORMAP,
+            cmap=cmap,
             vmin=0.0,
             vmax=vmax,
             aspect="auto",
@@ -382,10 +420,10 @@ def _draw(
         ax.set_xlim(k0 - 0.5, k1 - 0.5)
         ax.set_ylim(q1 - 0.5, q0 - 0.5)
     if key_tokens is not None:
-        ticks = range(k0, k1, _tick_step(k1 - k0))
+        ticks = range(k0, k1, _tick_step(k1 - k0, max_labels))
         ax.set_xticks(list(ticks), [key_tokens[i] for i in ticks], rotation=90, fontsize=8)
     if query_tokens is not None:
-        ticks = range(q0, q1, _tick_step(q1 - q0))
+        ticks = range(q0, q1, _tick_step(q1 - q0, max_labels))
         ax.set_yticks(list(ticks), [query_tokens[i] for i in ticks], fontsize=8)
     ax.set_xlabel("key")
     ax.set_ylabel("query")
@@ -399,12 +437,13 @@ def _source_len(item: np.ndarray, pooling: _Pooling | None) -> tuple[int, int]:
     return pooling.source_len
 
 
-def _save(fig: Figure, output_path: str | Path | None) -> None:
+def _save(fig: Figure, output_path: str | Path | None, dpi: int) -> None:
+    """Write the figure; the format follows the suffix (.png, .svg, .pdf)."""
     if output_path is None:
         return
     path = Path(output_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=PNG_DPI)
+    fig.savefig(path, dpi=dpi)
 
 
 def plot_heatmaps(
@@ -415,38 +454,56 @@ def plot_heatmaps(
     batch_index: int = 0,
     output_path: str | Path | None = None,
     pooling: Mapping[str, Any] | None = None,
+    dpi: int = PNG_DPI,
 ) -> Figure:
-    """One heatmap panel per layer (``attention_heatmap.png``).
+    """One heatmap panel per layer (``attention_heatmap.png``), all on one colour scale.
 
     Args:
         head: draw this head of every layer; ``None`` draws the mean over heads.
         tokens: labels for the query and key axes (every k-th one past 40 positions).
         batch_index: which batch item to draw.
-        output_path: where to write the PNG; nothing is written when ``None``.
+        output_path: where to write the figure (.png, .svg or .pdf); nothing is written
+            when ``None``.
         pooling: the attention was already pooled (on the server): one description for
             every layer or ``{layer: description}`` (see the module docstring). Otherwise
             axes longer than ``DISPLAY_SIZE`` are max-pooled here, and the titles say so.
+        dpi: dots per inch of the PNG (and of the heatmap images inside SVG and PDF).
+
+    Cells that are exactly 0 (masked keys) are hatched grey, not drawn as zero.
     """
     if not attention_by_layer:
         raise InvalidInputError("no attention layers to plot")
     n = len(attention_by_layer)
     ncols = n if n <= 3 else math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
-    fig = _new_figure(5.2 * ncols, 4.6 * nrows)
+    fig = _new_figure(5.2 * ncols + 0.8, 4.6 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, (name, attention) in zip(axes, attention_by_layer.items(), strict=False):
+    panels = []
+    for name, attention in attention_by_layer.items():
         given = _given_pooling(pooling, name)
         item = _item(attention, batch_index=batch_index, name=name, pooling=given)
-        matrix, title, drawn_pooling = _select_head(item, head, name=name, given=given)
+        panels.append(_select_head(item, head, name=name, given=given))
+    # One scale for the whole figure, so panels compare by colour.
+    vmax = max(float(matrix.max()) for matrix, _, _ in panels) or 1.0
+    image = None
+    for ax, (matrix, title, drawn_pooling) in zip(axes, panels, strict=False):
         query_tokens, key_tokens = _axis_tokens(tokens, *_source_len(matrix, drawn_pooling))
         image = _draw(
-            ax, matrix, query_tokens=query_tokens, key_tokens=key_tokens, pooling=drawn_pooling
+            ax,
+            matrix,
+            query_tokens=query_tokens,
+            key_tokens=key_tokens,
+            vmax=vmax,
+            pooling=drawn_pooling,
+            mask=_masked_cells([matrix]),
         )
+        image.set_gid(f"heatmap-{len(ax.figure.axes) - 1}")  # named in SVG output
         ax.set_title(title, fontsize=10)
-        fig.colorbar(image, ax=ax, shrink=0.85)
     for ax in axes[n:]:
         ax.remove()
-    _save(fig, output_path)
+    assert image is not None
+    fig.colorbar(image, ax=list(axes[:n]), shrink=0.85, label="attention")
+    _save(fig, output_path, dpi)
     return fig
 
 
@@ -458,13 +515,17 @@ def plot_attention_heads(
     batch_index: int = 0,
     output_path: str | Path | None = None,
     pooling: Mapping[str, Any] | None = None,
+    dpi: int = PNG_DPI,
+    labels: Sequence[str] | None = None,
 ) -> Figure:
     """A grid of every head of one layer (``attention_heads_{layer}.png``), 4 per row.
 
     ``attention`` is ``(heads, q, k)``, or ``(batch, heads, q, k)`` with ``batch_index``
     picking the item. All heads share one color scale so they can be compared. Heads longer
     than ``DISPLAY_SIZE`` are max-pooled one at a time; ``pooling`` describes data that was
-    pooled already (see the module docstring). The title says how it was pooled.
+    pooled already (see the module docstring). The title says how it was pooled. ``labels``
+    (one per head, e.g. the pattern labels) are added to the panel titles. Cells that are
+    exactly 0 in every head (masked keys) are hatched grey, not drawn as zero.
     """
     given = None if pooling is None else _Pooling.from_info(pooling)
     item = _item(attention, batch_index=batch_index, pooling=given)
@@ -478,6 +539,7 @@ def plot_attention_heads(
     query_tokens, key_tokens = _axis_tokens(tokens, *_source_len(item, drawn_pooling))
     # Max-pooling keeps the largest value, so the shared scale is the exact one.
     vmax = max(float(matrix.max()) for matrix, _ in views) or 1.0
+    mask = _masked_cells([matrix for matrix, _ in views])
     image = None
     for h, (matrix, _) in enumerate(views):
         image = _draw(
@@ -487,8 +549,12 @@ def plot_attention_heads(
             key_tokens=key_tokens,
             vmax=vmax,
             pooling=drawn_pooling,
+            mask=mask,
+            max_labels=GRID_TICK_LABELS,
         )
-        axes[h].set_title(f"head {h}", fontsize=10)
+        image.set_gid(f"heatmap-head-{h}")  # named in SVG output, for editing and tests
+        label = f" — {labels[h]}" if labels is not None and h < len(labels) else ""
+        axes[h].set_title(f"head {h}{label}", fontsize=10)
     for ax in axes[heads:]:
         ax.remove()
     assert image is not None
@@ -497,7 +563,7 @@ def plot_attention_heads(
     if drawn_pooling is not None and drawn_pooling.note():
         suptitle += f" — {drawn_pooling.note()}"
     fig.suptitle(suptitle)
-    _save(fig, output_path)
+    _save(fig, output_path, dpi)
     return fig
 
 

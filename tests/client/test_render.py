@@ -68,7 +68,7 @@ def test_heatmap_png_is_written_and_shows_the_mean_of_heads(tmp_path: Path) -> N
     _assert_not_blank(out, size=(round(width), round(height)))
     panels = _panels(fig)
     assert len(panels) == 2
-    assert len(fig.axes) == 4  # one colorbar per panel
+    assert len(fig.axes) == 3  # one colorbar: the panels share a colour scale
     assert [ax.get_title() for ax in panels] == [
         "transformer_encoder_0 — mean of 4 heads",
         "transformer_encoder_1 — mean of 4 heads",
