@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import grpc
 import numpy as np
 
 from neural_attn import wire
+from neural_attn.client import _connection as _conn
 from neural_attn.client._sinks import ArraySink, LayerHeader, LayerSink, Pooling
 from neural_attn.errors import (
     ERROR_KIND_KEY,
@@ -209,9 +211,19 @@ class AttentionClient:
     """Talks to a neural-attn server. A context manager; pass `channel` to reuse one.
 
     Args:
-        target: "host:port" (default: $NEURAL_ATTN_SERVER or localhost:50051).
-        token: bearer token for servers started with --token (default: $NEURAL_ATTN_TOKEN).
-        timeout: seconds per call (None: no deadline).
+        target: "host:port", a gRPC target such as "dns:///name:port", or a comma list of
+            replicas "host:port,host:port" balanced round-robin (default: $NEURAL_ATTN_SERVER
+            or localhost:50051).
+        token: bearer token of a server that requires one (default: $NEURAL_ATTN_TOKEN, or the
+            file named by $NEURAL_ATTN_TOKEN_FILE).
+        timeout: seconds per call (default: a deadline per call kind, `DEFAULT_DEADLINES`).
+        credentials: `grpc.ChannelCredentials` to use as they are (wins over the tls options).
+        tls: TLS with the system's CA roots ($NEURAL_ATTN_TLS=1).
+        tls_ca: PEM file (or bytes) of the CA that signed the server ($NEURAL_ATTN_TLS_CA).
+        tls_cert, tls_key: this client's certificate and key for mutual TLS
+            ($NEURAL_ATTN_TLS_CERT, $NEURAL_ATTN_TLS_KEY).
+        connect_timeout: how long a call waits for an unreachable server to come (back) up
+            before failing UNAVAILABLE (never longer than its own deadline).
     """
 
     def __init__(
@@ -222,23 +234,56 @@ class AttentionClient:
         timeout: float | None = None,
         channel: grpc.Channel | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        credentials: grpc.ChannelCredentials | None = None,
+        tls: bool | None = None,
+        tls_ca: str | os.PathLike[str] | bytes | None = None,
+        tls_cert: str | os.PathLike[str] | bytes | None = None,
+        tls_key: str | os.PathLike[str] | bytes | None = None,
+        connect_timeout: float = _conn.DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         self.target = target or os.environ.get("NEURAL_ATTN_SERVER", "localhost:50051")
         self._own_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(
-            self.target,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        if channel is None:
+            address = _conn.normalize_target(self.target)
+            options = _conn.channel_options(max_message_bytes)
+            creds = _conn.channel_credentials(
+                credentials=credentials, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+            )
+            channel = (
+                grpc.insecure_channel(address, options=options)
+                if creds is None
+                else grpc.secure_channel(address, creds, options=options)
+            )
+        self._channel = channel
+        self._ready = _conn.Readiness(self._channel, self.target)
+        self._connect_timeout = connect_timeout
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
-        token = token if token is not None else os.environ.get("NEURAL_ATTN_TOKEN")
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._timeout = timeout
+        if token is None:
+            token = os.environ.get("NEURAL_ATTN_TOKEN") or None
+        if token is None and os.environ.get("NEURAL_ATTN_TOKEN_FILE"):
+            token = _conn.read_token_file(os.environ["NEURAL_ATTN_TOKEN_FILE"])
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        self._timeouts = (
+            dict(_conn.DEFAULT_DEADLINES)
+            if timeout is None
+            else dict.fromkeys(_conn.DEFAULT_DEADLINES, timeout)
+        )
+        self._timeout = timeout if timeout is not None else _conn.DEFAULT_DEADLINE
         # The last few compile requests, to resend when a replica lacks the model (bounded:
         # requests may carry large weights files).
         self._sources: OrderedDict[str, pb.CompileRequest] = OrderedDict()
+
+    def _call(self, method: str) -> dict[str, Any]:
+        """Keyword arguments of a stub call: its deadline, metadata and wait-for-ready.
+
+        Waits (up to `connect_timeout`, within the deadline) for a server to be reachable.
+        """
+        timeout = self._timeouts.get(method, self._timeout)
+        self._ready.wait(min(self._connect_timeout, timeout))
+        metadata = (*self._metadata, ("x-request-id", uuid.uuid4().hex))
+        return {"timeout": timeout, "metadata": metadata, "wait_for_ready": True}
 
     def __enter__(self) -> AttentionClient:
         return self
@@ -247,6 +292,7 @@ class AttentionClient:
         self.close()
 
     def close(self) -> None:
+        self._ready.close()
         if self._own_channel:
             self._channel.close()
 
@@ -325,7 +371,7 @@ class AttentionClient:
             server_weights=server_weights,
         )
         try:
-            response = self._stub.Compile(request, timeout=self._timeout, metadata=self._metadata)
+            response = self._stub.Compile(request, **self._call("Compile"))
         except grpc.RpcError as exc:
             raise _translate(exc) from None
         # Remember the source: a replica that lacks the model answers NOT_FOUND and we resend it.
@@ -355,9 +401,7 @@ class AttentionClient:
         }
         request = self._compile_request(source, filename=filename, **{**defaults, **options})
         try:
-            reply = self._stub.ExportWeights(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
+            reply = self._stub.ExportWeights(request, **self._call("ExportWeights"))
         except grpc.RpcError as exc:
             raise _translate(exc) from None
         return bytes(reply.content)
@@ -365,9 +409,7 @@ class AttentionClient:
     def server_info(self) -> dict[str, Any]:
         """Version, backends installed (with version and device) and limits of the server."""
         try:
-            info = self._stub.GetServerInfo(
-                pb.ServerInfoRequest(), timeout=self._timeout, metadata=self._metadata
-            )
+            info = self._stub.GetServerInfo(pb.ServerInfoRequest(), **self._call("GetServerInfo"))
         except grpc.RpcError as exc:
             raise _translate(exc) from None
         return {
@@ -495,9 +537,7 @@ class AttentionClient:
         header: LayerHeader | None = None
         filled = 0
         try:
-            for chunk in self._stub.ExtractAttention(
-                request, timeout=self._timeout, metadata=self._metadata
-            ):
+            for chunk in self._stub.ExtractAttention(request, **self._call("ExtractAttention")):
                 if header is None or chunk.layer_name != header.name:
                     if header is not None:
                         raise InvalidInputError(f"stream ended layer `{header.name}` early")
@@ -562,7 +602,7 @@ class AttentionClient:
 
     def _analyze(self, request: pb.AnalyzeRequest) -> dict[str, Any]:
         try:
-            response = self._stub.Analyze(request, timeout=self._timeout, metadata=self._metadata)
+            response = self._stub.Analyze(request, **self._call("Analyze"))
         except grpc.RpcError as exc:
             raise _translate(exc) from None
         return _analysis_dict(response)

@@ -21,19 +21,53 @@ import numpy as np
 from neural_attn.errors import NeuralAttnError
 
 if TYPE_CHECKING:
+    from neural_attn.client._client import AttentionClient
     from neural_attn.client.attention_visualizer import AttentionVisualizer
 
 
 def _token_option(p: argparse.ArgumentParser) -> None:
+    """How to reach a server: token and TLS (each also a NEURAL_ATTN_* variable)."""
     p.add_argument(
-        "--token", help="bearer token of a server started with --token ($NEURAL_ATTN_TOKEN)"
+        "--token",
+        help="bearer token of a server that requires one ($NEURAL_ATTN_TOKEN; visible in `ps`: "
+        "prefer --token-file)",
+    )
+    p.add_argument("--token-file", help="file holding the token ($NEURAL_ATTN_TOKEN_FILE)")
+    p.add_argument(
+        "--tls", action="store_true", default=None, help="TLS, system CAs ($NEURAL_ATTN_TLS)"
+    )
+    p.add_argument("--tls-ca", help="PEM CA that signed the server's cert ($NEURAL_ATTN_TLS_CA)")
+    p.add_argument("--tls-cert", help="PEM client certificate, mutual TLS ($NEURAL_ATTN_TLS_CERT)")
+    p.add_argument("--tls-key", help="PEM key of --tls-cert ($NEURAL_ATTN_TLS_KEY)")
+
+
+def _server_client(args: argparse.Namespace) -> AttentionClient | None:
+    """A client for --server / $NEURAL_ATTN_SERVER with the connection flags; None: embedded."""
+    from neural_attn.client._client import AttentionClient
+    from neural_attn.client._connection import read_token_file
+
+    target = args.server or os.environ.get("NEURAL_ATTN_SERVER")
+    if not target:
+        return None
+    token = args.token or (read_token_file(args.token_file) if args.token_file else None)
+    return AttentionClient(
+        target,
+        token=token,
+        tls=args.tls,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="the .neural model file")
     p.add_argument("--backend", choices=("tensorflow", "pytorch"), default="tensorflow")
-    p.add_argument("--server", help="host:port of a neural-attn server (default: embedded)")
+    p.add_argument(
+        "--server",
+        help="host:port, dns:///name:port or a comma list of replicas of a neural-attn server "
+        "($NEURAL_ATTN_SERVER; default: an embedded server)",
+    )
     p.add_argument("--seed", type=int, default=0, help="weight-initialisation seed")
     p.add_argument("--network", help="which network, when the file defines several")
     p.add_argument(
@@ -132,6 +166,7 @@ def _visualizer(args: argparse.Namespace) -> AttentionVisualizer:
         None,
         args.backend,
         server=args.server or os.environ.get("NEURAL_ATTN_SERVER"),
+        client=_server_client(args),
         seed=args.seed,
         network=args.network,
         weights=args.weights,
@@ -199,8 +234,9 @@ def _info(args: argparse.Namespace) -> int:
     from neural_attn.client._client import AttentionClient
     from neural_attn.client._embedded import embedded_target
 
-    target = args.server or os.environ.get("NEURAL_ATTN_SERVER") or embedded_target()
-    with AttentionClient(target, token=args.token) as client:
+    client = _server_client(args) or AttentionClient(embedded_target(), tls=False)
+    target = client.target
+    with client:
         info = client.server_info()
     print(f"neural-attn server {info['version']} at {target}")
     for name, backend in info["backends"].items():

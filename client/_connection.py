@@ -1,0 +1,215 @@
+"""How the SDK connects: targets, TLS, retries, keepalive, deadlines, waiting for a server.
+
+- Targets: "host:port", any gRPC target ("dns:///name:port", "ipv4:..."), or a comma list of
+  "host:port" replicas, which becomes one `ipv4:`/`ipv6:` target balanced `round_robin`.
+- Every call of ours is idempotent (Compile is content-addressed, the rest read), so the
+  service config retries them on UNAVAILABLE: a replica that drains or dies is skipped.
+- Calls wait for a server to be ready, up to `connect_timeout` (within their deadline), so a
+  call made while the server restarts goes through once it is back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from neural_attn.errors import InvalidInputError, ServerUnavailableError
+
+SERVICE = "neural_attn.v1.AttentionService"
+
+# Seconds per call kind when the caller sets no timeout: generous for work that scales with the
+# model and the sequence, short for a question about the server.
+DEFAULT_DEADLINES: Mapping[str, float] = {
+    "Compile": 600.0,
+    "ExportWeights": 600.0,
+    "ExtractAttention": 3600.0,
+    "Analyze": 3600.0,
+    "GetServerInfo": 30.0,
+}
+DEFAULT_DEADLINE = 600.0  # a call kind the table does not name
+DEFAULT_CONNECT_TIMEOUT = 20.0
+
+# Idempotent, hence safe to retry: Compile is content-addressed (same request, same model_id),
+# the others only read. A stream is retried only before its first chunk (gRPC commits a call
+# once response headers arrive).
+_RETRIED = ("Compile", "ExtractAttention", "Analyze", "ExportWeights", "GetServerInfo")
+
+SERVICE_CONFIG: dict[str, Any] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": [{"service": SERVICE, "method": m} for m in _RETRIED],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+    # Retries stop while most calls fail, so an outage is not multiplied by five.
+    "retryThrottling": {"maxTokens": 100, "tokenRatio": 0.1},
+}
+
+TLS_ENV = {
+    "tls_ca": "NEURAL_ATTN_TLS_CA",
+    "tls_cert": "NEURAL_ATTN_TLS_CERT",
+    "tls_key": "NEURAL_ATTN_TLS_KEY",
+}
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+        ("grpc.enable_retries", 1),
+        # Requests carrying weights files are large; keep up to 16 MiB of one for its retries.
+        ("grpc.per_rpc_retry_buffer_size", 16 * 1024 * 1024),
+        ("grpc.retry_buffer_size", 64 * 1024 * 1024),
+        # Keepalive during calls only: a long stream through a NAT or proxy stays open.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 0),
+        # A server that restarts is found again within seconds, not after minutes of back-off.
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.min_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
+        ("grpc.dns_min_time_between_resolutions_ms", 5_000),
+        ("grpc.primary_user_agent", "neural-attn-client"),
+    ]
+
+
+def _split(entry: str) -> tuple[str, str]:
+    host, sep, port = entry.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise InvalidInputError(f"`{entry}` in the server list is not host:port")
+    return host.strip("[]"), port
+
+
+def _address(entry: str) -> tuple[int, str]:
+    """(4 or 6, "ip:port") for one "host:port" of a comma list; names are resolved now."""
+    host, port = _split(entry)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ServerUnavailableError(f"cannot resolve `{host}`: {exc}") from None
+        infos.sort(key=lambda info: info[0] != socket.AF_INET)  # IPv4 first
+        ip = ipaddress.ip_address(infos[0][4][0])
+    if ip.version == 6:
+        return 6, f"[{ip}]:{port}"
+    return 4, f"{ip}:{port}"
+
+
+def normalize_target(target: str) -> str:
+    """A gRPC target for "host:port", a gRPC target URI, or a comma list of "host:port"."""
+    target = target.strip()
+    if "," not in target or target.startswith(("ipv4:", "ipv6:")):
+        return target
+    entries = [e.strip() for e in target.split(",") if e.strip()]
+    if any("://" in e for e in entries):
+        raise InvalidInputError(
+            "a comma list of servers takes host:port entries; for a name with several "
+            "addresses give one dns:///name:port target"
+        )
+    addresses = [_address(e) for e in entries]
+    versions = {v for v, _ in addresses}
+    if len(versions) > 1:
+        raise InvalidInputError("a comma list of servers must be all IPv4 or all IPv6")
+    return f"ipv{versions.pop()}:" + ",".join(a for _, a in addresses)
+
+
+def _pem(value: str | os.PathLike[str] | bytes, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    try:
+        return Path(value).read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {what} {value}: {exc.strerror or exc}") from None
+
+
+def channel_credentials(
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    tls: bool | None = None,
+    tls_ca: str | os.PathLike[str] | bytes | None = None,
+    tls_cert: str | os.PathLike[str] | bytes | None = None,
+    tls_key: str | os.PathLike[str] | bytes | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials from arguments or NEURAL_ATTN_TLS*; None for a plaintext channel.
+
+    `tls`: True for TLS (the system roots unless `tls_ca`), False for plaintext whatever the
+    environment says, None to decide from the other options and the environment. `tls_ca`: PEM
+    CA that signed the server; `tls_cert`/`tls_key`: this client's certificate for mutual TLS.
+    Paths or PEM bytes.
+    """
+    if credentials is not None:
+        return credentials
+    if tls is False:
+        return None  # plaintext, whatever the environment says
+    env = os.environ if environ is None else environ
+    ca = tls_ca if tls_ca is not None else env.get(TLS_ENV["tls_ca"]) or None
+    cert = tls_cert if tls_cert is not None else env.get(TLS_ENV["tls_cert"]) or None
+    key = tls_key if tls_key is not None else env.get(TLS_ENV["tls_key"]) or None
+    if tls is None:
+        tls = env.get("NEURAL_ATTN_TLS", "").lower() in ("1", "true", "yes", "on")
+    if not (tls or ca or cert or key):
+        return None
+    if (cert is None) != (key is None):
+        raise InvalidInputError("a client certificate needs both tls_cert and tls_key")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem(ca, "the TLS CA") if ca else None,
+        private_key=_pem(key, "the TLS key") if key else None,
+        certificate_chain=_pem(cert, "the TLS certificate") if cert else None,
+    )
+
+
+def read_token_file(path: str | os.PathLike[str]) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the token file {path}: {exc.strerror}") from None
+
+
+class Readiness:
+    """Whether the channel is READY, kept current by a connectivity subscription."""
+
+    def __init__(self, channel: grpc.Channel, target: str) -> None:
+        self._channel = channel
+        self._target = target
+        self._ready = threading.Event()
+        channel.subscribe(self._on_state, try_to_connect=False)
+
+    def _on_state(self, state: grpc.ChannelConnectivity) -> None:
+        if state == grpc.ChannelConnectivity.READY:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    def wait(self, timeout: float) -> None:
+        """Return once the channel is ready; ServerUnavailableError after `timeout` s."""
+        if self._ready.is_set():
+            return
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise ServerUnavailableError(
+                f"no neural-attn server answered at {self._target} within {timeout:g} s: is it "
+                "running, is the address right, do the TLS settings match the server's?"
+            ) from None
+
+    def close(self) -> None:
+        self._channel.unsubscribe(self._on_state)
