@@ -202,6 +202,33 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Fraction of all cores busy over `seconds` (from /proc/stat), whoever keeps them busy."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_until_quiet(max_wait_s: float, threshold: float = 0.25) -> tuple[float, float]:
+    """Wait (at most `max_wait_s`) until under `threshold` of the CPU is busy; returns the last
+    busy fraction seen and the seconds waited. Benchmarks on a shared machine start quiet."""
+    start = time.perf_counter()
+    busy = cpu_busy()
+    while busy >= threshold and time.perf_counter() - start < max_wait_s:
+        busy = cpu_busy(2.0)
+    return busy, time.perf_counter() - start
+
+
 def cuda_available() -> bool:
     try:
         import torch

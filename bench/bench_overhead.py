@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     from neural_attn.dsl import compile_source
 
     rows: list[Row] = []
+    later: list[tuple] = []
     dev = args.device
     backends = [b for b in args.backends.split(",") if b]
     if dev == "cuda" and "tensorflow" in backends and not _tf_on_gpu():
@@ -102,13 +103,16 @@ def run(args: argparse.Namespace) -> list[Row]:
                         _, kept = m.forward(data, capture=names)
                         assert len(kept) == len(names)
 
+                    fns = {"served": serve, "forward": forward, "floor": floor}
                     t = interleaved(
-                        {"served": serve, "forward": forward, "floor": floor},
+                        fns,
                         budget_s=(15.0 if seq <= 128 else 30.0) * args.budget,
                         min_reps=3,
                         max_reps=40,
                         sync=_sync(dev),
                     )
+                    if hasattr(model, "stream"):  # measured later, see below
+                        later.append((label, model, serve, data, names, seq))
                 except Exception as exc:  # noqa: BLE001 - report and go on
                     rows.append(failed_row(SECTION, label, describe(exc), device=dev))
                     continue
@@ -154,7 +158,47 @@ def run(args: argparse.Namespace) -> list[Row]:
                         **common,
                     ),
                 ]
-                del model, floor
+                del floor
+        # Diagnosis, after every main row: the server's pass in-process (`stream()`, layer by layer
+        # on a worker thread, as the server runs it) against the served call. Apart from the main
+        # rows because a process whose worker threads ran torch can slow its main thread's passes.
+        for label, model, serve, data, names, seq in later:
+            try:
+
+                def stream(m=model, data=data, names=names) -> None:
+                    n = 0
+                    for _, a in m.stream(data, capture=names):
+                        n += 1
+                        del a
+                    assert n == len(names)
+
+                diag = interleaved(
+                    {"stream": stream, "served": serve},
+                    budget_s=(5.0 if seq <= 128 else 10.0) * args.budget,
+                    sync=_sync(dev),
+                )
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                rows.append(failed_row(SECTION, f"{label}: diagnosis", describe(exc), device=dev))
+                continue
+            st, s2 = diag["stream"]["median_s"], diag["served"]["median_s"]
+            rows += [
+                Row(
+                    SECTION,
+                    f"{label}: diagnosis: in-process stream() (server's pass, no gRPC)",
+                    st * 1e3,
+                    "ms",
+                    note="layer by layer on a worker thread, as the server runs it",
+                    device=dev,
+                ),
+                ratio_row(
+                    SECTION,
+                    f"{label}: diagnosis: served ÷ in-process stream()",
+                    s2,
+                    st,
+                    note=f"gRPC, chunks, client (served {s2 * 1e3:.1f} ms in these rounds)",
+                    device=dev,
+                ),
+            ]
     return rows
 
 

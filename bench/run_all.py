@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import BENCH, Row, cuda_available, machine, print_table
+from _common import BENCH, Row, cuda_available, machine, print_table, wait_until_quiet
 
 SECTIONS = {
     "0": "bench_extract.py",
@@ -50,6 +50,12 @@ def main() -> int:
     parser.add_argument("--budget", default="1.0", help="scale repetitions (e.g. 0.3 for a look)")
     parser.add_argument("--no-gpu", action="store_true", help="skip the GPU pass")
     parser.add_argument("--output", default=str(BENCH / "results.json"))
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120.0,
+        help="before each section, wait up to this many seconds for the CPU to be < 25%% busy",
+    )
     args = parser.parse_args()
     chosen = [s for s in ORDER if not args.only or s in args.only.split(",")]
     gpu = cuda_available() and not args.no_gpu
@@ -88,6 +94,7 @@ def main() -> int:
                 args.budget,
                 *(["--backends", backend] if backend else []),
             ]
+            busy, waited = wait_until_quiet(args.quiet_wait)
             t0 = time.perf_counter()
             load = os.getloadavg()[0]
             rc = subprocess.call(cmd, cwd=str(BENCH.parent))
@@ -95,6 +102,8 @@ def main() -> int:
             loads[f"{section}-{device}-{backend}".rstrip("-")] = {
                 "before": load,
                 "after": os.getloadavg()[0],
+                "cpu_busy_at_start": round(busy, 2),
+                "waited_for_quiet_s": round(waited, 1),
             }
             got = [Row(**r) for r in json.loads(out.read_text())] if out.exists() else []
             if rc != 0 or not got:
@@ -109,7 +118,8 @@ def main() -> int:
                 )
             print(
                 f"[section {section} {backend} on {device}: {took:.0f} s; load average (1 min) "
-                f"{load:.2f} before, {os.getloadavg()[0]:.2f} after]",
+                f"{load:.2f} before, {os.getloadavg()[0]:.2f} after; CPU {busy:.0%} busy at "
+                f"the start, after waiting {waited:.0f} s for quiet]",
                 flush=True,
             )
             rows += got
