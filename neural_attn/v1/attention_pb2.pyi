@@ -358,3 +358,315 @@ class AnalyzeResponse(_message.Message):
     layers: _containers.RepeatedCompositeFieldContainer[LayerAnalysis]
     rollout: Tensor
     def __init__(self, model_id: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerAnalysis, _Mapping]]] = ..., rollout: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class AnalysisMask(_message.Message):
+    __slots__ = ("mask_padding", "padding_id", "positions")
+    MASK_PADDING_FIELD_NUMBER: _ClassVar[int]
+    PADDING_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    mask_padding: bool
+    padding_id: int
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, mask_padding: _Optional[bool] = ..., padding_id: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Provenance(_message.Message):
+    __slots__ = ("source", "model_id", "backend", "attention_path", "device", "weights_sha256", "dtype", "masked", "rows_sum_to_one", "max_row_error", "row_tolerance", "finite", "rows", "fully_masked_rows", "items")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_PATH_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MASKED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_SUM_TO_ONE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROW_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ROW_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    FINITE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    FULLY_MASKED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    model_id: str
+    backend: str
+    attention_path: str
+    device: str
+    weights_sha256: str
+    dtype: str
+    masked: _containers.RepeatedScalarFieldContainer[str]
+    rows_sum_to_one: bool
+    max_row_error: float
+    row_tolerance: float
+    finite: bool
+    rows: int
+    fully_masked_rows: int
+    items: int
+    def __init__(self, source: _Optional[str] = ..., model_id: _Optional[str] = ..., backend: _Optional[str] = ..., attention_path: _Optional[str] = ..., device: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., dtype: _Optional[str] = ..., masked: _Optional[_Iterable[str]] = ..., rows_sum_to_one: _Optional[bool] = ..., max_row_error: _Optional[float] = ..., row_tolerance: _Optional[float] = ..., finite: _Optional[bool] = ..., rows: _Optional[int] = ..., fully_masked_rows: _Optional[int] = ..., items: _Optional[int] = ...) -> None: ...
+
+class HeadsRequest(_message.Message):
+    __slots__ = ("attention", "extract", "mask", "token_ids")
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    EXTRACT_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    attention: AttentionSet
+    extract: ExtractRequest
+    mask: AnalysisMask
+    token_ids: Tensor
+    def __init__(self, attention: _Optional[_Union[AttentionSet, _Mapping]] = ..., extract: _Optional[_Union[ExtractRequest, _Mapping]] = ..., mask: _Optional[_Union[AnalysisMask, _Mapping]] = ..., token_ids: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class HeadsAnalysis(_message.Message):
+    __slots__ = ("model_id", "layers", "provenance")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    layers: _containers.RepeatedCompositeFieldContainer[LayerAnalysis]
+    provenance: Provenance
+    def __init__(self, model_id: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerAnalysis, _Mapping]]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ...) -> None: ...
+
+class HeadRef(_message.Message):
+    __slots__ = ("layer", "head")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    layer: str
+    head: int
+    def __init__(self, layer: _Optional[str] = ..., head: _Optional[int] = ...) -> None: ...
+
+class SimilarityRequest(_message.Message):
+    __slots__ = ("heads", "threshold")
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    heads: HeadsRequest
+    threshold: float
+    def __init__(self, heads: _Optional[_Union[HeadsRequest, _Mapping]] = ..., threshold: _Optional[float] = ...) -> None: ...
+
+class HeadPair(_message.Message):
+    __slots__ = ("a", "b", "distance", "same_layer")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    SAME_LAYER_FIELD_NUMBER: _ClassVar[int]
+    a: int
+    b: int
+    distance: float
+    same_layer: bool
+    def __init__(self, a: _Optional[int] = ..., b: _Optional[int] = ..., distance: _Optional[float] = ..., same_layer: _Optional[bool] = ...) -> None: ...
+
+class HeadGroup(_message.Message):
+    __slots__ = ("heads",)
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    heads: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, heads: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SimilarityResponse(_message.Message):
+    __slots__ = ("model_id", "heads", "distance", "pairs", "groups", "threshold", "provenance")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    heads: _containers.RepeatedCompositeFieldContainer[HeadRef]
+    distance: Tensor
+    pairs: _containers.RepeatedCompositeFieldContainer[HeadPair]
+    groups: _containers.RepeatedCompositeFieldContainer[HeadGroup]
+    threshold: float
+    provenance: Provenance
+    def __init__(self, model_id: _Optional[str] = ..., heads: _Optional[_Iterable[_Union[HeadRef, _Mapping]]] = ..., distance: _Optional[_Union[Tensor, _Mapping]] = ..., pairs: _Optional[_Iterable[_Union[HeadPair, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[HeadGroup, _Mapping]]] = ..., threshold: _Optional[float] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ...) -> None: ...
+
+class AblationRequest(_message.Message):
+    __slots__ = ("extract", "heads", "heads_per_pass")
+    EXTRACT_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_PER_PASS_FIELD_NUMBER: _ClassVar[int]
+    extract: ExtractRequest
+    heads: _containers.RepeatedCompositeFieldContainer[HeadRef]
+    heads_per_pass: int
+    def __init__(self, extract: _Optional[_Union[ExtractRequest, _Mapping]] = ..., heads: _Optional[_Iterable[_Union[HeadRef, _Mapping]]] = ..., heads_per_pass: _Optional[int] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("stage", "done", "total")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    done: int
+    total: int
+    def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class HeadImpact(_message.Message):
+    __slots__ = ("head", "rank", "l2", "relative_l2", "kl", "pattern")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    L2_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_L2_FIELD_NUMBER: _ClassVar[int]
+    KL_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    head: HeadRef
+    rank: int
+    l2: float
+    relative_l2: float
+    kl: float
+    pattern: str
+    def __init__(self, head: _Optional[_Union[HeadRef, _Mapping]] = ..., rank: _Optional[int] = ..., l2: _Optional[float] = ..., relative_l2: _Optional[float] = ..., kl: _Optional[float] = ..., pattern: _Optional[str] = ...) -> None: ...
+
+class AblationResult(_message.Message):
+    __slots__ = ("model_id", "heads", "softmax_output", "ranked_by", "provenance")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    SOFTMAX_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    RANKED_BY_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    heads: _containers.RepeatedCompositeFieldContainer[HeadImpact]
+    softmax_output: bool
+    ranked_by: str
+    provenance: Provenance
+    def __init__(self, model_id: _Optional[str] = ..., heads: _Optional[_Iterable[_Union[HeadImpact, _Mapping]]] = ..., softmax_output: _Optional[bool] = ..., ranked_by: _Optional[str] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ...) -> None: ...
+
+class AblationUpdate(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    result: AblationResult
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[AblationResult, _Mapping]] = ...) -> None: ...
+
+class ProfileRequest(_message.Message):
+    __slots__ = ("model_id", "compile", "input", "mask", "layer_names", "batch_size", "total_items")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPILE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    LAYER_NAMES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    compile: CompileRequest
+    input: Tensor
+    mask: AnalysisMask
+    layer_names: _containers.RepeatedScalarFieldContainer[str]
+    batch_size: int
+    total_items: int
+    def __init__(self, model_id: _Optional[str] = ..., compile: _Optional[_Union[CompileRequest, _Mapping]] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., mask: _Optional[_Union[AnalysisMask, _Mapping]] = ..., layer_names: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., total_items: _Optional[int] = ...) -> None: ...
+
+class MetricDistribution(_message.Message):
+    __slots__ = ("metric", "mean", "std", "quantiles")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    mean: float
+    std: float
+    quantiles: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, metric: _Optional[str] = ..., mean: _Optional[float] = ..., std: _Optional[float] = ..., quantiles: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class LabelShare(_message.Message):
+    __slots__ = ("label", "share")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    share: float
+    def __init__(self, label: _Optional[str] = ..., share: _Optional[float] = ...) -> None: ...
+
+class HeadProfile(_message.Message):
+    __slots__ = ("head", "samples", "metrics", "labels")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    head: HeadRef
+    samples: int
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricDistribution]
+    labels: _containers.RepeatedCompositeFieldContainer[LabelShare]
+    def __init__(self, head: _Optional[_Union[HeadRef, _Mapping]] = ..., samples: _Optional[int] = ..., metrics: _Optional[_Iterable[_Union[MetricDistribution, _Mapping]]] = ..., labels: _Optional[_Iterable[_Union[LabelShare, _Mapping]]] = ...) -> None: ...
+
+class ProfileResult(_message.Message):
+    __slots__ = ("model_id", "heads", "quantile_levels", "exact_quantiles", "samples", "provenance")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    QUANTILE_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    heads: _containers.RepeatedCompositeFieldContainer[HeadProfile]
+    quantile_levels: _containers.RepeatedScalarFieldContainer[float]
+    exact_quantiles: bool
+    samples: int
+    provenance: Provenance
+    def __init__(self, model_id: _Optional[str] = ..., heads: _Optional[_Iterable[_Union[HeadProfile, _Mapping]]] = ..., quantile_levels: _Optional[_Iterable[float]] = ..., exact_quantiles: _Optional[bool] = ..., samples: _Optional[int] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ...) -> None: ...
+
+class ProfileUpdate(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    result: ProfileResult
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[ProfileResult, _Mapping]] = ...) -> None: ...
+
+class CompareRequest(_message.Message):
+    __slots__ = ("model_a", "model_b", "input", "sequence_length", "mask", "layer_names")
+    MODEL_A_FIELD_NUMBER: _ClassVar[int]
+    MODEL_B_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    LAYER_NAMES_FIELD_NUMBER: _ClassVar[int]
+    model_a: CompileRequest
+    model_b: CompileRequest
+    input: Tensor
+    sequence_length: int
+    mask: AnalysisMask
+    layer_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_a: _Optional[_Union[CompileRequest, _Mapping]] = ..., model_b: _Optional[_Union[CompileRequest, _Mapping]] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., sequence_length: _Optional[int] = ..., mask: _Optional[_Union[AnalysisMask, _Mapping]] = ..., layer_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MetricDelta(_message.Message):
+    __slots__ = ("metric", "a", "b", "delta")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    a: float
+    b: float
+    delta: float
+    def __init__(self, metric: _Optional[str] = ..., a: _Optional[float] = ..., b: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
+
+class HeadComparison(_message.Message):
+    __slots__ = ("head", "rank", "js_distance", "js_divergence", "pattern_a", "pattern_b", "metrics")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    JS_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    JS_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_A_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_B_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    head: HeadRef
+    rank: int
+    js_distance: float
+    js_divergence: float
+    pattern_a: str
+    pattern_b: str
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricDelta]
+    def __init__(self, head: _Optional[_Union[HeadRef, _Mapping]] = ..., rank: _Optional[int] = ..., js_distance: _Optional[float] = ..., js_divergence: _Optional[float] = ..., pattern_a: _Optional[str] = ..., pattern_b: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[MetricDelta, _Mapping]]] = ...) -> None: ...
+
+class CompareResponse(_message.Message):
+    __slots__ = ("model_id_a", "model_id_b", "heads", "unmatched_layers", "provenance_a", "provenance_b")
+    MODEL_ID_A_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_B_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    UNMATCHED_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_A_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_B_FIELD_NUMBER: _ClassVar[int]
+    model_id_a: str
+    model_id_b: str
+    heads: _containers.RepeatedCompositeFieldContainer[HeadComparison]
+    unmatched_layers: _containers.RepeatedScalarFieldContainer[str]
+    provenance_a: Provenance
+    provenance_b: Provenance
+    def __init__(self, model_id_a: _Optional[str] = ..., model_id_b: _Optional[str] = ..., heads: _Optional[_Iterable[_Union[HeadComparison, _Mapping]]] = ..., unmatched_layers: _Optional[_Iterable[str]] = ..., provenance_a: _Optional[_Union[Provenance, _Mapping]] = ..., provenance_b: _Optional[_Union[Provenance, _Mapping]] = ...) -> None: ...

@@ -61,6 +61,31 @@ class AttentionServiceStub:
                 request_serializer=neural__attn_dot_v1_dot_attention__pb2.ServerInfoRequest.SerializeToString,
                 response_deserializer=neural__attn_dot_v1_dot_attention__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.AnalyzeHeads = channel.unary_unary(
+                '/neural_attn.v1.AttentionService/AnalyzeHeads',
+                request_serializer=neural__attn_dot_v1_dot_attention__pb2.HeadsRequest.SerializeToString,
+                response_deserializer=neural__attn_dot_v1_dot_attention__pb2.HeadsAnalysis.FromString,
+                _registered_method=True)
+        self.HeadSimilarity = channel.unary_unary(
+                '/neural_attn.v1.AttentionService/HeadSimilarity',
+                request_serializer=neural__attn_dot_v1_dot_attention__pb2.SimilarityRequest.SerializeToString,
+                response_deserializer=neural__attn_dot_v1_dot_attention__pb2.SimilarityResponse.FromString,
+                _registered_method=True)
+        self.AblateHeads = channel.unary_stream(
+                '/neural_attn.v1.AttentionService/AblateHeads',
+                request_serializer=neural__attn_dot_v1_dot_attention__pb2.AblationRequest.SerializeToString,
+                response_deserializer=neural__attn_dot_v1_dot_attention__pb2.AblationUpdate.FromString,
+                _registered_method=True)
+        self.ProfileHeads = channel.stream_stream(
+                '/neural_attn.v1.AttentionService/ProfileHeads',
+                request_serializer=neural__attn_dot_v1_dot_attention__pb2.ProfileRequest.SerializeToString,
+                response_deserializer=neural__attn_dot_v1_dot_attention__pb2.ProfileUpdate.FromString,
+                _registered_method=True)
+        self.CompareCheckpoints = channel.unary_unary(
+                '/neural_attn.v1.AttentionService/CompareCheckpoints',
+                request_serializer=neural__attn_dot_v1_dot_attention__pb2.CompareRequest.SerializeToString,
+                response_deserializer=neural__attn_dot_v1_dot_attention__pb2.CompareResponse.FromString,
+                _registered_method=True)
 
 
 class AttentionServiceServicer:
@@ -103,6 +128,47 @@ class AttentionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnalyzeHeads(self, request, context):
+        """Head analyses. Every result carries a Provenance: where the attention came from, what was
+        masked, and whether it was sane (rows summing to 1, finite).
+        Per-head metrics (those of Analyze) with masks: padding and chosen positions left out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HeadSimilarity(self, request, context):
+        """Jensen-Shannon distance between every pair of heads, within and across layers, and the
+        groups of redundant heads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AblateHeads(self, request, context):
+        """Each chosen head's contribution zeroed before its layer's output projection, many heads per
+        batched pass; how much the model output changes, heads ranked. Progress, then the result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProfileHeads(self, request_iterator, context):
+        """Per-head distributions of every metric over many inputs, sent as a stream of batches and
+        folded in one at a time (bounded memory). Progress after each pass, then the profile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompareCheckpoints(self, request, context):
+        """Two checkpoints of one model (or two models of the same architecture) on the same input:
+        per-head metric deltas and Jensen-Shannon divergence of matched heads, ranked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AttentionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +196,31 @@ def add_AttentionServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=neural__attn_dot_v1_dot_attention__pb2.ServerInfoRequest.FromString,
                     response_serializer=neural__attn_dot_v1_dot_attention__pb2.ServerInfo.SerializeToString,
+            ),
+            'AnalyzeHeads': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnalyzeHeads,
+                    request_deserializer=neural__attn_dot_v1_dot_attention__pb2.HeadsRequest.FromString,
+                    response_serializer=neural__attn_dot_v1_dot_attention__pb2.HeadsAnalysis.SerializeToString,
+            ),
+            'HeadSimilarity': grpc.unary_unary_rpc_method_handler(
+                    servicer.HeadSimilarity,
+                    request_deserializer=neural__attn_dot_v1_dot_attention__pb2.SimilarityRequest.FromString,
+                    response_serializer=neural__attn_dot_v1_dot_attention__pb2.SimilarityResponse.SerializeToString,
+            ),
+            'AblateHeads': grpc.unary_stream_rpc_method_handler(
+                    servicer.AblateHeads,
+                    request_deserializer=neural__attn_dot_v1_dot_attention__pb2.AblationRequest.FromString,
+                    response_serializer=neural__attn_dot_v1_dot_attention__pb2.AblationUpdate.SerializeToString,
+            ),
+            'ProfileHeads': grpc.stream_stream_rpc_method_handler(
+                    servicer.ProfileHeads,
+                    request_deserializer=neural__attn_dot_v1_dot_attention__pb2.ProfileRequest.FromString,
+                    response_serializer=neural__attn_dot_v1_dot_attention__pb2.ProfileUpdate.SerializeToString,
+            ),
+            'CompareCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareCheckpoints,
+                    request_deserializer=neural__attn_dot_v1_dot_attention__pb2.CompareRequest.FromString,
+                    response_serializer=neural__attn_dot_v1_dot_attention__pb2.CompareResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +360,141 @@ class AttentionService:
             '/neural_attn.v1.AttentionService/GetServerInfo',
             neural__attn_dot_v1_dot_attention__pb2.ServerInfoRequest.SerializeToString,
             neural__attn_dot_v1_dot_attention__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnalyzeHeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neural_attn.v1.AttentionService/AnalyzeHeads',
+            neural__attn_dot_v1_dot_attention__pb2.HeadsRequest.SerializeToString,
+            neural__attn_dot_v1_dot_attention__pb2.HeadsAnalysis.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HeadSimilarity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neural_attn.v1.AttentionService/HeadSimilarity',
+            neural__attn_dot_v1_dot_attention__pb2.SimilarityRequest.SerializeToString,
+            neural__attn_dot_v1_dot_attention__pb2.SimilarityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AblateHeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/neural_attn.v1.AttentionService/AblateHeads',
+            neural__attn_dot_v1_dot_attention__pb2.AblationRequest.SerializeToString,
+            neural__attn_dot_v1_dot_attention__pb2.AblationUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProfileHeads(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/neural_attn.v1.AttentionService/ProfileHeads',
+            neural__attn_dot_v1_dot_attention__pb2.ProfileRequest.SerializeToString,
+            neural__attn_dot_v1_dot_attention__pb2.ProfileUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neural_attn.v1.AttentionService/CompareCheckpoints',
+            neural__attn_dot_v1_dot_attention__pb2.CompareRequest.SerializeToString,
+            neural__attn_dot_v1_dot_attention__pb2.CompareResponse.FromString,
             options,
             channel_credentials,
             insecure,
