@@ -7,6 +7,7 @@ Tests bind port 0 in-process and the CLI's embedded mode reuses exactly this fun
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -53,9 +54,15 @@ class ServingApp:
         self.interceptor.draining.set()
         self.metrics.draining.set(1)
         self.health.enter_graceful_shutdown()
-        finished = self.interceptor.calls.wait_idle(grace, give_up)
-        cut = [] if finished else self.interceptor.calls.snapshot()
-        self.server.stop(None).wait()  # cancels what is left: nothing, or the cut calls
+        started = time.monotonic()
+        if self.interceptor.calls.wait_idle(grace, give_up):
+            # Handlers are done, but their last messages and statuses may still be on their way:
+            # a grace lets them reach the readers (stop returns as soon as they have).
+            left = grace - (time.monotonic() - started)
+            self.server.stop(max(left, 1.0)).wait()
+            return []
+        cut = self.interceptor.calls.snapshot()
+        self.server.stop(None).wait()  # cancels the calls still running
         return cut
 
 

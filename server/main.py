@@ -68,6 +68,7 @@ _HELP = {
     "max_chunk_bytes": "largest attention chunk a request may ask for",
     "min_chunk_bytes": "smallest attention chunk a request may ask for",
     "max_cached_models": "models kept in the LRU model cache",
+    "max_cache_bytes": "bytes of model parameters the LRU model cache keeps",
     "max_parameters": "a model over this many parameters is refused before it is built",
     "max_layers": "a model over this many layers is refused",
     "weights_dir": "directory whose files requests may name as weights (default: none)",
@@ -264,31 +265,32 @@ def choose_host(config: ServerConfig, run: RunOptions) -> tuple[str, list[str]]:
     tls = bool(config.tls_cert)
     mtls = tls and bool(config.tls_client_ca)
     authenticated = bool(config.auth_token) or mtls
-    if run.host is None:
-        if authenticated or tls:
-            return "0.0.0.0", []
-        return "127.0.0.1", [
-            "listening on loopback only (127.0.0.1): no token and no TLS are configured. To "
-            "serve other hosts set a token (--token-file FILE or NEURAL_ATTN_TOKEN) and TLS "
-            "(--tls-cert/--tls-key), or pass --host 0.0.0.0 to insist"
-        ]
-    if _is_loopback(run.host):
-        return run.host, []
+    host = run.host
+    if host is None:
+        if not (authenticated or tls):
+            return "127.0.0.1", [
+                "listening on loopback only (127.0.0.1): no token and no TLS are configured. To "
+                "serve other hosts set a token (--token-file FILE or NEURAL_ATTN_TOKEN) and TLS "
+                "(--tls-cert/--tls-key), or pass --host 0.0.0.0 to insist"
+            ]
+        host = "0.0.0.0"
+    if _is_loopback(host):
+        return host, []
     if not authenticated:
-        return run.host, [
+        return host, [
             "!" * 78,
-            f"!!! UNPROTECTED: listening on {run.host} with NO TOKEN"
+            f"!!! UNPROTECTED: listening on {host} with NO TOKEN"
             + ("" if tls else " and NO TLS")
             + ": anyone who can reach this port can run models on this machine.",
             "!!! Set --token-file FILE (or NEURAL_ATTN_TOKEN), or --tls-client-ca for mTLS.",
             "!" * 78,
         ]
     if not tls:
-        return run.host, [
-            f"listening on {run.host} without TLS: the bearer token travels in clear text; "
+        return host, [
+            f"listening on {host} without TLS: the bearer token travels in clear text; "
             "add --tls-cert and --tls-key"
         ]
-    return run.host, []
+    return host, []
 
 
 class _Stopper:
