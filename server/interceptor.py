@@ -163,4 +163,6 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             return handler._replace(unary_unary=self._unary(method, handler.unary_unary))
         if handler.unary_stream:
             return handler._replace(unary_stream=self._stream(method, handler.unary_stream))
+        if handler.stream_stream:  # ProfileHeads: the request is an iterator of messages
+            return handler._replace(stream_stream=self._stream(method, handler.stream_stream))
         return handler

@@ -13,6 +13,7 @@ from neural_attn.analysis import Rollout, layer_metrics, summarize_layers
 from neural_attn.backends.weight_files import guess_format
 from neural_attn.errors import InvalidInputError, ModelNotFoundError, ResourceLimitError
 from neural_attn.server import convert
+from neural_attn.server.analyses import HeadAnalyses
 from neural_attn.server.engine import CompiledModel, Engine, ExtractPlan, WeightsInput
 from neural_attn.v1 import attention_pb2 as pb
 from neural_attn.v1 import attention_pb2_grpc as pb_grpc
@@ -173,3 +174,29 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
         self, request: pb.ServerInfoRequest, context: grpc.ServicerContext
     ) -> pb.ServerInfo:
         return convert.server_info(self.config)
+
+    # -- head analyses (issue 10): the work is in server/analyses.py ---------------------------
+    def AnalyzeHeads(
+        self, request: pb.HeadsRequest, context: grpc.ServicerContext
+    ) -> pb.HeadsAnalysis:
+        return HeadAnalyses(self).analyze(request, context)
+
+    def HeadSimilarity(
+        self, request: pb.SimilarityRequest, context: grpc.ServicerContext
+    ) -> pb.SimilarityResponse:
+        return HeadAnalyses(self).similarity(request, context)
+
+    def AblateHeads(
+        self, request: pb.AblationRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.AblationUpdate]:
+        return HeadAnalyses(self).ablate(request, context)
+
+    def ProfileHeads(
+        self, request_iterator: Iterator[pb.ProfileRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ProfileUpdate]:
+        return HeadAnalyses(self).profile(request_iterator, context)
+
+    def CompareCheckpoints(
+        self, request: pb.CompareRequest, context: grpc.ServicerContext
+    ) -> pb.CompareResponse:
+        return HeadAnalyses(self).compare(request, context)
