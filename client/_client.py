@@ -15,6 +15,7 @@ import numpy as np
 
 from neural_attn import wire
 from neural_attn.client import _connection as _conn
+from neural_attn.client._analyses import HeadAnalysisMixin
 from neural_attn.client._sinks import ArraySink, LayerHeader, LayerSink, Pooling
 from neural_attn.errors import (
     ERROR_KIND_KEY,
@@ -207,7 +208,7 @@ def _translate(exc: grpc.RpcError) -> NeuralAttnError:
     return error_for_status(code.name, details or code.name, kind)
 
 
-class AttentionClient:
+class AttentionClient(HeadAnalysisMixin):
     """Talks to a neural-attn server. A context manager; pass `channel` to reuse one.
 
     Args:
