@@ -1,25 +1,35 @@
 """The offline attention page (``attention_interactive.html``): data binary, drawn by Plotly.
 
-The page is one file: plotly.js inlined, a ``<script type="application/json"
-id="attention-data">`` block, and a small script that decodes and draws the chosen view.
+The page is one file: plotly.js inlined once (the "cartesian" partial bundle, 1.5 MB, vendored
+in ``assets/``: it has the heatmap and bar traces the page draws, a third of the full
+4.8 MB bundle), a ``<script type="application/json" id="attention-data">`` block, and the
+page's own script (``assets/page.js``) and style (``assets/page.css``).
+
+What it shows: an overview of every head of every layer (thumbnails with their pattern label;
+a click opens one large), the chosen layer's heads, their mean or the attention rollout as a
+heatmap with token labels on the axes and in the hover, the chosen head's metrics beside it,
+and the attention one query token pays over the sequence (click a row, or choose the token).
 
 Encoding of the matrices: each drawn matrix (one head, or the mean of heads, of one batch
-item) is the float16 little-endian bytes of its C-order ``(rows, cols)`` values, in base64
-(``"encoding": "float16-le-base64"``). float16 keeps about 3 significant digits at every
-magnitude (down to 6e-8), so small probabilities still read back, at 2 bytes a cell; the
-page decodes them with a 65,536-entry table into plain arrays for Plotly. Above
+item; the rollout) is the float16 little-endian bytes of its C-order ``(rows, cols)`` values,
+in base64 (``"encoding": "float16-le-base64"``). float16 keeps about 3 significant digits at
+every magnitude (down to 6e-8), so small probabilities still read back, at 2 bytes a cell; the
+page decodes them with a 65,536-entry table. Masked cells (exactly 0 in every head: padding,
+the causal triangle) are float16 NaN and are drawn grey, never as zero. Above
 ``DISPLAY_SIZE`` positions each head is max-pooled (``render.pool_for_display``) and the page
-says so, naming ``attention_weights.npz`` for the exact values; 4,096 tokens x 8 heads x
-2 layers is then about 17 MB (4.6 MB of it plotly.js).
+says so, naming ``attention_weights.npz`` for the exact values.
 
-The page reads ``#layer=L&item=B&view=V`` (indices) from its address to open on a view, and
-after each draw writes what it drew to ``#view-status`` (its ``data-*`` attributes hold the
-shape, the sum, the max and where it is), which is also how the browser test checks it.
+The page reads ``#layer=L&item=B&view=V&query=Q`` (indices; ``view`` 0 is the mean, 1..H the
+heads, H+1 the rollout) from its address to open on a view. After each draw it writes what it
+drew as ``data-*`` attributes: ``#view-status`` (title, shape, sum, max and where it is),
+``#query-status`` (the query and its row) and ``#overview`` (how many thumbnails were
+drawn), which is also how the browser tests check it.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 from collections.abc import Mapping, Sequence
@@ -32,6 +42,8 @@ from neural_attn.analysis import analyze_attention_patterns
 from neural_attn.client import render
 from neural_attn.errors import InvalidInputError
 
+ASSETS = Path(__file__).resolve().parent / "assets"
+PLOTLY_BUNDLE = "plotly-cartesian.min.js"
 ENCODING = "float16-le-base64"
 EXACT_VALUES_FILE = "attention_weights.npz"
 # Batches up to this size put every item on the page (selectable)...
@@ -41,9 +53,32 @@ MAX_ITEMS_BYTES = 16 * 2**20
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-def _encode(matrix: np.ndarray) -> str:
-    """float16 little-endian bytes of the matrix, base64."""
-    values = np.clip(matrix, 0.0, _FLOAT16_MAX).astype("<f2", copy=False)
+@functools.cache
+def plotly_js() -> str:
+    """The plotly.js bundle the page inlines (the vendored partial bundle)."""
+    return (ASSETS / PLOTLY_BUNDLE).read_text(encoding="utf-8")
+
+
+@functools.cache
+def _asset(name: str) -> str:
+    return (ASSETS / name).read_text(encoding="utf-8")
+
+
+@functools.cache
+def _colormap_hex() -> str:
+    """viridis as 256 six-digit hex colours, for the overview's thumbnails."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"].resampled(256)
+    rgb = (np.asarray(cmap(np.linspace(0, 1, 256)))[:, :3] * 255).round().astype(np.uint8)
+    return rgb.tobytes().hex()
+
+
+def _encode(matrix: np.ndarray, mask: np.ndarray | None = None) -> str:
+    """float16 little-endian bytes of the matrix, base64; ``mask`` cells become NaN."""
+    values = np.clip(matrix, 0.0, _FLOAT16_MAX).astype("<f2")
+    if mask is not None:
+        values[mask] = np.nan
     return base64.b64encode(np.ascontiguousarray(values).tobytes()).decode("ascii")
 
 
@@ -172,14 +207,18 @@ def _layer_data(
         heads = item.shape[0]
         mean, drawn = render._mean_view(item, given)
         rows, cols = mean.shape
+        head_views = [render._head_view(item, h, given)[0] for h in range(heads)]
+        mask = render._masked_cells(head_views)
         matrices = [(f"mean of {heads} heads", mean)]
-        matrices += [(f"head {h}", render._head_view(item, h, given)[0]) for h in range(heads)]
+        matrices += [(f"head {h}", matrix) for h, matrix in enumerate(head_views)]
         prefix = f"item {b} — " if len(items) > 1 else ""
         views = [
-            {"label": label, "title": f"{prefix}{name} — {label}", "data": _encode(matrix)}
+            {"label": label, "title": f"{prefix}{name} — {label}", "data": _encode(matrix, mask)}
             for label, matrix in matrices
         ]
-        views_by_item.append({"index": b, "views": views})
+        views_by_item.append(
+            {"index": b, "views": views, "masked": 0 if mask is None else int(mask.sum())}
+        )
     source = drawn.source_len if drawn is not None else (rows, cols)
     query_tokens, key_tokens = render._axis_tokens(tokens, *source)
     exact = drawn is None or not drawn.pooled
@@ -195,25 +234,91 @@ def _layer_data(
         "y": _axis_labels(query_tokens, source[0], spans[0], blocks[0], exact),
         "x": _axis_labels(key_tokens, source[1], spans[1], blocks[1], exact),
         "items": views_by_item,
+        "metrics": None,
     }
     return layer, drawn
 
 
-def write_page(
+def _head_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """One layer's per-head numbers and labels for the page's side panel (no matrices)."""
+    if metrics is None:
+        return None
+    heads = int(metrics.get("num_heads", len(metrics.get("attention_entropy", []))))
+    keys = {
+        "entropy": "attention_entropy",
+        "normalized entropy": "normalized_entropy",
+        "max attention": "max_attention_per_head",
+        "diagonal strength": "diagonal_attention_strength",
+        "mean distance": "mean_attention_distance",
+    }
+    numbers = {}
+    for label, key in keys.items():
+        values = metrics.get(key)
+        if values is not None and len(values) == heads:
+            numbers[label] = [float(v) for v in values]
+    averages = {
+        "entropy": metrics.get("avg_entropy"),
+        "max attention": metrics.get("avg_max_attention"),
+        "diagonal strength": metrics.get("avg_diagonal_strength"),
+    }
+    return {
+        "per_head": numbers,
+        "mean": {k: float(v) for k, v in averages.items() if v is not None},
+        "pattern": [str(p) for p in metrics.get("pattern_per_head") or ["–"] * heads],
+    }
+
+
+def _rollout_data(
+    rollout: Any, items: list[int], tokens: Sequence[str] | None, layers: list[str]
+) -> dict[str, Any] | None:
+    """The rollout view: one matrix per batch item (or one for all), pooled like a head."""
+    if rollout is None:
+        return None
+    arr = np.asarray(rollout, dtype=np.float64)
+    if arr.ndim == 2:
+        per_item = {b: arr for b in items}
+    elif arr.ndim == 3 and arr.shape[0] > max(items):
+        per_item = {b: arr[b] for b in items}
+    else:
+        return None
+    entries, pooling = [], None
+    for b, matrix in per_item.items():
+        shown, info = render.pool_for_display(matrix)
+        pooling = render._local_pooling(info)
+        entries.append({"index": b, "data": _encode(shown)})
+    q, k = (int(n) for n in arr.shape[-2:])
+    query_tokens, key_tokens = render._axis_tokens(tokens, q, k) if tokens else (None, None)
+    blocks = (pooling.query_block, pooling.key_block) if pooling else (1, 1)
+    rows, cols = -(-q // blocks[0]), -(-k // blocks[1])
+    exact = pooling is None
+    return {
+        "label": "rollout",
+        "title": f"attention rollout through {', '.join(layers)}",
+        "display_shape": [rows, cols],
+        "pooling": None if pooling is None else pooling.as_dict(),
+        "note": "" if pooling is None else pooling.note(),
+        "y": _axis_labels(query_tokens, q, (0, q), blocks[0], exact),
+        "x": _axis_labels(key_tokens, k, (0, k), blocks[1], exact),
+        "items": entries,
+    }
+
+
+def page_html(
     attention_by_layer: Mapping[str, Any],
     *,
     tokens: Sequence[str] | None,
     batch_index: int,
     analysis: Mapping[str, Any] | None,
-    output_path: str | Path,
     pooling: Mapping[str, Any] | None,
-) -> Path:
-    """``render.create_interactive_html`` (documented there)."""
-    from plotly.offline import get_plotlyjs
-
+    rollout: Any = None,
+    title: str = "Attention — neural-attn",
+) -> str:
+    """The page's text (``render.create_interactive_html`` documents the arguments)."""
     if not attention_by_layer:
         raise InvalidInputError("no attention layers to put on the page")
     given = render._per_layer(analysis)
+    if rollout is None and analysis is not None:
+        rollout = analysis.get("rollout")
     items = _page_items(attention_by_layer, batch_index, pooling)
     if batch_index not in items:  # the chosen item must exist even when all are shown
         name, first = next(iter(attention_by_layer.items()))
@@ -230,12 +335,13 @@ def write_page(
             tokens=tokens,
             given=server_pooling,
         )
-        layers.append(layer)
         if drawn is not None and (drawn.pooled or drawn.windowed):
             notes.append(f"<li>{_pooling_note(name, drawn, layer['heads'])}</li>")
         metrics = given.get(name)
         if metrics is None and server_pooling is None:
             metrics = analyze_attention_patterns(attention)
+        layer["metrics"] = _head_metrics(metrics)
+        layers.append(layer)
         tables.append(_metrics_table(name, metrics))
 
     data = {
@@ -243,7 +349,10 @@ def write_page(
         "tokens": None if tokens is None else [str(t) for t in tokens],
         "encoding": ENCODING,
         "exact_values": EXACT_VALUES_FILE,
+        "colormap": _colormap_hex(),
+        "masked_color": render.MASKED_COLOR,
         "layers": layers,
+        "rollout": _rollout_data(rollout, items, tokens, list(attention_by_layer)),
     }
     # "</script" or "<!--" in a token would end or confuse the script block; \u escapes read
     # back as the same JSON.
@@ -259,19 +368,38 @@ def write_page(
             '<div id="pooling-note" class="note"><p><strong>Pooled for display.</strong> '
             "Not every position is drawn:</p>\n<ul>\n" + "\n".join(notes) + "\n</ul></div>"
         )
-    page = _PAGE.format(
-        title="Attention — neural-attn",
-        plotlyjs=get_plotlyjs(),
+    return _PAGE.format(
+        title=html.escape(title),
+        style=_asset("page.css"),
+        plotlyjs=plotly_js(),
         notes=note,
         item_hidden="" if len(items) > 1 else " hidden",
         tables="\n".join(tables),
         data=data_json,
-        script=_SCRIPT,
+        script=_asset("page.js"),
     )
+
+
+def write_page(
+    attention_by_layer: Mapping[str, Any],
+    *,
+    output_path: str | Path,
+    **options: Any,
+) -> Path:
+    """``render.create_interactive_html`` (documented there)."""
+    text = page_html(attention_by_layer, **options)
     path = Path(output_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     return path
+
+
+def iframe(page: str, *, height: int = 1100) -> str:
+    """The page in an ``<iframe srcdoc>``: how a notebook shows it, its ids and script apart."""
+    return (
+        f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width: 100%; '
+        f'height: {height}px; border: 0;" sandbox="allow-scripts"></iframe>'
+    )
 
 
 _PAGE = """<!DOCTYPE html>
@@ -280,28 +408,35 @@ _PAGE = """<!DOCTYPE html>
 <meta charset="utf-8">
 <title>{title}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5rem; font-variant-numeric: tabular-nums; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }}
-tr.mean {{ background: #f3f3f3; }}
-.note {{ background: #fff8e1; border-left: 4px solid #e0a800; padding: 0.3rem 0.9rem; }}
-#controls label {{ margin-right: 1.2rem; }}
-#view-status {{ color: #555; }}
+{style}
 </style>
 <script type="text/javascript">{plotlyjs}</script>
 </head>
 <body>
 <h1>{title}</h1>
-<p>Choose a layer and a head (or the mean over heads) below.
-Rows are query positions, columns key positions.</p>
+<p>Rows are query positions, columns key positions; each row sums to 1 over the keys.
+Choose a layer and a head, the mean of its heads or the rollout through all layers; click a
+thumbnail of the overview to open that head, and a row of the heatmap to see that query.</p>
 {notes}
 <div id="controls">
 <label{item_hidden}>batch item <select id="item-select"></select></label>
 <label>layer <select id="layer-select"></select></label>
 <label>view <select id="view-select"></select></label>
+<label>query token <select id="query-select"></select></label>
 </div>
-<div id="attention-plot" style="height: 760px;"></div>
+<div id="main">
+<div id="attention-plot"></div>
+<aside id="head-panel"></aside>
+</div>
 <p id="view-status"></p>
+<p id="masked-legend" hidden><span class="swatch"></span> masked: attention exactly 0 in
+every head (padding or the causal upper triangle), not a small value.</p>
+<div id="query-plot"></div>
+<p id="query-status"></p>
+<h2>Every head</h2>
+<p class="hint">Each thumbnail is on its own colour scale (0 to its largest value); its pattern
+label comes from the metrics. Click one to open it above.</p>
+<div id="overview"></div>
 <section id="metrics">
 {tables}
 </section>
@@ -309,110 +444,4 @@ Rows are query positions, columns key positions.</p>
 <script type="text/javascript">{script}</script>
 </body>
 </html>
-"""
-
-_SCRIPT = """
-(function () {
-  "use strict";
-  var data = JSON.parse(document.getElementById("attention-data").textContent);
-  // float16 bits -> value, for every 16-bit pattern.
-  var F16 = new Float32Array(65536);
-  for (var bits = 0; bits < 65536; bits++) {
-    var e = (bits >> 10) & 31, f = bits & 1023, sign = bits & 32768 ? -1 : 1;
-    F16[bits] = sign * (e === 0 ? f * 5.960464477539063e-8
-      : e === 31 ? (f ? NaN : Infinity) : (1 + f / 1024) * Math.pow(2, e - 15));
-  }
-  function decode(b64, rows, cols) {
-    var bin = atob(b64), z = new Array(rows);
-    for (var r = 0; r < rows; r++) {
-      var row = new Array(cols), base = 2 * r * cols;
-      for (var c = 0; c < cols; c++) {
-        var i = base + 2 * c;
-        row[c] = F16[bin.charCodeAt(i) | (bin.charCodeAt(i + 1) << 8)];
-      }
-      z[r] = row;
-    }
-    return z;
-  }
-  var itemSelect = document.getElementById("item-select");
-  var layerSelect = document.getElementById("layer-select");
-  var viewSelect = document.getElementById("view-select");
-  var plot = document.getElementById("attention-plot");
-  var status = document.getElementById("view-status");
-  function option(select, value, text) {
-    var o = document.createElement("option");
-    o.value = String(value);
-    o.textContent = text;
-    select.appendChild(o);
-  }
-  function entry(layer) {
-    var wanted = Number(itemSelect.value);
-    for (var i = 0; i < layer.items.length; i++) {
-      if (layer.items[i].index === wanted) { return layer.items[i]; }
-    }
-    return layer.items[0];
-  }
-  function fillViews(keep) {
-    var views = entry(data.layers[Number(layerSelect.value)]).views;
-    var previous = Number(viewSelect.value) || 0;
-    viewSelect.innerHTML = "";
-    views.forEach(function (v, i) { option(viewSelect, i, v.label); });
-    viewSelect.value = String(keep && previous < views.length ? previous : 0);
-  }
-  function draw() {
-    var layer = data.layers[Number(layerSelect.value)];
-    var view = entry(layer).views[Number(viewSelect.value)];
-    var rows = layer.display_shape[0], cols = layer.display_shape[1];
-    var z = decode(view.data, rows, cols);
-    var pool = layer.pooling;
-    var pooled = pool && (pool.query_block > 1 || pool.key_block > 1);
-    var value = pooled ? pool.mode + " attention" : "attention";
-    var trace = {
-      type: "heatmap", z: z, x: layer.x, y: layer.y, zmin: 0, colorscale: "Viridis",
-      colorbar: {title: {text: value}},
-      hovertemplate: "query: %{y}<br>key: %{x}<br>" + value + ": %{z:.4f}<extra></extra>"
-    };
-    var layout = {
-      title: {text: view.title + (layer.note ? " (" + layer.note + ")" : ""),
-              x: 0, xanchor: "left", xref: "paper"},
-      height: 760, margin: {t: 60},
-      xaxis: {title: {text: "key"}, side: "bottom", type: "category", automargin: true},
-      yaxis: {title: {text: "query"}, autorange: "reversed", type: "category", automargin: true}
-    };
-    var sum = 0, max = -Infinity, at = "0,0";
-    for (var r = 0; r < rows; r++) {
-      for (var c = 0; c < cols; c++) {
-        var v = z[r][c];
-        sum += v;
-        if (v > max) { max = v; at = r + "," + c; }
-      }
-    }
-    status.removeAttribute("data-drawn");
-    Plotly.react(plot, [trace], layout, {displaylogo: false, responsive: true}).then(function () {
-      status.textContent = "Showing " + view.title + ": " + rows + "×" + cols + " cells" +
-        (pooled ? ", each the " + pool.mode + " over a block of " + pool.query_block + "×" +
-         pool.key_block + " positions (exact values: " + data.exact_values + ")" : "") + ".";
-      status.setAttribute("data-title", view.title);
-      status.setAttribute("data-shape", rows + "x" + cols);
-      status.setAttribute("data-sum", String(sum));
-      status.setAttribute("data-max", String(max));
-      status.setAttribute("data-argmax", at);
-      status.setAttribute("data-drawn", "1");
-    });
-  }
-  data.layers[0].items.forEach(function (it) { option(itemSelect, it.index, "item " + it.index); });
-  data.layers.forEach(function (layer, i) { option(layerSelect, i, layer.name); });
-  var wanted = new URLSearchParams(location.hash.slice(1));
-  itemSelect.value = String(wanted.has("item") ? wanted.get("item") : data.batch_index);
-  if (itemSelect.selectedIndex < 0) { itemSelect.selectedIndex = 0; }
-  layerSelect.value = wanted.get("layer") || "0";
-  if (layerSelect.selectedIndex < 0) { layerSelect.selectedIndex = 0; }
-  fillViews(false);
-  viewSelect.value = wanted.get("view") || "0";
-  if (viewSelect.selectedIndex < 0) { viewSelect.selectedIndex = 0; }
-  itemSelect.addEventListener("change", function () { fillViews(true); draw(); });
-  layerSelect.addEventListener("change", function () { fillViews(true); draw(); });
-  viewSelect.addEventListener("change", draw);
-  draw();
-})();
 """

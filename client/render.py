@@ -3,7 +3,7 @@ and the console summary (DESIGN §5).
 
 matplotlib is driven through ``Figure`` objects on an Agg canvas, never pyplot, so a long-lived
 process (the CLI's embedded server, a notebook) accumulates no global figure state and needs no
-display. matplotlib and plotly are imported inside the functions that use them, so importing the
+display. matplotlib is imported inside the functions that use it, so importing the
 client stays fast.
 
 Attention arrives as ``[batch, head, query_pos, key_pos]``; ``(heads, q, k)`` is taken as one
@@ -578,14 +578,17 @@ def create_interactive_html(
     analysis: Mapping[str, Any] | None = None,
     output_path: str | Path = "attention_interactive.html",
     pooling: Mapping[str, Any] | None = None,
+    rollout: Any = None,
 ) -> Path:
     """Write ``attention_interactive.html``: a self-contained page that works offline.
 
-    Layer, head (or the mean of heads) and, for small batches, batch item are chosen from
-    menus; heads above ``DISPLAY_SIZE`` positions are shown max-pooled with a note saying
-    so. The data is binary in the page (see ``neural_attn.client._html``). The metrics table
-    comes from ``analysis`` (``{layer: metrics}`` or the ``analysis.json`` content) and is
-    computed here when that is ``None`` (not for data ``pooling`` says was pooled).
+    An overview of every head (thumbnails with pattern labels; click one to open it), and
+    layer, head, the mean of heads or the rollout, query token and, for small batches, batch
+    item chosen from menus; heads above ``DISPLAY_SIZE`` positions are shown max-pooled with a
+    note saying so. The data is binary in the page (see ``neural_attn.client._html``). The
+    metrics come from ``analysis`` (``{layer: metrics}`` or the ``analysis.json`` content,
+    whose "rollout" is drawn too) and are computed here when that is ``None`` (not for data
+    ``pooling`` says was pooled). ``rollout`` is ``(q, k)`` or ``(batch, q, k)``.
     """
     from neural_attn.client._html import write_page
 
@@ -596,6 +599,7 @@ def create_interactive_html(
         analysis=analysis,
         output_path=output_path,
         pooling=pooling,
+        rollout=rollout,
     )
 
 

@@ -220,14 +220,13 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]
 
 
 def test_html_is_self_contained(page: tuple[Path, dict[str, Any]]) -> None:
-    from plotly.offline import get_plotlyjs
-
     path, _ = page
     assert path.name == "attention_interactive.html" and path.is_file()
     text = path.read_text(encoding="utf-8")
     assert not re.search(r"<script[^>]*\bsrc\s*=", text)
-    assert get_plotlyjs() in text  # the library is embedded, not fetched
-    ours = text.replace(get_plotlyjs(), "")
+    assert text.count(_plotlyjs()) == 1  # the library is embedded once, not fetched
+    assert "plotly.js (cartesian - minified)" in _plotlyjs()[:200]
+    ours = text.replace(_plotlyjs(), "")
     assert "cdn.plot.ly" not in ours
     assert "https://" not in ours and "http://" not in ours
 
@@ -265,15 +264,15 @@ def test_html_holds_every_view_as_binary_float16(page: tuple[Path, dict[str, Any
 
 
 def _plotlyjs() -> str:
-    from plotly.offline import get_plotlyjs
+    from neural_attn.client._html import plotly_js
 
-    return str(get_plotlyjs())
+    return plotly_js()
 
 
 def test_html_has_item_layer_and_view_menus(page: tuple[Path, dict[str, Any]]) -> None:
     path, _ = page
     text = path.read_text(encoding="utf-8")
-    for menu in ("item-select", "layer-select", "view-select"):
+    for menu in ("item-select", "layer-select", "view-select", "query-select"):
         assert f'<select id="{menu}">' in text
     assert "<label>batch item" in text  # not hidden: the batch has two items
     assert 'id="pooling-note"' not in text  # nothing pooled at 12 positions
@@ -331,8 +330,8 @@ def test_html_renders_offline_in_a_headless_browser(
     mean = layers["transformer_encoder_0"][1].astype(np.float64).mean(axis=0).astype(np.float16)
     assert float(status["sum"]) == pytest.approx(float(mean.astype(np.float64).sum()), rel=1e-12)
     assert float(status["max"]) == float(mean.max())
-    # Every option of the menus is there.
-    assert dom.count('<option value="') == 2 + 2 + 4
+    # Every option of the menus is there: items, layers, views (mean, heads, rollout), queries.
+    assert dom.count('<option value="') == 2 + 2 + (4 + 1) + 12
 
 
 # --- console --------------------------------------------------------------------------------
