@@ -224,7 +224,8 @@ class AttentionClient(HeadAnalysisMixin):
         tls_cert, tls_key: this client's certificate and key for mutual TLS
             ($NEURAL_ATTN_TLS_CERT, $NEURAL_ATTN_TLS_KEY).
         connect_timeout: how long a call waits for an unreachable server to come (back) up
-            before failing UNAVAILABLE (never longer than its own deadline).
+            before failing UNAVAILABLE (never longer than its own deadline; default 20 s or
+            $NEURAL_ATTN_CONNECT_TIMEOUT).
     """
 
     def __init__(
@@ -240,7 +241,7 @@ class AttentionClient(HeadAnalysisMixin):
         tls_ca: str | os.PathLike[str] | bytes | None = None,
         tls_cert: str | os.PathLike[str] | bytes | None = None,
         tls_key: str | os.PathLike[str] | bytes | None = None,
-        connect_timeout: float = _conn.DEFAULT_CONNECT_TIMEOUT,
+        connect_timeout: float | None = None,
     ) -> None:
         self.target = target or os.environ.get("NEURAL_ATTN_SERVER", "localhost:50051")
         self._own_channel = channel is None
@@ -257,7 +258,11 @@ class AttentionClient(HeadAnalysisMixin):
             )
         self._channel = channel
         self._ready = _conn.Readiness(self._channel, self.target)
-        self._connect_timeout = connect_timeout
+        self._connect_timeout = (
+            connect_timeout
+            if connect_timeout is not None
+            else float(os.environ.get("NEURAL_ATTN_CONNECT_TIMEOUT", _conn.DEFAULT_CONNECT_TIMEOUT))
+        )
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
         if token is None:
             token = os.environ.get("NEURAL_ATTN_TOKEN") or None
