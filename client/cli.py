@@ -124,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="what a server runs: backends, devices, limits")
     i.add_argument("--server", help="host:port (default: embedded)")
     _token_option(i)
+    from neural_attn.client._analysis_cli import register
+
+    register(sub, _model_options)  # analyze, similarity, ablate, profile, compare
     return p
 
 
@@ -259,7 +262,8 @@ _COMMANDS = {"visualize": _visualize, "export-weights": _export_weights, "info":
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        run = _COMMANDS.get(args.command) or args.run
+        return run(args)
     except NeuralAttnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
