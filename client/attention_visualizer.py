@@ -17,7 +17,11 @@ import numpy as np
 from neural_attn.analysis import analyze_attention_patterns, summarize_layers
 from neural_attn.client import render
 from neural_attn.client._client import AttentionClient, CompileResult
-from neural_attn.client._sinks import NpzSink
+from neural_attn.client._figures import PDF_BOOK, parse_formats, save_figure, write_pdf_book
+from neural_attn.client._progress import StreamProgress, expected_bytes
+from neural_attn.client._sinks import ArraySink, NpzSink
+from neural_attn.client._tokenize import Vocabulary, check_ids, embedding_range
+from neural_attn.client._tokenize import tokenize as split_text
 from neural_attn.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -38,6 +42,45 @@ def _safe_name(layer: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in layer)
 
 
+class VisualizationResult(dict[str, Any]):
+    """What `visualize` and `visualize_from_dsl` return: a dict, shown inline in Jupyter.
+
+    A notebook shows the interactive page (`_repr_html_`, in an iframe so that several
+    results keep apart) or, where HTML is not rendered, the heatmap figure (`_repr_png_`).
+    """
+
+    def _page(self) -> str | None:
+        files = self.get("files") or {}
+        if files.get("html"):
+            return Path(files["html"]).read_text(encoding="utf-8")
+        weights = self.get("attention_weights")
+        if not weights:
+            return None
+        from neural_attn.client._html import page_html
+
+        return page_html(
+            dict(weights),
+            tokens=self.get("tokens"),
+            batch_index=0,
+            analysis=self.get("analysis"),
+            pooling=None,
+        )
+
+    def _repr_html_(self) -> str | None:
+        from neural_attn.client._html import iframe
+
+        page = self._page()
+        return None if page is None else iframe(page)
+
+    def _repr_png_(self) -> bytes | None:
+        figure = self.get("figure")
+        if figure is not None:
+            return bytes(figure._repr_png_())
+        files = self.get("files") or {}
+        png = files.get("heatmap")
+        return Path(png).read_bytes() if png and png.endswith(".png") else None
+
+
 class AttentionVisualizer:
     """Extract, analyze and draw the attention of a Neural DSL model.
 
@@ -55,6 +98,7 @@ class AttentionVisualizer:
         server_weights: a weights file under the server's weights directory instead.
         token: bearer token for servers started with --token (default: $NEURAL_ATTN_TOKEN).
         progress: called with a line of text at each step of long work.
+        progress_bar: draw a bar (bytes and layers, on stderr) while attention streams in.
     """
 
     def __init__(
@@ -70,6 +114,7 @@ class AttentionVisualizer:
         server_weights: str | None = None,
         token: str | None = None,
         progress: Progress | None = None,
+        progress_bar: bool = False,
     ) -> None:
         self.model = model
         self.backend = backend
@@ -82,6 +127,7 @@ class AttentionVisualizer:
         self._client = client
         self._compiled: dict[tuple[Any, str], CompileResult] = {}
         self._progress = progress or _quiet
+        self._progress_bar = progress_bar
 
     # -- plumbing ------------------------------------------------------------------------------
     @property
@@ -164,12 +210,18 @@ class AttentionVisualizer:
         head_index: int | None = None,
         tokens: Sequence[str] | None = None,
         output_path: str | os.PathLike[str] | None = None,
-    ) -> dict[str, Any]:
+        *,
+        text: str | None = None,
+        tokenize: Vocabulary | str | os.PathLike[str] | None = None,
+    ) -> VisualizationResult:
         """Heatmaps of one layer (or all), one head (or the mean of heads).
 
-        Returns {"attention_weights", "analysis", "figure", "output_path"}.
+        `text` with `tokenize` (a `Vocabulary` or a vocab.txt path) replaces `input_data`
+        and `tokens` for a model that starts with `Embedding`. Returns {"attention_weights",
+        "analysis", "figure", "output_path", "tokens"}, which a notebook shows inline.
         """
         model = self._current()
+        input_data, tokens = _text_input(model, input_data, tokens, text, tokenize)
         weights = self._extract(
             model,
             input_data,
@@ -179,12 +231,13 @@ class AttentionVisualizer:
         figure = render.plot_heatmaps(
             weights, head=head_index, tokens=tokens, output_path=_path(output_path)
         )
-        return {
-            "attention_weights": weights,
-            "analysis": {name: analyze_attention_patterns(w) for name, w in weights.items()},
-            "figure": figure,
-            "output_path": str(output_path) if output_path else None,
-        }
+        return VisualizationResult(
+            attention_weights=weights,
+            analysis={name: analyze_attention_patterns(w) for name, w in weights.items()},
+            figure=figure,
+            output_path=str(output_path) if output_path else None,
+            tokens=None if tokens is None else list(tokens),
+        )
 
     def visualize_from_dsl(
         self,
@@ -201,13 +254,18 @@ class AttentionVisualizer:
         write_npz: bool = True,
         npz_window: tuple[tuple[int, int], tuple[int, int]] | None = None,
         display_size: int = render.DISPLAY_SIZE,
-    ) -> dict[str, Any]:
+        text: str | None = None,
+        tokenize: Vocabulary | str | os.PathLike[str] | None = None,
+        figure_formats: Sequence[str] | str = ("png",),
+        dpi: int = render.PNG_DPI,
+    ) -> VisualizationResult:
         """Compile a .neural file, extract its attention and write every output file.
 
         Writes into `output_dir`: attention_heatmap.png, attention_heads_{layer}.png,
         compiled_model_{backend}.py, attention_interactive.html, attention_weights.npz (exact,
         every layer; `write_npz=False` skips it), attention_rollout.npy and analysis.json
-        (metrics only). Returns {"attention_weights", "analysis", "files", "model", "summary"}.
+        (metrics only). Returns {"attention_weights", "analysis", "files", "model", "summary",
+        "tokens"}, which a notebook shows inline (the page).
 
         Sized for long sequences: the metrics are computed on the server (no tensors move), the
         figures and page get attention pooled on the server to `display_size` positions when
@@ -216,8 +274,15 @@ class AttentionVisualizer:
         lazily (each layer read when asked for); for short sequences it is the arrays.
         `dtype="float16"` halves what travels and what the npz takes; `npz_window=((q0, q1),
         (k0, k1))` keeps only that query range x key range in the npz (a stop of 0: the end).
+
+        `text` with `tokenize` (a `Vocabulary` or a vocab.txt path) replaces `input_data` and
+        `tokens` for a model that starts with `Embedding`. `figure_formats` ("png", "svg",
+        "pdf", or several) writes each figure in each format, at `dpi`; with "pdf" every figure
+        is also a page of attention_figures.pdf.
         """
+        formats = parse_formats(figure_formats)
         compiled = self.compile(str(dsl_file), backend)
+        input_data, tokens = _text_input(compiled, input_data, tokens, text, tokenize)
         _check_tokens(compiled, input_data, tokens)
         layers = [layer_name] if layer_name else None
         length = len(tokens) if tokens else 0
@@ -239,21 +304,30 @@ class AttentionVisualizer:
                     f"head {head_index} does not exist in `{name}`, which has "
                     f"{metrics['num_heads']} heads (0..{metrics['num_heads'] - 1})"
                 )
+        shapes = [tuple(int(n) for n in m["shape"]) for m in analysis["layers"].values()]
+        itemsize = np.dtype(dtype).itemsize
 
         shown: dict[str, np.ndarray] = {}
         pooling: dict[str, dict[str, Any]] = {}
-        for layer in self.client.extract_layers(
-            compiled,
-            input_data,
-            layers=layers,
-            sequence_length=length,
-            dtype=dtype,
-            pool_size=display_size,
-        ):
-            self._progress(f"received {layer.name} {tuple(layer.shape)} for display")
-            shown[layer.name] = layer.value
-            if layer.pooling is not None and layer.pooling.pooled:
-                pooling[layer.name] = layer.pooling.as_dict()
+        with self._bar(
+            "attention for display",
+            layers=len(shapes),
+            total=expected_bytes(shapes, itemsize=itemsize, pool_size=display_size),
+        ) as bar:
+            for layer in self.client.extract_layers(
+                compiled,
+                input_data,
+                layers=layers,
+                sequence_length=length,
+                dtype=dtype,
+                pool_size=display_size,
+                sink=bar.wrap(ArraySink()),
+            ):
+                if not self._progress_bar:
+                    self._progress(f"received {layer.name} {tuple(layer.shape)} for display")
+                shown[layer.name] = layer.value
+                if layer.pooling is not None and layer.pooling.pooled:
+                    pooling[layer.name] = layer.pooling.as_dict()
         weights: Mapping[str, np.ndarray] = shown
 
         npz = out / "attention_weights.npz"
@@ -261,7 +335,11 @@ class AttentionVisualizer:
             np.savez(npz, **shown)  # type: ignore[arg-type]  # shown is exact: no second pass
             written("npz", npz)
         elif write_npz:
-            with NpzSink(npz) as sink:
+            total = None if npz_window else expected_bytes(shapes, itemsize=itemsize)
+            with (
+                NpzSink(npz) as sink,
+                self._bar(npz.name, layers=len(shapes), total=total) as bar,
+            ):
                 for layer in self.client.extract_layers(
                     compiled,
                     input_data,
@@ -269,36 +347,47 @@ class AttentionVisualizer:
                     sequence_length=length,
                     dtype=dtype,
                     window=npz_window,
-                    sink=sink,
+                    sink=bar.wrap(sink),
                 ):
-                    self._progress(f"wrote {layer.name} {tuple(layer.shape)} to {npz.name}")
+                    if not self._progress_bar:
+                        self._progress(f"wrote {layer.name} {tuple(layer.shape)} to {npz.name}")
             written("npz", npz)
             weights = np.load(npz)
 
-        path = out / "attention_heatmap.png"
-        render.plot_heatmaps(
+        figures = []
+        figure = render.plot_heatmaps(
             shown,
             head=head_index,
             tokens=tokens,
             batch_index=batch_index,
-            output_path=path,
             pooling=pooling or None,
+            dpi=dpi,
         )
-        written("heatmap", path)
+        figures.append(figure)
+        for fmt, path in zip(
+            formats, save_figure(figure, out / "attention_heatmap", formats, dpi=dpi), strict=True
+        ):
+            written("heatmap" if fmt == formats[0] else f"heatmap.{fmt}", path)
         for name, w in shown.items():
-            path = out / f"attention_heads_{_safe_name(name)}.png"
-            render.plot_attention_heads(
+            grid = render.plot_attention_heads(
                 w,
                 tokens=tokens,
                 title=name,
                 batch_index=batch_index,
-                output_path=path,
                 pooling=pooling.get(name),
+                dpi=dpi,
+                labels=analysis["layers"].get(name, {}).get("pattern_per_head"),
             )
-            written(f"heads:{name}", path)
+            figures.append(grid)
+            stem = out / f"attention_heads_{_safe_name(name)}"
+            for fmt, path in zip(formats, save_figure(grid, stem, formats, dpi=dpi), strict=True):
+                written(f"heads:{name}" if fmt == formats[0] else f"heads:{name}.{fmt}", path)
+        if "pdf" in formats:
+            written("figures.pdf", write_pdf_book(figures, out / PDF_BOOK))
         path = out / f"compiled_model_{compiled.backend}.py"
         path.write_text(compiled.generated_code, encoding="utf-8")
         written("code", path)
+        rollout = analysis.get("rollout")
         path = render.create_interactive_html(
             shown,
             tokens=tokens,
@@ -306,9 +395,9 @@ class AttentionVisualizer:
             analysis=analysis,
             output_path=out / "attention_interactive.html",
             pooling=pooling or None,
+            rollout=rollout,
         )
         written("html", path)
-        rollout = analysis.get("rollout")
         if rollout is not None:
             path = out / "attention_rollout.npy"
             np.save(path, np.asarray(rollout))
@@ -321,6 +410,7 @@ class AttentionVisualizer:
                     "network": compiled.network_name,
                     "backend": compiled.backend,
                     "device": compiled.device,
+                    "tokens": None if tokens is None else list(tokens),
                     "layers": analysis["layers"],
                     "rollout": "attention_rollout.npy" if rollout is not None else None,
                     "attention_weights": npz.name if write_npz else None,
@@ -332,12 +422,14 @@ class AttentionVisualizer:
             encoding="utf-8",
         )
         written("analysis", path)
-        return {
-            "attention_weights": weights,
-            "analysis": analysis,
-            "files": files,
-            "model": compiled,
-            "summary": render.format_console_summary(
+        return VisualizationResult(
+            attention_weights=weights,
+            analysis=analysis,
+            files=files,
+            model=compiled,
+            figure=figure,
+            tokens=None if tokens is None else list(tokens),
+            summary=render.format_console_summary(
                 # the exact shapes (figures may be pooled), as views that take no memory
                 {
                     name: np.broadcast_to(np.float32(0), tuple(metrics["shape"]))
@@ -345,7 +437,10 @@ class AttentionVisualizer:
                 },
                 analysis,
             ),
-        }
+        )
+
+    def _bar(self, what: str, *, layers: int, total: int | None) -> StreamProgress:
+        return StreamProgress(what, layers=layers, total_bytes=total, enabled=self._progress_bar)
 
     def plot_attention_heads(
         self,
@@ -394,3 +489,30 @@ def _check_tokens(
             f"{len(tokens)} tokens were given but the sequence length is {length}; "
             "give one token per position"
         )
+
+
+def _text_input(
+    compiled: CompileResult,
+    data: np.ndarray | None,
+    tokens: Sequence[str] | None,
+    text: str | None,
+    vocabulary: Vocabulary | str | os.PathLike[str] | None,
+) -> tuple[np.ndarray | None, Sequence[str] | None]:
+    """Token ids and labels from `text`, for a model that starts with `Embedding`."""
+    if text is None:
+        if vocabulary is not None:
+            raise InvalidInputError("a vocabulary was given without text to tokenize")
+        return data, tokens
+    if data is not None or tokens:
+        raise InvalidInputError("give text, or input data and tokens, not both")
+    if vocabulary is None:
+        raise InvalidInputError("text needs a vocabulary (vocab.txt, one token a line)")
+    found = embedding_range([spec.description for spec in compiled.inputs])
+    if found is None:
+        raise InvalidInputError(
+            f"`{compiled.network_name}` does not start with an Embedding layer, so it takes no "
+            "token ids; give its input with input data instead of text"
+        )
+    split = split_text(text, vocabulary)
+    check_ids(split, *found)
+    return split.as_batch(), list(split.labels)

@@ -3,6 +3,8 @@
     neural-attn-client visualize model.neural --attention [--backend tensorflow|pytorch]
         [--data input.npy] [--tokens "The,cat,sat"] [--layer NAME] [--head N]
         [--server host:port] [--output-dir DIR] [--dtype float16] [--window Q0:Q1,K0:K1] [--no-npz]
+        [--text "The cat sat" --vocab vocab.txt] [--figure-format png,svg,pdf] [--dpi N]
+        [--format table|json] [--quiet]
 
 Without --server (or $NEURAL_ATTN_SERVER) an embedded server runs in this process.
 """
@@ -115,6 +117,26 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip attention_weights.npz: only pooled attention and metrics leave the server",
     )
+    v.add_argument(
+        "--text",
+        help='text to tokenize with --vocab into token ids and axis labels (e.g. "The cat sat"); '
+        "for models that start with Embedding",
+    )
+    v.add_argument("--vocab", help="vocab.txt for --text: one token a line, its id the line number")
+    v.add_argument(
+        "--figure-format",
+        action="append",
+        metavar="png|svg|pdf",
+        help="figure file formats, repeatable or a comma list (default png); pdf also writes "
+        "attention_figures.pdf, a page per figure",
+    )
+    v.add_argument("--dpi", type=int, default=100, help="figure resolution (default 100)")
+    v.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="console report: a table (default) or one JSON document on stdout",
+    )
     e = sub.add_parser(
         "export-weights",
         help="write a model's weights (e.g. converted from --weights) as a neutral .npz",
@@ -176,6 +198,7 @@ def _visualizer(args: argparse.Namespace) -> AttentionVisualizer:
         server_weights=args.server_weights,
         token=args.token,
         progress=_progress(args),
+        progress_bar=bool(getattr(args, "attention", False)) and not args.quiet,
     )
 
 
@@ -189,15 +212,14 @@ def _visualize(args: argparse.Namespace) -> int:
     _check_file(args.file)
     if args.weights:
         _check_file(args.weights)
+    if args.vocab:
+        _check_file(args.vocab)
     tokens = [t.strip() for t in args.tokens.split(",")] if args.tokens else None
     viz = _visualizer(args)
     if not args.attention:
-        compiled = viz.compile(args.file, args.backend)
-        print(f"{compiled.network_name} ({compiled.backend}, {compiled.parameter_count} params)")
-        for layer in compiled.layers:
-            mark = "  [attention]" if layer.is_attention else ""
-            print(f"  {layer.name:<32} {layer.type:<24} {layer.output_shape}{mark}")
-        print("add --attention to extract and draw attention")
+        from neural_attn.client._report import print_layer_table
+
+        print_layer_table(viz.compile(args.file, args.backend), fmt=args.format)
         return 0
     result = viz.visualize_from_dsl(
         args.file,
@@ -211,13 +233,14 @@ def _visualize(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         write_npz=not args.no_npz,
         npz_window=args.window,
+        text=args.text,
+        tokenize=args.vocab,
+        figure_formats=args.figure_format or ("png",),
+        dpi=args.dpi,
     )
-    for warning in result["model"].warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(result["summary"])
-    print(f"\nOutputs in {args.output_dir}/:")
-    for path in result["files"].values():
-        print(f"  {path}")
+    from neural_attn.client._report import print_visualization
+
+    print_visualization(result, output_dir=args.output_dir, fmt=args.format)
     return 0
 
 
