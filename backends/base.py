@@ -153,8 +153,10 @@ def prepare_input(network: Network, data: np.ndarray) -> PreparedInput:
 DEFAULT_DYNAMIC_LENGTH = 16
 
 
-def sample_input(network: Network, *, seed: int = 0, length: int | None = None) -> np.ndarray:
-    """A deterministic sample input of batch 1 in the preferred form."""
+def sample_shape(
+    network: Network, *, length: int | None = None
+) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype `sample_input` gives, known before anything is allocated."""
     form = input_forms(network)[0]
     dynamic = length or DEFAULT_DYNAMIC_LENGTH
     bound = _max_length(network)
@@ -163,12 +165,22 @@ def sample_input(network: Network, *, seed: int = 0, length: int | None = None) 
     shape = tuple(
         1 if i == 0 else (d if d is not None else dynamic) for i, d in enumerate(form.shape)
     )
+    return shape, np.dtype(form.dtype)
+
+
+def sample_input(network: Network, *, seed: int = 0, length: int | None = None) -> np.ndarray:
+    """A deterministic sample input of batch 1 in the preferred form.
+
+    Made in its own dtype at once (no float64 draft): its size is that of `sample_shape`, which
+    callers check against their limits first.
+    """
+    shape, dtype = sample_shape(network, length=length)
     rng = np.random.default_rng(seed)
-    if form.dtype == "int64":
+    if dtype == np.int64:
         vocab = network.layers[0]["input_dim"]
         # Avoid id 0: it is the padding id when masks are on.
         return rng.integers(1 if vocab > 1 else 0, vocab, size=shape, dtype=np.int64)
-    return rng.standard_normal(shape).astype(np.float32)
+    return rng.standard_normal(shape, dtype=np.float32)
 
 
 class _Capture:

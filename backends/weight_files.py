@@ -9,7 +9,9 @@ loaded into the model being served.
 Nothing user-supplied is ever executed: `torch.load(..., weights_only=True)`; only the weights
 file inside a `.keras` archive is read (its config, which could name code, never is); `.npz`
 with `allow_pickle=False`. A file that does not fit is refused naming the first layer that
-does not fit and both shapes.
+does not fit and both shapes. A file no library can read (truncated, bytes flipped, not that
+format at all) is INVALID_ARGUMENT naming the format and the file, whatever the library raised:
+the failure is the file's, never a bug of the server's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import io
 import re
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +29,38 @@ import numpy as np
 
 from neural_attn.backends.weights import weight_shapes
 from neural_attn.dsl.ir import Network
-from neural_attn.errors import InvalidInputError
+from neural_attn.errors import InvalidInputError, NeuralAttnError, excerpt
 
 NPZ, KERAS_H5, KERAS_ARCHIVE, TORCH = "npz", "keras_h5", "keras_archive", "torch"
 FORMATS = (NPZ, KERAS_H5, KERAS_ARCHIVE, TORCH)
+_FORMAT_WORDS = {
+    NPZ: "neutral .npz",
+    KERAS_H5: "Keras .weights.h5 (HDF5)",
+    KERAS_ARCHIVE: ".keras archive",
+    TORCH: "PyTorch state_dict",
+}
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _file_words(fmt: str, name: str) -> str:
+    named = f" {excerpt(name)!r}" if name else ""
+    return f"the {_FORMAT_WORDS.get(fmt, fmt)} weights file{named}"
+
+
+@contextmanager
+def _reading(fmt: str, name: str, doing: str = "is not readable") -> Iterator[None]:
+    """Around a library reading the client's bytes: whatever it raises becomes
+    INVALID_ARGUMENT naming the format and the file (zlib, tokenize, h5py and zipfile raise
+    errors of their own kinds, not only OSError and ValueError). Our own refusals pass."""
+    try:
+        yield
+    except NeuralAttnError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure here is the file's
+        detail = excerpt(str(exc) or type(exc).__name__, 200)
+        raise InvalidInputError(
+            f"{_file_words(fmt, name)} {doing}: {type(exc).__name__}: {detail}"
+        ) from None
 
 
 def guess_format(filename: str, content: bytes) -> str:
@@ -51,7 +81,7 @@ def guess_format(filename: str, content: bytes) -> str:
     if content.startswith(b"PK"):
         try:
             names = zipfile.ZipFile(io.BytesIO(content)).namelist()
-        except zipfile.BadZipFile:
+        except Exception:  # noqa: BLE001 - a broken archive is simply not recognised
             names = []
         if "model.weights.h5" in names:
             return KERAS_ARCHIVE
@@ -107,32 +137,29 @@ def check_neutral(network: Network, weights: dict[str, np.ndarray]) -> None:
             )
 
 
-def read_npz(content: bytes, network: Network) -> dict[str, np.ndarray]:
+def read_npz(content: bytes, network: Network, *, name: str = "") -> dict[str, np.ndarray]:
     """Read a neutral .npz, checking names, shapes and dtypes from the array headers before
     anything is decompressed (a small compressed file cannot make the server allocate more
     than the model's own size)."""
     from numpy.lib import format as npy
 
-    try:
-        with zipfile.ZipFile(io.BytesIO(content)) as archive:
-            members = {n[: -len(".npy")]: n for n in archive.namelist() if n.endswith(".npy")}
-            headers = {}
-            for key, member in members.items():
-                with archive.open(member) as f:
-                    major, _ = npy.read_magic(f)
-                    read = npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0
-                    headers[key] = read(f)  # (shape, fortran_order, dtype)
-            check_fit(_neutral_expected(network), {k: h[0] for k, h in headers.items()})
-            for key, (_, _, dtype) in headers.items():
-                if dtype.kind != "f":
-                    raise InvalidInputError(f"`{key}` holds {dtype}; weights must be floats")
-            weights = {}
-            for key, member in members.items():
-                with archive.open(member) as f:
-                    weights[key] = npy.read_array(f, allow_pickle=False).astype(np.float32)
-            return weights
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise InvalidInputError(f"not a readable .npz weights file: {exc}") from None
+    with _reading(NPZ, name), zipfile.ZipFile(io.BytesIO(content)) as archive:
+        members = {n[: -len(".npy")]: n for n in archive.namelist() if n.endswith(".npy")}
+        headers = {}
+        for key, member in members.items():
+            with archive.open(member) as f:
+                major, _ = npy.read_magic(f)
+                read = npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0
+                headers[key] = read(f)  # (shape, fortran_order, dtype)
+        check_fit(_neutral_expected(network), {k: h[0] for k, h in headers.items()})
+        for key, (_, _, dtype) in headers.items():
+            if dtype.kind != "f":
+                raise InvalidInputError(f"`{key}` holds {dtype}; weights must be floats")
+        weights = {}
+        for key, member in members.items():
+            with archive.open(member) as f:
+                weights[key] = npy.read_array(f, allow_pickle=False).astype(np.float32)
+        return weights
 
 
 def to_npz(weights: dict[str, np.ndarray]) -> bytes:
@@ -141,17 +168,24 @@ def to_npz(weights: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def to_neutral(network: Network, content: bytes, fmt: str) -> dict[str, np.ndarray]:
+def to_neutral(
+    network: Network, content: bytes, fmt: str, *, name: str = ""
+) -> dict[str, np.ndarray]:
     """Read a weights file of any format into the neutral layout (names and shapes checked;
-    `BuiltModel.set_weights` checks the values when they are loaded)."""
+    `BuiltModel.set_weights` checks the values when they are loaded).
+
+    `name`: the file's name as the client gave it, for messages.
+    """
     if fmt == NPZ:
-        weights = read_npz(content, network)
+        weights = read_npz(content, network, name=name)
     elif fmt == TORCH:
-        weights = _from_torch(network, content)
+        weights = _from_torch(network, content, name)
     elif fmt in (KERAS_H5, KERAS_ARCHIVE):
-        weights = _from_keras(network, content, archive=fmt == KERAS_ARCHIVE)
+        weights = _from_keras(network, content, fmt, name)
     else:
-        raise InvalidInputError(f"unknown weights format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise InvalidInputError(
+            f"unknown weights format {excerpt(fmt)!r}; use one of {', '.join(FORMATS)}"
+        )
     return weights
 
 
@@ -161,19 +195,13 @@ def _scratch(network: Network, backend: str) -> Any:
     return get_backend(backend).build(network, seed=0, device="cpu")
 
 
-def _from_torch(network: Network, content: bytes) -> dict[str, np.ndarray]:
-    import pickle
-
+def _from_torch(network: Network, content: bytes, name: str) -> dict[str, np.ndarray]:
     import torch
 
-    try:
+    with _reading(TORCH, name, "does not load with weights_only=True"):
         state = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise InvalidInputError(
-            f"not a PyTorch state_dict that loads with weights_only=True: {exc}"
-        ) from None
     if not isinstance(state, dict):
-        raise InvalidInputError("the PyTorch file holds no state_dict (a dict of tensors)")
+        raise InvalidInputError(f"{_file_words(TORCH, name)} holds no dict of tensors")
     scratch = _scratch(network, "pytorch")
     expected = [
         (key.split(".")[1] if key.startswith("blocks.") else key, key, tuple(tensor.shape))
@@ -187,10 +215,8 @@ def _from_torch(network: Network, content: bytes) -> dict[str, np.ndarray]:
             and value.is_floating_point()
         ):
             raise InvalidInputError(f"`{key}` in the state_dict is not a dense float tensor")
-    try:
+    with _reading(TORCH, name, "does not load into the model"):
         scratch.model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise InvalidInputError(f"PyTorch could not load this state_dict: {exc}") from None
     weights: dict[str, np.ndarray] = scratch.get_weights()
     return weights
 
@@ -201,7 +227,7 @@ def _snake(name: str) -> str:
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def _h5_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+def _h5_shapes(path: Path, name: str = "") -> dict[str, tuple[int, ...]]:
     import h5py
 
     shapes: dict[str, tuple[int, ...]] = {}
@@ -213,14 +239,11 @@ def _h5_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                 raise InvalidInputError(f"`{name}` in the weights file points outside it")
             shapes[name] = tuple(obj.shape)
 
-    try:
-        with h5py.File(path, "r") as f:
-            for name, link in _links(f):
-                if not isinstance(link, h5py.HardLink):
-                    raise InvalidInputError(f"`{name}` in the weights file is a link elsewhere")
-            f.visititems(visit)
-    except (OSError, ValueError, KeyError) as exc:
-        raise InvalidInputError(f"not a readable Keras weights (HDF5) file: {exc}") from None
+    with _reading(KERAS_H5, name), h5py.File(path, "r") as f:
+        for inside, link in _links(f):
+            if not isinstance(link, h5py.HardLink):
+                raise InvalidInputError(f"`{inside}` in the weights file is a link elsewhere")
+        f.visititems(visit)
     return shapes
 
 
@@ -234,29 +257,27 @@ def _links(group: Any, prefix: str = "") -> Any:
             yield from _links(group[name], prefix + name + "/")
 
 
-def _from_keras(network: Network, content: bytes, *, archive: bool) -> dict[str, np.ndarray]:
-    scratch = _scratch(network, "tensorflow")
+def _from_keras(network: Network, content: bytes, fmt: str, name: str) -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.weights.h5"
-        if archive:
-            try:
-                with zipfile.ZipFile(io.BytesIO(content)) as z:
-                    path.write_bytes(z.read("model.weights.h5"))
-            except (zipfile.BadZipFile, KeyError):
-                raise InvalidInputError(
-                    "not a .keras archive with model.weights.h5 inside"
-                ) from None
+        if fmt == KERAS_ARCHIVE:
+            with _reading(fmt, name), zipfile.ZipFile(io.BytesIO(content)) as z:
+                if "model.weights.h5" not in z.namelist():
+                    raise InvalidInputError(
+                        f"{_file_words(fmt, name)} has no model.weights.h5 inside"
+                    )
+                path.write_bytes(z.read("model.weights.h5"))
         else:
             path.write_bytes(content)
         if not path.read_bytes()[:8] == _HDF5_MAGIC:
-            raise InvalidInputError("not an HDF5 (.weights.h5) file")
+            raise InvalidInputError(f"{_file_words(fmt, name)} is not an HDF5 file")
+        got = _h5_shapes(path, name)  # the client's file first: refused before any build
+        scratch = _scratch(network, "tensorflow")
         fresh = Path(tmp) / "fresh.weights.h5"
         scratch.model.save_weights(fresh)
-        _check_keras(network, scratch.model, _h5_shapes(fresh), _h5_shapes(path))
-        try:
+        _check_keras(network, scratch.model, _h5_shapes(fresh), got)
+        with _reading(fmt, name, "does not load into the model"):
             scratch.model.load_weights(path)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InvalidInputError(f"Keras could not load these weights: {exc}") from None
     weights: dict[str, np.ndarray] = scratch.get_weights()
     return weights
 

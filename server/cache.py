@@ -1,7 +1,11 @@
-"""The model cache: content-addressed `model_id` -> built model, LRU-bounded.
+"""The model cache: content-addressed `model_id` -> built model, LRU-bounded by count and bytes.
 
 Replicas are stateless: compiling the same source, backend and seed gives the same id and the
 same weights anywhere, so a miss is answered NOT_FOUND and the client simply resends the source.
+
+A model's bytes are its parameter bytes, known from the IR before it is built, so room is made
+(least recently used first) before a build rather than after: what the cache holds plus the
+model being built stays near the bound.
 """
 
 from __future__ import annotations
@@ -15,9 +19,25 @@ T = TypeVar("T")
 
 
 class ModelCache(Generic[T]):
-    def __init__(self, capacity: int) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        max_bytes: int | None = None,
+        size_of: Callable[[T], int] | None = None,
+    ) -> None:
+        """Args:
+        capacity: models held at most.
+        max_bytes: bytes held at most (by `size_of`); None: no bound. The newest model stays
+            even when it alone is larger.
+        size_of: the bytes of a model; without it every model counts 0.
+        """
         self._capacity = max(1, capacity)
+        self._max_bytes = max_bytes
+        self._size_of = size_of
         self._items: OrderedDict[str, T] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self._bytes = 0
         self._lock = threading.Lock()
         self._building: dict[str, threading.Lock] = {}
 
@@ -48,14 +68,37 @@ class ModelCache(Generic[T]):
                 with self._lock:
                     self._building.pop(key, None)
                 raise
+            size = self._size_of(item) if self._size_of is not None else 0
             # Publish the item and retire the key's lock in one step, so a caller arriving in
             # between can neither miss the item nor start a second build.
             with self._lock:
                 self._items[key] = item
+                self._sizes[key] = size
+                self._bytes += size
                 self._building.pop(key, None)
-                while len(self._items) > self._capacity:
-                    self._items.popitem(last=False)
+                self._evict(0, keep=1)
             return item, False
+
+    def make_room(self, nbytes: int) -> None:
+        """Drop least recently used models until one of `nbytes` more would fit (call it
+        before building one, so that the old ones can be freed first)."""
+        with self._lock:
+            self._evict(nbytes, keep=0)
+
+    def _evict(self, incoming: int, *, keep: int) -> None:
+        count = 1 if incoming else 0
+        while len(self._items) > keep and (
+            len(self._items) + count > self._capacity
+            or (self._max_bytes is not None and self._bytes + incoming > self._max_bytes)
+        ):
+            old, _ = self._items.popitem(last=False)
+            self._bytes -= self._sizes.pop(old)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the models held."""
+        with self._lock:
+            return self._bytes
 
     def __len__(self) -> int:
         with self._lock:

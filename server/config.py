@@ -19,7 +19,7 @@ class ServerConfig:
     max_source_bytes: int = 1 * MIB  # largest .neural source
     max_input_elements: int = 16 * MIB  # elements of one input tensor
     max_sequence_length: int = 8192
-    max_attention_elements: int = 256 * MIB  # elements of all attention one request may produce
+    max_attention_elements: int = 256 * MIB  # elements of one attention layer (extract, Analyze)
     max_activation_elements: int = 256 * MIB  # elements of the largest tensor of a pass
     default_chunk_bytes: int = 1 * MIB
     max_chunk_bytes: int = 4 * MIB - 64 * 1024  # stays under gRPC's default 4 MiB message cap
@@ -37,3 +37,6 @@ class ServerConfig:
     # Connections are closed (GOAWAY) after this long so clients re-resolve and rebalance; the
     # calls on them finish first. 0: never.
     max_connection_age_ms: int = 300_000
+    # Bytes of models the cache keeps (their float32 parameters; least recently used go first);
+    # the default holds the largest model max_parameters allows.
+    max_cache_bytes: int = 2048 * MIB

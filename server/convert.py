@@ -12,7 +12,7 @@ from neural_attn.backends import info, weight_files
 from neural_attn.backends.base import BACKENDS, input_forms
 from neural_attn.backends.streaming import Reduction
 from neural_attn.dsl.ir import Network
-from neural_attn.errors import InvalidInputError, ResourceLimitError
+from neural_attn.errors import InvalidInputError, ResourceLimitError, excerpt
 from neural_attn.server.config import ServerConfig
 from neural_attn.server.engine import CompiledModel
 from neural_attn.v1 import attention_pb2 as pb
@@ -230,44 +230,83 @@ def chunks(
         yield chunk
 
 
+# Rows of one block of the row-sum check: the float64 sums of a block are the extra memory.
+_CHECK_BLOCK_ELEMENTS = 1 << 22
+
+
 def attention_set(message: pb.AttentionSet, *, max_elements: int) -> dict[str, np.ndarray]:
-    """Decode caller-sent attention, checking sizes before decoding."""
-    out: dict[str, np.ndarray] = {}
-    total = 0
+    """Caller-sent attention as read-only arrays over the request's bytes, layer name ->
+    (batch, heads, query, key); each layer's size is checked before anything is decoded.
+
+    `max_elements` bounds one layer, as in an extraction (a pass holds one layer at a time,
+    and Analyze reads one layer at a time); all of them together are bounded by the
+    request's size (max_message_bytes).
+    """
     for named in message.layers:
         if not named.name:
             raise InvalidInputError("every attention tensor needs a layer name")
-        if named.name in out:
-            raise InvalidInputError(f"layer `{named.name}` is sent twice")
-        total += wire.element_count(named.tensor)
-        if total > max_elements:
+        size = wire.element_count(named.tensor)
+        if size > max_elements:
             raise ResourceLimitError(
-                f"the attention sent has over {max_elements} values; send fewer layers or items"
+                f"the attention sent for `{excerpt(named.name)}` has {size:,} values; this "
+                f"server analyses layers of at most {max_elements:,} (max_attention_elements)"
             )
-        array = wire.from_proto(named.tensor)
-        if array.ndim != 4:
+    out: dict[str, np.ndarray] = {}
+    for named in message.layers:
+        if named.name in out:
+            raise InvalidInputError(f"layer `{excerpt(named.name)}` is sent twice")
+        dt = wire.numpy_dtype(named.tensor.dtype)
+        if dt.kind != "f":
             raise InvalidInputError(
-                f"attention for `{named.name}` must have shape (batch, heads, query, key); "
-                f"got {tuple(array.shape)}"
+                f"attention for `{excerpt(named.name)}` is {dt.name}; send probabilities as "
+                "float32, float16 or float64"
             )
-        rows = array.astype(np.float64).sum(axis=-1)
-        # rows of probabilities sum to 1 (0 for a query with every key masked)
-        tolerance = 1e-2 if array.dtype == np.float16 else 1e-3
-        if not np.all((np.abs(rows - 1.0) <= tolerance) | (rows == 0.0)):
+        shape = tuple(named.tensor.shape)
+        if len(shape) != 4:
             raise InvalidInputError(
-                f"attention for `{named.name}` is not softmax probabilities: its rows must sum "
-                "to 1 (or be all 0 where every key is masked)"
+                f"attention for `{excerpt(named.name)}` must have shape (batch, heads, query, "
+                f"key); got {shape[:8]}"
             )
+        want = wire.expected_nbytes(named.tensor)
+        content = named.tensor.content  # each read of a bytes field is a copy: read it once
+        if len(content) != want:
+            raise InvalidInputError(
+                f"tensor of shape {list(shape)} and dtype {dt.name} needs {want} bytes of "
+                f"content; got {len(content)}"
+            )
+        if 0 in shape:
+            raise InvalidInputError(
+                f"attention for `{excerpt(named.name)}` has an empty axis: shape {shape}"
+            )
+        array = np.frombuffer(content, dtype=dt).reshape(shape)
+        _check_rows(named.name, array)
         out[named.name] = array
     if not out:
         raise InvalidInputError("no attention tensors were sent")
     return out
 
 
+def _check_rows(name: str, array: np.ndarray) -> None:
+    """Rows of probabilities sum to 1 (0 for a query with every key masked); summed in float64
+    a block of rows at a time, so the check costs a block's sums, not a float64 copy."""
+    keys = array.shape[-1]
+    rows = array.reshape(-1, keys)
+    block = max(1, _CHECK_BLOCK_ELEMENTS // keys)
+    tolerance = 1e-2 if array.dtype == np.float16 else 1e-3
+    for start in range(0, rows.shape[0], block):
+        sums = rows[start : start + block].sum(axis=-1, dtype=np.float64)
+        if not np.all((np.abs(sums - 1.0) <= tolerance) | (sums == 0.0)):
+            raise InvalidInputError(
+                f"attention for `{excerpt(name)}` is not softmax probabilities: its rows must "
+                "sum to 1 (or be all 0 where every key is masked)"
+            )
+
+
 def analyze_response(
     summary: dict[str, Any], *, model_id: str = "", first_head: int = 0
 ) -> pb.AnalyzeResponse:
-    """Turn `analysis.summarize_layers` output into the response message.
+    """Turn `analysis.summarize_layers` output into the response message (the rollout is
+    taken out of `summary`, so that it can be freed early).
 
     `first_head`: the model's index of the first head analysed (when one head was chosen).
     """
@@ -301,6 +340,19 @@ def analyze_response(
             )
         )
     response = pb.AnalyzeResponse(model_id=model_id, layers=layers)
-    if summary.get("rollout") is not None:
-        response.rollout.CopyFrom(wire.to_proto(np.asarray(summary["rollout"], dtype=np.float32)))
+    rollout = summary.pop("rollout", None)
+    if rollout is not None:
+        # To float32 bytes a block of rows at a time, and the float64 matrix let go before the
+        # message copies them: a rollout costs its float64 size at most, once.
+        matrix = np.asarray(rollout)
+        del rollout
+        shape = [int(n) for n in matrix.shape]
+        rows = max(1, _CHECK_BLOCK_ELEMENTS // max(1, shape[-1]))
+        content = b"".join(
+            matrix[i : i + rows].astype("<f4").tobytes() for i in range(0, shape[0], rows)
+        )
+        del matrix
+        response.rollout.dtype = pb.FLOAT32
+        response.rollout.shape.extend(shape)
+        response.rollout.content = content
     return response

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from neural_attn.backends.base import BuiltModel, get_backend, prepare_input, sample_input
+from neural_attn.backends.base import (
+    BuiltModel,
+    get_backend,
+    prepare_input,
+    sample_input,
+    sample_shape,
+)
 from neural_attn.backends.streaming import POOL_MODES, Reduction
 from neural_attn.backends.weight_files import to_neutral, to_npz
 from neural_attn.backends.weights import parameter_count
@@ -37,6 +43,7 @@ class WeightsInput:
 
     content: bytes
     format: str
+    name: str = ""  # the file's name as the client gave it, for messages
 
     @property
     def sha256(self) -> str:
@@ -50,6 +57,11 @@ class CompiledModel:
     model: BuiltModel
     seed: int
     weights_sha256: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        """What the model holds, as the cache counts it: its parameters in float32."""
+        return parameter_bytes(self.network)
 
     def code(self, filename: str | None = None) -> str:
         """The generated code, its header naming `filename` (the model id ignores file names)."""
@@ -82,6 +94,11 @@ def attention_length(layer: Layer, seq: int) -> int:
     """The sequence length an attention layer sees (layers before it may have changed it)."""
     known = layer.input_shape[0] if layer.input_shape else None
     return seq if known is None else int(known)
+
+
+def parameter_bytes(network: Network) -> int:
+    """The bytes of a network's parameters (float32), known from the IR before it is built."""
+    return 4 * parameter_count(network)
 
 
 def model_id_for(network: Network, *, backend: str, seed: int, weights_sha256: str = "") -> str:
@@ -129,7 +146,11 @@ def peak_activation(net: Network, seq: int) -> tuple[int, str]:
 class Engine:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.cache: ModelCache[CompiledModel] = ModelCache(config.max_cached_models)
+        self.cache: ModelCache[CompiledModel] = ModelCache(
+            config.max_cached_models,
+            max_bytes=config.max_cache_bytes,
+            size_of=lambda entry: entry.nbytes,
+        )
 
     def compile(
         self,
@@ -160,7 +181,13 @@ class Engine:
         model_id = model_id_for(net, backend=backend, seed=seed, weights_sha256=digest)
 
         def build() -> CompiledModel:
-            trained = to_neutral(net, weights.content, weights.format) if weights else None
+            # Room first: the models this one evicts can be freed before it is built.
+            self.cache.make_room(parameter_bytes(net))
+            trained = (
+                to_neutral(net, weights.content, weights.format, name=weights.name)
+                if weights
+                else None
+            )
             model = impl.build(net, seed=seed, device=self.config.device)
             if trained is not None:
                 model.set_weights(trained)
@@ -169,11 +196,50 @@ class Engine:
         return self.cache.get_or_build(model_id, build)
 
     def _check_size(self, net: Network) -> None:
+        """Refuse, from the IR alone, a network whose build would be over the limits: its
+        parameters, and the pass of one short sample some backends run to build it."""
         count = parameter_count(net)
         if count > self.config.max_parameters:
             raise ResourceLimitError(
                 f"network `{net.name}` has {count:,} parameters; this server builds at most "
                 f"{self.config.max_parameters:,}"
+            )
+        shape, _ = sample_shape(net, length=2)  # TensorFlow builds with a length-2 sample
+        self._check_input(net, shape)
+        self._check_pass(net, batch=1, seq=shape[1] if len(shape) > 1 else 1)
+
+    def _check_input(self, net: Network, shape: tuple[int, ...]) -> None:
+        size = math.prod(shape)
+        if size > self.config.max_input_elements:
+            dims = ", ".join(str(d) for d in net.input_shape)
+            raise ResourceLimitError(
+                f"network `{net.name}` takes {size:,} values per item (`input: ({dims})`); "
+                f"this server accepts inputs of at most {self.config.max_input_elements:,}"
+            )
+
+    def _check_pass(self, net: Network, *, batch: int, seq: int) -> None:
+        """Refuse a pass of `batch` items of length `seq` whose largest tensors would be over
+        the limits: one attention layer (a pass holds one at a time, every layer is computed,
+        requested or not) and the widest activation."""
+        attention = [layer for _, layer in net.attention_sites]
+        if attention:
+            largest = max(
+                batch * int(layer["num_heads"]) * attention_length(layer, seq) ** 2
+                for layer in attention
+            )
+            if largest > self.config.max_attention_elements:
+                raise ResourceLimitError(
+                    f"one attention layer of this request would hold {largest:,} values (batch "
+                    f"{batch}, sequence {seq}); the limit is "
+                    f"{self.config.max_attention_elements:,}: send a shorter sequence or fewer "
+                    "items"
+                )
+        widest, layer_name = peak_activation(net, seq)
+        if batch * widest > self.config.max_activation_elements:
+            raise ResourceLimitError(
+                f"this request would need {batch * widest:,} values at once in `{layer_name}` "
+                f"(batch {batch}, sequence {seq}); the limit is "
+                f"{self.config.max_activation_elements:,}: send a shorter sequence or fewer items"
             )
 
     def weights_file(self, relative: str) -> bytes:
@@ -211,7 +277,7 @@ class Engine:
 
     def export_weights(self, entry: CompiledModel) -> bytes:
         """The model's weights as a neutral .npz; refused when it could not be sent."""
-        size = 4 * parameter_count(entry.network)  # float32
+        size = parameter_bytes(entry.network)
         if size > self.config.max_message_bytes - 1024 * 1024:
             raise ResourceLimitError(
                 f"the weights of `{entry.network.name}` take {size:,} bytes, more than this "
@@ -265,13 +331,17 @@ class Engine:
                     f"sequence_length {sequence_length} is over this server's limit of "
                     f"{self.config.max_sequence_length}"
                 )
-            data = sample_input(net, seed=entry.seed, length=sequence_length or None)
-        prepare_input(net, data)  # shape, dtype and range errors name the forms that would work
-        batch, seq = int(data.shape[0]), int(data.shape[1])
+            # Every limit is checked from the sample's shape before the sample is made.
+            shape, _ = sample_shape(net, length=sequence_length or None)
+            self._check_input(net, shape)
+        else:
+            prepare_input(net, data)  # shape, dtype and range errors name the forms that work
+            shape = tuple(int(d) for d in data.shape)
+        batch, seq = shape[0], shape[1]
         if seq > self.config.max_sequence_length:
             raise ResourceLimitError(
-                f"sequence length {seq} is over this server's limit of "
-                f"{self.config.max_sequence_length}"
+                f"sequence length {seq:,} is over this server's limit of "
+                f"{self.config.max_sequence_length:,}"
             )
 
         for _, layer in chosen:
@@ -281,24 +351,9 @@ class Engine:
                     f"head {head} does not exist in `{layer.name}`, which has {heads} heads "
                     f"(0..{heads - 1})"
                 )
-        # A pass holds one attention layer at a time (every layer is computed, requested or not).
-        largest = max(
-            batch * int(layer["num_heads"]) * attention_length(layer, seq) ** 2
-            for _, layer in attention
-        )
-        if largest > self.config.max_attention_elements:
-            raise ResourceLimitError(
-                f"one attention layer of this request would hold {largest:,} values (batch "
-                f"{batch}, sequence {seq}); the limit is {self.config.max_attention_elements:,}: "
-                "send a shorter sequence or fewer items"
-            )
-        widest, layer_name = peak_activation(net, seq)
-        if batch * widest > self.config.max_activation_elements:
-            raise ResourceLimitError(
-                f"this request would need {batch * widest:,} values at once in `{layer_name}` "
-                f"(batch {batch}, sequence {seq}); the limit is "
-                f"{self.config.max_activation_elements:,}: send a shorter sequence or fewer items"
-            )
+        self._check_pass(net, batch=batch, seq=seq)
+        if data is None:
+            data = sample_input(net, seed=entry.seed, length=sequence_length or None)
         reduction = Reduction(
             head=head,
             query=window[0] if window else None,

@@ -3,13 +3,15 @@ here: errors are raised and the interceptor turns them into statuses."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
+import numpy as np
 
 from neural_attn import wire
-from neural_attn.analysis import Rollout, layer_metrics, summarize_layers
+from neural_attn.analysis import Rollout, layer_metrics
+from neural_attn.backends.base import stopped
 from neural_attn.backends.weight_files import guess_format
 from neural_attn.errors import InvalidInputError, ModelNotFoundError, ResourceLimitError
 from neural_attn.server import convert
@@ -22,6 +24,19 @@ from neural_attn.v1 import attention_pb2_grpc as pb_grpc
 def _stopper(context: grpc.ServicerContext) -> Callable[[], bool]:
     """Asked between layers: a cancelled call or a passed deadline stops the work."""
     return lambda: not context.is_active()
+
+
+def _metrics(layers: Mapping[str, np.ndarray], context: grpc.ServicerContext) -> dict[str, Any]:
+    """Metrics of each layer and the rollout, one layer at a time (blocks of rows inside);
+    a cancelled call or a passed deadline stops between layers."""
+    metrics: dict[str, Any] = {}
+    rollout = Rollout()
+    for name, attention in layers.items():
+        if not context.is_active():
+            raise stopped()
+        metrics[name] = layer_metrics(attention)
+        rollout.add(attention)
+    return {"layers": metrics, "rollout": rollout.result()}
 
 
 class AttentionServicer(pb_grpc.AttentionServiceServicer):
@@ -51,7 +66,7 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
         else:
             raise InvalidInputError("weights need either content or a path")
         fmt = convert.weights_format(weights.format) or guess_format(name, content)
-        return WeightsInput(content, fmt)
+        return WeightsInput(content, fmt, name)
 
     def _resolve(self, request: pb.ExtractRequest) -> CompiledModel:
         which = request.WhichOneof("model")
@@ -135,10 +150,14 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
     ) -> pb.AnalyzeResponse:
         which = request.WhichOneof("source")
         if which == "attention":
+            # Arrays over the request's bytes, checked; metrics and rollout read one layer at
+            # a time in blocks of rows, so the work costs about the rollout, not copies.
             arrays = convert.attention_set(
                 request.attention, max_elements=self.config.max_attention_elements
             )
-            return convert.analyze_response(summarize_layers(arrays))
+            summary = _metrics(arrays, context)
+            del arrays  # the tensors' bytes can go before the response is made
+            return convert.analyze_response(summary)
         if which == "extract":
             if request.extract.HasField("window") or request.extract.HasField("pooling"):
                 raise InvalidInputError(
