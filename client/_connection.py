@@ -14,7 +14,7 @@ import ipaddress
 import json
 import os
 import socket
-import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -185,31 +185,41 @@ def read_token_file(path: str | os.PathLike[str]) -> str:
 
 
 class Readiness:
-    """Whether the channel is READY, kept current by a connectivity subscription."""
+    """Waits, in the calling thread, until the channel is READY (or gives up).
+
+    grpc's public `subscribe`/`channel_ready_future` run a polling thread that raises into
+    stderr when the channel is closed under it, so this watches the core channel's state
+    directly; a channel without one (an intercepted channel) is not gated: its calls still wait
+    for readiness within their deadline.
+    """
+
+    _READY = 2  # grpc_connectivity_state READY
 
     def __init__(self, channel: grpc.Channel, target: str) -> None:
-        self._channel = channel
+        self._core = getattr(channel, "_channel", None)
+        if not all(
+            hasattr(self._core, name)
+            for name in ("check_connectivity_state", "watch_connectivity_state")
+        ):
+            self._core = None
         self._target = target
-        self._ready = threading.Event()
-        channel.subscribe(self._on_state, try_to_connect=False)
-
-    def _on_state(self, state: grpc.ChannelConnectivity) -> None:
-        if state == grpc.ChannelConnectivity.READY:
-            self._ready.set()
-        else:
-            self._ready.clear()
 
     def wait(self, timeout: float) -> None:
         """Return once the channel is ready; ServerUnavailableError after `timeout` s."""
-        if self._ready.is_set():
+        core = self._core
+        if core is None:
             return
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise ServerUnavailableError(
-                f"no neural-attn server answered at {self._target} within {timeout:g} s: is it "
-                "running, is the address right, do the TLS settings match the server's?"
-            ) from None
+        state = core.check_connectivity_state(True)
+        deadline = time.monotonic() + timeout
+        while state != self._READY:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServerUnavailableError(
+                    f"no neural-attn server answered at {self._target} within {timeout:g} s: is "
+                    "it running, is the address right, do the TLS settings match the server's?"
+                )
+            core.watch_connectivity_state(state, time.time() + min(left, 0.5))
+            state = core.check_connectivity_state(True)
 
     def close(self) -> None:
-        self._channel.unsubscribe(self._on_state)
+        self._core = None
