@@ -32,6 +32,7 @@ from neural_attn.errors import (
     LayerNotFoundError,
     NoAttentionLayersError,
     ResourceLimitError,
+    excerpt,
 )
 from neural_attn.server.cache import ModelCache
 from neural_attn.server.config import ServerConfig
@@ -257,20 +258,20 @@ class Engine:
             is_file = inside and path.is_file()
         except (OSError, ValueError) as exc:  # NUL bytes, names too long
             raise InvalidInputError(
-                f"weights path {relative[:200]!r} is not usable: {exc}"
+                f"weights path {excerpt(relative)!r} is not usable: {excerpt(str(exc), 200)}"
             ) from None
         if not inside:
             raise InvalidInputError(
-                f"weights path {relative!r} is outside the server's weights directory"
+                f"weights path {excerpt(relative)!r} is outside the server's weights directory"
             )
         if not is_file:
             raise InvalidInputError(
-                f"no weights file {relative!r} in the server's weights directory"
+                f"no weights file {excerpt(relative)!r} in the server's weights directory"
             )
         size = path.stat().st_size
         if size > self.config.max_weights_bytes:
             raise ResourceLimitError(
-                f"weights file {relative!r} is {size} bytes; the limit is "
+                f"weights file {excerpt(relative)!r} is {size} bytes; the limit is "
                 f"{self.config.max_weights_bytes}"
             )
         return path.read_bytes()

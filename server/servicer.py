@@ -13,7 +13,12 @@ from neural_attn import wire
 from neural_attn.analysis import Rollout, layer_metrics
 from neural_attn.backends.base import stopped
 from neural_attn.backends.weight_files import guess_format
-from neural_attn.errors import InvalidInputError, ModelNotFoundError, ResourceLimitError
+from neural_attn.errors import (
+    InvalidInputError,
+    ModelNotFoundError,
+    ResourceLimitError,
+    excerpt,
+)
 from neural_attn.server import convert
 from neural_attn.server.analyses import HeadAnalyses
 from neural_attn.server.engine import CompiledModel, Engine, ExtractPlan, WeightsInput
@@ -74,7 +79,8 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
             entry = self.engine.lookup(request.model_id)
             if entry is None:
                 raise ModelNotFoundError(
-                    f"model {request.model_id!r} is not held by this server; send the source "
+                    f"model {excerpt(request.model_id)!r} is not held by this server; send the "
+                    "source "
                     "again (an inline compile request) and any replica will serve it"
                 )
             return entry
