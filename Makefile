@@ -13,8 +13,19 @@ $(PY):
 setup: $(PY)
 	$(PY) -m pip install -q -e ".[server,dev]"
 
+# Two trained toy models on one sentence: a previous-token and a first-token head
+# (attention_outputs/), an anti-diagonal one (attention_outputs/reverse/), and one picture of the
+# three (attention_outputs/demo_heads.png, the README's).
+DEMO_DIR := examples/attention_examples
+DEMO_TEXT ?= the cat sat on the mat and the dog ran away .
+DEMO_ARGS = --attention --backend pytorch --vocab $(DEMO_DIR)/toy_vocab.txt --text "$(DEMO_TEXT)"
 demo: setup
-	$(VENV)/bin/neural-attn-client visualize examples/attention_examples/basic_transformer.neural --attention --output-dir attention_outputs
+	$(VENV)/bin/neural-attn-client visualize $(DEMO_DIR)/trained/previous_and_first.neural \
+		--weights $(DEMO_DIR)/trained/previous_and_first.npz $(DEMO_ARGS) \
+		--figure-format png,svg --output-dir attention_outputs
+	$(VENV)/bin/neural-attn-client visualize $(DEMO_DIR)/trained/reverse.neural \
+		--weights $(DEMO_DIR)/trained/reverse.npz $(DEMO_ARGS) --output-dir attention_outputs/reverse
+	$(PY) $(DEMO_DIR)/demo_figure.py attention_outputs
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

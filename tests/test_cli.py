@@ -186,3 +186,124 @@ def test_export_weights_then_view_them_in_the_other_backend(tmp_path, client):
     blob = re.search(r'id="attention-data">(.*?)</script>', page, re.S)
     assert blob is not None and json.loads(blob.group(1))["batch_index"] == 1
     assert re.search(r"item 1 (—|\\u2014) transformer_encoder_0", page)  # the item picker
+
+
+# --- the demo: trained toy models, text in, every figure format, the console ----------------
+
+TRAINED = EXAMPLES / "trained"
+DEMO_TEXT = "the cat sat on the mat and the dog ran away ."
+DEMO_TOKENS = DEMO_TEXT.split()
+PAGE_BUDGET = 2 * 1024 * 1024  # the demo's page, plotly.js included (README)
+
+
+def _demo_args(model: str) -> list[str]:
+    """What `make demo` passes (Makefile's DEMO_ARGS) for one trained model."""
+    return [
+        "visualize",
+        str(TRAINED / f"{model}.neural"),
+        "--weights",
+        str(TRAINED / f"{model}.npz"),
+        "--attention",
+        "--backend",
+        "pytorch",
+        "--vocab",
+        str(EXAMPLES / "toy_vocab.txt"),
+        "--text",
+        DEMO_TEXT,
+    ]
+
+
+@pytest.mark.slow
+def test_demo_shows_the_trained_heads_with_token_labels_in_every_format(tmp_path):
+    out = tmp_path / "out"
+    result = _run(
+        *_demo_args("previous_and_first"),
+        "--figure-format",
+        "png,svg",
+        "--figure-format",
+        "pdf",
+        "--dpi",
+        "120",
+        "--format",
+        "json",
+        "--output-dir",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # stdout is one JSON document
+    assert report["tokens"] == DEMO_TOKENS
+    layer = report["layers"]["multi_head_attention_0"]
+    # The trained heads: one attends to the first token, one to the previous token.
+    assert sorted(layer["pattern_per_head"]) == ["local", "prefix_suffix"]
+    # The progress bar counted bytes and layers on stderr.
+    assert "attention for display" in result.stderr and "layers 1/1" in result.stderr
+    assert re.search(r"\d(\.\d+)?k?B", result.stderr)
+
+    page = (out / "attention_interactive.html").read_text()
+    assert len(page.encode()) < PAGE_BUDGET
+    data = json.loads(re.search(r'id="attention-data">(.*?)</script>', page, re.S).group(1))
+    assert data["tokens"] == DEMO_TOKENS
+    (entry,) = data["layers"]
+    assert entry["x"][:3] == ["the (0)", "cat", "sat"]  # repeated tokens keep their position
+    assert sorted(entry["metrics"]["pattern"]) == ["local", "prefix_suffix"]
+    assert data["rollout"]["display_shape"] == [12, 12]
+
+    for stem, panels in (("attention_heatmap", 1), ("attention_heads_multi_head_attention_0", 2)):
+        with Image.open(out / f"{stem}.png") as image:
+            assert image.info["dpi"][0] == pytest.approx(120, abs=1)
+        _png_is_a_picture(out / f"{stem}.png")
+        svg = (out / f"{stem}.svg").read_text()
+        assert len(re.findall(r'<image\b[^>]*id="heatmap-', svg)) == panels
+        assert ">sat<" in svg or "sat" in svg
+        assert (out / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
+    if shutil.which("pdfinfo"):
+        info = subprocess.run(
+            ["pdfinfo", str(out / "attention_figures.pdf")], capture_output=True, text=True
+        )
+        assert re.search(r"^Pages:\s+2$", info.stdout, re.M)  # the heatmap and one head grid
+
+
+@pytest.mark.slow
+def test_demo_anti_diagonal_quietly_as_a_table(tmp_path):
+    result = _run(
+        *_demo_args("reverse"), "--quiet", "--output-dir", str(tmp_path / "o"), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # --quiet: no progress lines, no bar
+    assert "Found 1 attention layer" in result.stdout
+    assert re.search(r"^\s+[01]\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+sparse$", result.stdout, re.M)
+    with np.load(tmp_path / "o" / "attention_weights.npz") as npz:
+        attention = npz["multi_head_attention_0"][0]
+    # The anti-diagonal: query i looks at key n-1-i.
+    best = attention.max(axis=0).argmax(axis=-1)
+    assert (best == np.arange(12)[::-1]).mean() >= 0.9
+
+
+def test_text_needs_known_ids_and_the_layer_table_stays(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[UNK]", *[f"w{i}" for i in range(15)], "zebra"]) + "\n")
+    model = str(TRAINED / "previous_token.neural")
+    refused = _run(
+        "visualize",
+        model,
+        "--attention",
+        "--backend",
+        "pytorch",
+        "--vocab",
+        str(vocab),
+        "--text",
+        "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 zebra",
+        "--quiet",
+        cwd=tmp_path,
+    )
+    assert refused.returncode == 1
+    assert "token 'zebra' has id 16 but `embedding_0` takes ids in [0, 16)" in refused.stderr
+    table = _run("visualize", model, "--backend", "pytorch", "--quiet", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"multi_head_attention_0\s+MultiHeadAttention.*\[attention\]", table.stdout)
+    as_json = _run(
+        "visualize", model, "--backend", "pytorch", "--quiet", "--format", "json", cwd=tmp_path
+    )
+    layers = json.loads(as_json.stdout)["layers"]
+    assert [la["name"] for la in layers if la["attention"]] == ["multi_head_attention_0"]
