@@ -43,8 +43,15 @@ def test_wire_contract_names():
         "Analyze",
         "ExportWeights",
         "GetServerInfo",
+        "AnalyzeHeads",
+        "HeadSimilarity",
+        "AblateHeads",
+        "ProfileHeads",
+        "CompareCheckpoints",
     }
     assert methods["ExtractAttention"].server_streaming
+    assert methods["AblateHeads"].server_streaming  # progress, then the result
+    assert methods["ProfileHeads"].client_streaming and methods["ProfileHeads"].server_streaming
     assert not methods["Compile"].server_streaming
     tensor = pb.Tensor.DESCRIPTOR.fields_by_name
     assert tensor["content"].type == tensor["content"].TYPE_BYTES  # raw bytes, never floats
