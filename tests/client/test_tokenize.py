@@ -64,3 +64,30 @@ def test_the_embedding_range_is_read_from_the_input_spec() -> None:
     described = ["token ids in [0, 16) through `embedding_0`", "already-embedded features"]
     assert embedding_range(described) == (16, "embedding_0")
     assert embedding_range(["features (batch, seq, 64)"]) is None
+
+
+@pytest.mark.slow
+def test_the_sdk_takes_text_and_shows_the_result_inline(client, tmp_path: Path) -> None:
+    from neural_attn.client import AttentionVisualizer
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "attention_examples"
+    viz = AttentionVisualizer(
+        examples / "trained" / "previous_token.neural",
+        "pytorch",
+        client=client,
+        weights=examples / "trained" / "previous_token.npz",
+    )
+    text = "the cat sat on the mat and the dog ran away ."
+    result = viz.visualize(None, text=text, tokenize=examples / "toy_vocab.txt")
+    assert result["tokens"] == text.split()
+    (attention,) = result["attention_weights"].values()
+    assert attention.shape == (1, 2, 12, 12)
+    assert result._repr_png_().startswith(b"\x89PNG")
+    page = result._repr_html_()
+    assert page.startswith("<iframe srcdoc=") and "mat" in page
+    with pytest.raises(InvalidInputError, match="not both"):
+        viz.visualize(np.zeros((1, 12), np.int64), text=text, tokenize=examples / "toy_vocab.txt")
+    with pytest.raises(InvalidInputError, match="does not start with an Embedding"):
+        AttentionVisualizer(
+            examples / "basic_transformer.neural", "pytorch", client=client
+        ).visualize(None, text=text, tokenize=examples / "toy_vocab.txt")
