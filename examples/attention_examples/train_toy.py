@@ -74,7 +74,9 @@ def load_generated(code: str) -> types.ModuleType:
     return module
 
 
-def train(client: AttentionClient, task: str, *, seed: int, steps: int) -> dict[str, float]:
+def train(
+    client: AttentionClient, task: str, *, seed: int, steps: int, output_dir: Path = HERE
+) -> dict[str, float]:
     path = HERE / f"{task}.neural"
     source = path.read_text(encoding="utf-8")
     compiled = client.compile(source, filename=path.name, backend="pytorch", seed=seed)
@@ -111,7 +113,7 @@ def train(client: AttentionClient, task: str, *, seed: int, steps: int) -> dict[
         weights=state.getvalue(),
         weights_format="torch",
     )
-    (HERE / f"{task}.npz").write_bytes(neutral)
+    (output_dir / f"{task}.npz").write_bytes(neutral)
     return {"seconds": seconds, "loss": float(loss.detach()), "accuracy": accuracy}
 
 
@@ -120,16 +122,23 @@ def main() -> None:
     parser.add_argument("--task", choices=TASKS, action="append", help="default: all three")
     parser.add_argument("--server", help="host:port of a neural-attn server (default: embedded)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", type=Path, default=HERE, help="where the .npz go")
     parser.add_argument("--steps", type=int, help="Adam steps (default: per task, STEPS)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the budget is 2 cores for everything
     total = time.perf_counter()
     with AttentionClient(args.server or embedded_target(), timeout=300) as client:
         for task in args.task or TASKS:
-            r = train(client, task, seed=args.seed, steps=args.steps or STEPS[task])
+            r = train(
+                client,
+                task,
+                seed=args.seed,
+                steps=args.steps or STEPS[task],
+                output_dir=args.output_dir,
+            )
             print(
                 f"{task:<18} {r['seconds']:5.1f} s  loss {r['loss']:.4f}  "
-                f"accuracy {r['accuracy']:.3f}  -> trained/{task}.npz"
+                f"accuracy {r['accuracy']:.3f}  -> {args.output_dir / task}.npz"
             )
     print(f"total {time.perf_counter() - total:.1f} s (server start and export included)")
 
