@@ -157,11 +157,17 @@ def _converter(kind: Any) -> tuple[Any, bool]:
     return parse, True
 
 
-_METAVARS = {_int: "N", float: "SECONDS"}
+def _metavar(s: Setting) -> str:
+    if s.field.endswith(("_dir", "_cert", "_key", "_ca", "_file")):
+        return "PATH"
+    names = {int: "N", float: "SECONDS", bool: "BOOL"}
+    args = typing.get_args(s.kind) or (s.kind,)
+    return next((names[a] for a in args if a in names), "TEXT")
 
 
 def _default(s: Setting) -> Any:
-    return next(f.default for f in dataclasses.fields(s.owner) if f.name == s.field)
+    value = next(f.default for f in dataclasses.fields(s.owner) if f.name == s.field)
+    return "none" if value is None else value
 
 
 def _parser(items: list[Setting]) -> argparse.ArgumentParser:
@@ -175,7 +181,9 @@ def _parser(items: list[Setting]) -> argparse.ArgumentParser:
     for s in items:
         parse, _ = _converter(s.kind)
         if s.field == "auth_token":
-            p.add_argument(*s.flags, dest="token_file", default=argparse.SUPPRESS, help=s.help)
+            p.add_argument(
+                *s.flags, dest="token_file", metavar="PATH", default=argparse.SUPPRESS, help=s.help
+            )
             continue
         p.add_argument(
             *s.flags,
@@ -183,8 +191,10 @@ def _parser(items: list[Setting]) -> argparse.ArgumentParser:
             type=parse,
             choices=s.choices,
             default=argparse.SUPPRESS,
-            metavar=None if s.choices else _METAVARS.get(_converter(s.kind)[0], "TEXT"),
-            help=f"{s.help} (${s.env}; default: {_default(s)})",
+            metavar=None if s.choices else _metavar(s),
+            help=f"{s.help} (${s.env})"
+            if "default:" in s.help
+            else f"{s.help} (${s.env}; default: {_default(s)})",
         )
     p.add_argument(
         "--token",
@@ -294,18 +304,21 @@ def choose_host(config: ServerConfig, run: RunOptions) -> tuple[str, list[str]]:
 
 
 class _Stopper:
-    """SIGTERM/SIGINT: the first starts the drain, a second cuts it short."""
+    """SIGTERM/SIGINT: the first starts the drain, a second cuts it short.
+
+    The handler only sets events (logging from a signal handler can deadlock on its lock).
+    """
 
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.hurry = threading.Event()
+        self.signal_name = ""
 
     def __call__(self, signum: int, _frame: Any) -> None:
         if self.stop.is_set():
-            log.warning("second %s: cutting the drain short", signal.Signals(signum).name)
             self.hurry.set()
         else:
-            log.info("%s: draining", signal.Signals(signum).name)
+            self.signal_name = signal.Signals(signum).name
             self.stop.set()
 
 
@@ -355,7 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     while not stopper.stop.wait(0.5):
         pass
-    log.info("health NOT_SERVING, refusing new calls; in-flight calls get %.0f s", run.grace)
+    log.info(
+        "%s: health NOT_SERVING, refusing new calls; in-flight calls get %g s (a second signal "
+        "cuts them now)",
+        stopper.signal_name,
+        run.grace,
+    )
     cut = app.drain(run.grace, give_up=stopper.hurry.is_set)
     if cut:
         for call in cut:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -119,3 +120,16 @@ def test_a_client_that_called_during_an_outage_succeeds_once_the_server_is_back(
     waiting.close()
     restarted.terminate()
     assert restarted.wait(30) == 0
+
+
+@pytest.mark.slow
+def test_connections_are_recycled_after_max_connection_age(start_server):
+    """GOAWAY after --max-connection-age-ms: the client reconnects and no call fails."""
+    server = start_server("--port", "0", "--max-connection-age-ms", "300").wait_serving()
+    with AttentionClient(server.target, timeout=60) as client:
+        model = client.compile(SMALL, backend="pytorch")
+        for _ in range(12):
+            assert dict(client.extract_attention(model))
+            time.sleep(0.1)
+    peers = set(re.findall(r"rpc=\w+ code=OK .* peer=(\S+)", server.log()))
+    assert len(peers) > 1, f"one connection served every call: {peers}"
