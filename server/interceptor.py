@@ -101,7 +101,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def _abort(self, context: grpc.ServicerContext, exc: Exception, call: Call) -> None:
         if not isinstance(exc, NeuralAttnError):
-            if context.code() is not None:  # type: ignore[attr-defined]
+            if context.code() is not None:
                 raise exc  # context.abort was already called; its status stands
             log.exception("internal error while serving request %s", call.request_id)
             exc_kind, status, message = (
