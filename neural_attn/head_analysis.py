@@ -43,6 +43,7 @@ __all__ = [
     "compare_layer",
     "head_distance",
     "js_divergence",
+    "mask_heads",
     "masked_layer_metrics",
     "per_item_metrics",
     "redundant_groups",
@@ -327,7 +328,7 @@ def head_distance(a: np.ndarray, b: np.ndarray) -> float:
     return distance / count if count else 0.0
 
 
-def _masked_heads(attention: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+def mask_heads(attention: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
     """(batch, heads, q, k) with masked keys zeroed and rows renormalized (masked queries
     zeroed): the same shape, so heads of different layers still line up."""
     if keep is None:
@@ -359,7 +360,7 @@ def similarity(
         )
     heads: list[tuple[str, int, np.ndarray]] = []
     for name, attention in layers.items():
-        arr = _masked_heads(np.asarray(attention), keep)
+        arr = mask_heads(np.asarray(attention), keep)
         heads.extend((name, h, arr[:, h]) for h in range(arr.shape[1]))
     n = len(heads)
     matrix = np.zeros((n, n))
@@ -507,7 +508,7 @@ def compare_layer(
             f"`{name}` has attention of shape {a.shape} in one model and {b.shape} in the other"
         )
     ma, mb = masked_layer_metrics(a, keep), masked_layer_metrics(b, keep)
-    xa, xb = _masked_heads(a, keep), _masked_heads(b, keep)
+    xa, xb = mask_heads(a, keep), mask_heads(b, keep)
     rows = []
     for h in range(a.shape[1]):
         distance, divergence, count = _distance_sums(xa[:, h], xb[:, h])

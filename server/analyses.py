@@ -25,6 +25,7 @@ from neural_attn.head_analysis import (
     Profile,
     Sanity,
     compare_layer,
+    mask_heads,
     masked_layer_metrics,
     similarity,
 )
@@ -162,12 +163,10 @@ class HeadAnalyses:
         sanity = Sanity()
         # Pairs across layers need every layer at once (each is within the attention limits).
         held: dict[str, np.ndarray] = {}
-        keep = None
         for name, attention in layers:
             sanity.add(attention)
-            held[name] = attention
-            keep = _keep(mask, attention, ids) if keep is None else keep
-        result = similarity(held, keep=keep, threshold=threshold)
+            held[name] = mask_heads(attention, _keep(mask, attention, ids))
+        result = similarity(held, threshold=threshold)
         items = next(iter(held.values())).shape[0] if held else 0
         return pb.SimilarityResponse(
             model_id=entry.model_id if entry else "",
@@ -193,7 +192,8 @@ class HeadAnalyses:
         plan = self.servicer._plan(extract, entry)
         data = plan.data
         sites = {layer.name: int(layer["num_heads"]) for _, layer in entry.network.attention_sites}
-        heads = [(ref.layer, int(ref.head)) for ref in request.heads] or [
+        asked = [(ref.layer, int(ref.head)) for ref in request.heads]
+        heads = list(dict.fromkeys(asked)) or [
             (name, h) for name, count in sites.items() for h in range(count)
         ]
         for name, h in heads:
@@ -209,7 +209,8 @@ class HeadAnalyses:
         per_pass = request.heads_per_pass or max(1, ABLATION_ITEMS_PER_PASS // batch)
         if per_pass < 0:
             raise InvalidInputError(f"heads_per_pass must be positive; got {per_pass}")
-        per_pass = min(per_pass, len(heads))
+        # The repeated input is at most what one request may send (then plan checks the rest).
+        per_pass = min(per_pass, len(heads), max(1, self.config.max_input_elements // data.size))
         # The largest pass is checked against every limit before anything runs.
         self.engine.plan(entry, data=np.concatenate([data] * per_pass), layer_names=(), head=None)
 

@@ -195,6 +195,10 @@ def test_masks_on_the_wire_exclude_positions_and_padding(client):
     )
     assert masked["layers"]["l"]["max_attention_per_head"][0] == pytest.approx(1.0)
     assert masked["provenance"]["masked"] == ["positions 0"]
+    prev = np.eye(n)[[max(i - 1, 0) for i in range(n)]]
+    two = {"l": np.stack([cls_then_prev, prev])[None]}
+    assert client.head_similarity(two)["distance"][0, 1] > 0.3
+    assert client.head_similarity(two, exclude_positions=[0])["distance"][0, 1] == 0.0
     padded = {"l": np.full((1, 1, 4, 4), 0.25)}
     result = client.analyze_heads(padded, mask_padding=True, token_ids=np.array([[3, 4, 0, 0]]))
     assert result["layers"]["l"]["attention_entropy"][0] == pytest.approx(np.log(2))
