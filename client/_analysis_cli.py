@@ -399,7 +399,7 @@ def _compare(args: argparse.Namespace) -> int:
         }
         for h in result["heads"]
     ]
-    b = args.model_b or f"{args.file} with {args.weights_b}"
+    b = f"{args.model_b or args.file} ({args.weights_b or 'random init'})"
     title = (
         f"heads by JS distance between a={args.file} ({args.weights or 'random init'}) and b={b}"
     )
