@@ -14,7 +14,7 @@ from typing import Any
 from lark import Token, Tree
 from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
-from neural_attn.errors import DSLSyntaxError
+from neural_attn.errors import DSLSyntaxError, excerpt
 
 __all__ = ["error_from_lark", "source_line"]
 
@@ -284,11 +284,12 @@ def _end_of_last(stack: list[Any]) -> tuple[int, int] | None:
 def _describe(tok: Token) -> str:
     if tok.type == "$END":
         return "the end of the file"
+    text = excerpt(str(tok), 40)  # a token may be as long as the file
     if tok.type == "STRING":
-        return f"the string {tok}"
+        return f"the string {text}"
     if tok.type in ("INT", "FLOAT"):
-        return f"the number {tok}"
-    return f"`{tok}`"
+        return f"the number {text}"
+    return f"`{text}`"
 
 
 def _expected(expected: set[str], in_layers: bool = False) -> str:

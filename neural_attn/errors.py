@@ -116,7 +116,9 @@ class DSLError(NeuralAttnError):
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"
-        text = f"{where}: {self.reason}"
+        # Each part is cut on its own, so that a long name quoted in the reason cannot push
+        # the line and caret out of the message.
+        text = f"{where}: {excerpt(self.reason, 600)}"
         if self.source_line is not None and self.line is not None:
             shown, caret = _line_window(self.source_line.rstrip(), self.column)
             gutter = f"{self.line:>4} | "
@@ -126,7 +128,7 @@ class DSLError(NeuralAttnError):
                 lead = "".join(c if c == "\t" else " " for c in shown[:caret])
                 text += f"\n{' ' * (len(gutter) - 2)}| {lead}^"
         if self.hint:
-            text += f"\n{self.hint}"
+            text += f"\n{excerpt(self.hint, 400)}"
         return text
 
 

@@ -317,7 +317,7 @@ class Engine:
         for name in layer_names:
             if name not in available:
                 raise LayerNotFoundError(
-                    f"no attention layer named `{name}` in `{net.name}`; "
+                    f"no attention layer named `{excerpt(name)}` in `{net.name}`; "
                     f"attention layers: {', '.join(available)}"
                 )
         chosen = tuple(
