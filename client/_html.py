@@ -3,7 +3,10 @@
 The page is one file: plotly.js inlined once (the "cartesian" partial bundle, 1.5 MB, vendored
 in ``assets/``: it has the heatmap and bar traces the page draws, a third of the full
 4.8 MB bundle), a ``<script type="application/json" id="attention-data">`` block, and the
-page's own script (``assets/page.js``) and style (``assets/page.css``).
+page's own script (``assets/page.js``) and style (``assets/page.css``). The bundle is npm's
+``plotly.js-cartesian-dist-min`` 4.1.1 (MIT, ``assets/plotly-LICENSE.txt``), the plotly.js
+version the plotly Python package bundles; to update it, ``npm pack`` that package and copy
+its ``plotly-cartesian.min.js`` over the vendored file.
 
 What it shows: an overview of every head of every layer (thumbnails with their pattern label;
 a click opens one large), the chosen layer's heads, their mean or the attention rollout as a

@@ -374,3 +374,19 @@ def test_console_summary_accepts_analysis_json_and_fills_gaps() -> None:
     text = format_console_summary(layers, summarize_layers(layers))
     assert text.startswith("Found 1 attention layer\n")
     assert text == format_console_summary(layers, {})
+
+
+def test_the_page_assets_are_package_data() -> None:
+    """The wheel must carry the page's script, style and plotly bundle (pyproject globs)."""
+    import fnmatch
+    import tomllib
+
+    from neural_attn.client import _html
+
+    root = Path(__file__).resolve().parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = config["tool"]["setuptools"]["package-data"]["neural_attn.client"]
+    assets = sorted(p.relative_to(_html.ASSETS.parent).as_posix() for p in _html.ASSETS.iterdir())
+    assert "assets/plotly-cartesian.min.js" in assets and "assets/page.js" in assets
+    for name in assets:
+        assert any(fnmatch.fnmatch(name, g) for g in globs), name
