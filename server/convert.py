@@ -342,17 +342,13 @@ def analyze_response(
     response = pb.AnalyzeResponse(model_id=model_id, layers=layers)
     rollout = summary.pop("rollout", None)
     if rollout is not None:
-        # To float32 bytes a block of rows at a time, and the float64 matrix let go before the
-        # message copies them: a rollout costs its float64 size at most, once.
-        matrix = np.asarray(rollout)
-        del rollout
-        shape = [int(n) for n in matrix.shape]
-        rows = max(1, _CHECK_BLOCK_ELEMENTS // max(1, shape[-1]))
-        content = b"".join(
-            matrix[i : i + rows].astype("<f4").tobytes() for i in range(0, shape[0], rows)
-        )
-        del matrix
+        # Each copy lets the one before it go (float64 -> float32 -> bytes -> the message),
+        # so at most two sizes of the matrix exist at once, not a list of floats.
+        matrix = np.asarray(rollout, dtype="<f4")
+        del rollout  # the float64 matrix: `summary` held the last other reference
         response.rollout.dtype = pb.FLOAT32
-        response.rollout.shape.extend(shape)
+        response.rollout.shape.extend(int(n) for n in matrix.shape)
+        content = matrix.tobytes()
+        del matrix
         response.rollout.content = content
     return response
