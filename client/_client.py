@@ -22,6 +22,7 @@ from neural_attn.errors import (
     InvalidInputError,
     ModelNotFoundError,
     NeuralAttnError,
+    ServerUnavailableError,
     error_for_status,
 )
 from neural_attn.v1 import attention_pb2 as pb
@@ -29,6 +30,7 @@ from neural_attn.v1 import attention_pb2_grpc as pb_grpc
 
 _T = TypeVar("_T")
 _REMEMBERED_SOURCES = 16
+_STREAM_ATTEMPTS = 3  # an ExtractAttention stream cut before its first layer is asked again
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # inline weights files can be large
 
 
@@ -522,7 +524,20 @@ class AttentionClient(HeadAnalysisMixin):
             request = self._extract_request(model, data, options, inline=inline)
             return self._stream(request, target)
 
-        yield from self._with_resend(model, call)
+        # gRPC retries a stream only until its first chunk arrives. A replica that dies after
+        # that loses the call, unless nothing has been handed out yet and the sink is our own:
+        # then asking again (another replica answers) is invisible to the caller.
+        attempts = _STREAM_ATTEMPTS if sink is None else 1
+        for attempt in range(1, attempts + 1):
+            handed_out = False
+            try:
+                for layer in self._with_resend(model, call):
+                    handed_out = True
+                    yield layer
+                return
+            except ServerUnavailableError:
+                if handed_out or attempt == attempts:
+                    raise
 
     def extract_attention(
         self,

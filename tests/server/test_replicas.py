@@ -70,3 +70,52 @@ def test_round_robin_spreads_calls_and_a_killed_replica_loses_none(start_server)
         )
         assert after > before_kill[index]
     print(f"OK calls per replica {served}; Compile calls before the kill {before_kill}")
+
+
+# 16 MiB of attention per layer: the stream is still being sent when its first chunk arrives.
+BIG = """
+network Big {
+  input: (1024, 8)
+  layers:
+    TransformerEncoder(num_heads=4, ff_dim=8) * 2
+}
+"""
+
+
+def test_a_stream_cut_mid_layer_by_a_dying_replica_is_asked_again(start_server, monkeypatch):
+    from neural_attn.client import _client
+
+    replicas = [start_server("--port", "0", "--metrics-port", "0") for _ in range(2)]
+    for replica in replicas:
+        replica.wait_serving()
+    killed = []
+
+    class KillingSink(_client.ArraySink):
+        """Kills the replica serving the stream when the stream's first chunk arrives."""
+
+        def write(self, offset, values):
+            if not killed:
+                serving = [
+                    r
+                    for r in replicas
+                    if metric(
+                        r.metrics(), "neural_attn_in_flight_requests", method="ExtractAttention"
+                    )
+                    == 1
+                ]
+                assert len(serving) == 1, "the stream was not in flight on one replica"
+                serving[0].proc.kill()
+                serving[0].proc.wait(30)
+                killed.append(serving[0])
+            super().write(offset, values)
+
+    monkeypatch.setattr(_client, "ArraySink", KillingSink)
+    with AttentionClient(",".join(r.target for r in replicas), timeout=120) as client:
+        model = client.compile(BIG, backend="pytorch")
+        layers = {name: a.shape for name, a in client.extract_attention(model)}
+    assert killed
+    assert layers == dict.fromkeys(
+        ["transformer_encoder_0", "transformer_encoder_1"], (1, 4, 1024, 1024)
+    )
+    (survivor,) = [r for r in replicas if r is not killed[0]]
+    assert "rpc=ExtractAttention code=OK" in survivor.log()
