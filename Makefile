@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 PROTO_SRC := protos/neural_attn/v1/attention.proto
 
 .PHONY: setup demo test test-gpu check lint types proto proto-check bench clean
+.PHONY: compose-smoke
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -62,3 +63,9 @@ bench: setup
 
 clean:
 	rm -rf attention_outputs build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# The CPU image built, started with docker-compose, used from the host, drained, torn down
+# (deploy/compose-smoke.sh; needs docker.io, docker-compose, debootstrap when the hub is out of
+# reach). Not part of `make test`: see the README's "Deployment" section.
+compose-smoke: setup
+	bash deploy/compose-smoke.sh
