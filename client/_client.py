@@ -273,12 +273,12 @@ class AttentionClient(HeadAnalysisMixin):
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )
-        self._timeouts = (
+        self._timeout: float = _conn.DEFAULT_DEADLINE if timeout is None else timeout
+        self._timeouts: dict[str, float] = (
             dict(_conn.DEFAULT_DEADLINES)
             if timeout is None
-            else dict.fromkeys(_conn.DEFAULT_DEADLINES, timeout)
+            else dict.fromkeys(_conn.DEFAULT_DEADLINES, self._timeout)
         )
-        self._timeout = timeout if timeout is not None else _conn.DEFAULT_DEADLINE
         # The last few compile requests, to resend when a replica lacks the model (bounded:
         # requests may carry large weights files).
         self._sources: OrderedDict[str, pb.CompileRequest] = OrderedDict()
