@@ -10,6 +10,7 @@ model being built stays near the bound.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -76,23 +77,28 @@ class ModelCache(Generic[T]):
                 self._sizes[key] = size
                 self._bytes += size
                 self._building.pop(key, None)
-                self._evict(0, keep=1)
+                evicted = self._evict(0, keep=1)
+            _collect(evicted)
             return item, False
 
     def make_room(self, nbytes: int) -> None:
         """Drop least recently used models until one of `nbytes` more would fit (call it
         before building one, so that the old ones can be freed first)."""
         with self._lock:
-            self._evict(nbytes, keep=0)
+            evicted = self._evict(nbytes, keep=0)
+        _collect(evicted)
 
-    def _evict(self, incoming: int, *, keep: int) -> None:
+    def _evict(self, incoming: int, *, keep: int) -> int:
         count = 1 if incoming else 0
+        evicted = 0
         while len(self._items) > keep and (
             len(self._items) + count > self._capacity
             or (self._max_bytes is not None and self._bytes + incoming > self._max_bytes)
         ):
             old, _ = self._items.popitem(last=False)
             self._bytes -= self._sizes.pop(old)
+            evicted += 1
+        return evicted
 
     @property
     def nbytes(self) -> int:
@@ -103,3 +109,12 @@ class ModelCache(Generic[T]):
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
+
+
+def _collect(evicted: int) -> None:
+    # A Keras model is held in reference cycles: without a collection an evicted one keeps
+    # its memory until Python's collector happens to run (counted in objects, not bytes, so
+    # possibly never while a few large models come and go). Measured: three 244 MiB models
+    # in a cache of two left 732 MiB held, 488 MiB after a collection.
+    if evicted:
+        gc.collect()

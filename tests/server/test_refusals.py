@@ -8,9 +8,11 @@ format, and max_layers one number.
 
 from __future__ import annotations
 
+import gc
 import io
 import re
 import tracemalloc
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -145,17 +147,26 @@ def test_the_cache_evicts_least_recently_used_by_bytes():
     assert cache.get("big") is not None and cache.nbytes == 500
 
 
-def test_the_engine_cache_is_bounded_by_parameter_bytes():
+@pytest.mark.parametrize("backend", ["pytorch", "tensorflow"])
+def test_the_engine_cache_is_bounded_by_parameter_bytes(backend):
     dense = "network D{units} {{\n  input: (100,)\n  layers:\n    Dense({units})\n}}\n"
     sizes = {units: 4 * (100 * units + units) for units in (1000, 1001, 1002)}  # ~400 KB each
     engine = Engine(ServerConfig(max_cache_bytes=900_000, max_cached_models=16))
-    ids = []
-    for units in sizes:
-        entry, cached = engine.compile(
-            dense.format(units=units), filename="", backend="pytorch", seed=0, network=None
-        )
-        assert not cached and entry.nbytes == sizes[units]
-        ids.append(entry.model_id)
+    ids, models = [], []
+    gc.disable()  # Python's own collections must not be what frees an evicted model
+    try:
+        for units in sizes:
+            entry, cached = engine.compile(
+                dense.format(units=units), filename="", backend=backend, seed=0, network=None
+            )
+            assert not cached and entry.nbytes == sizes[units]
+            ids.append(entry.model_id)
+            models.append(weakref.ref(entry.model.model))  # the framework model
+            del entry
+        # the evicted model's memory is really let go (a Keras model lives in cycles)
+        assert models[0]() is None and models[2]() is not None
+    finally:
+        gc.enable()
     assert engine.lookup(ids[0]) is None  # the oldest made room for the third
     assert engine.lookup(ids[1]) is not None and engine.lookup(ids[2]) is not None
     assert engine.cache.nbytes == sizes[1001] + sizes[1002] <= 900_000
