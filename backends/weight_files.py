@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from neural_attn.backends.weights import weight_shapes
+from neural_attn.backends.weights import parameter_count, weight_shapes
 from neural_attn.dsl.ir import Network
 from neural_attn.errors import InvalidInputError, NeuralAttnError, excerpt
 
@@ -198,6 +198,7 @@ def _scratch(network: Network, backend: str) -> Any:
 def _from_torch(network: Network, content: bytes, name: str) -> dict[str, np.ndarray]:
     import torch
 
+    _check_torch_archive(content, name)
     with _reading(TORCH, name, "does not load with weights_only=True"):
         state = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
@@ -219,6 +220,48 @@ def _from_torch(network: Network, content: bytes, name: str) -> dict[str, np.nda
         scratch.model.load_state_dict(state)
     weights: dict[str, np.ndarray] = scratch.get_weights()
     return weights
+
+
+def _check_torch_archive(content: bytes, name: str) -> None:
+    """Only archives that cannot unpack to more than their own size reach torch.load:
+    torch.save writes a zip of stored (uncompressed) entries, and a compressed entry could
+    make a small file allocate gigabytes (the legacy format declares storage sizes that are
+    allocated before they are read)."""
+    what = _file_words(TORCH, name)
+    if not content.startswith(b"PK"):
+        raise InvalidInputError(
+            f"{what} is not a torch.save archive (a zip, the format since PyTorch 1.6); only "
+            "those are read, with weights_only=True"
+        )
+    with (
+        _reading(TORCH, name, "is not a readable zip archive"),
+        zipfile.ZipFile(io.BytesIO(content)) as archive,
+    ):
+        entries = archive.infolist()
+    packed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise InvalidInputError(
+            f"{what} has compressed entries ({excerpt(packed[0])}); torch.save stores them "
+            "uncompressed, and only such archives are read"
+        )
+    if sum(e.file_size for e in entries) > len(content):
+        raise InvalidInputError(f"{what} claims entries larger than the file itself")
+
+
+def _keras_weights_member(content: bytes, fmt: str, name: str, network: Network) -> bytes:
+    """model.weights.h5 out of a .keras archive, refused before unpacking when it would be
+    larger than the network's weights can be (a deflated member can be a zip bomb)."""
+    limit = 2 * 4 * parameter_count(network) + 64 * 2**20
+    with _reading(fmt, name), zipfile.ZipFile(io.BytesIO(content)) as z:
+        if "model.weights.h5" not in z.namelist():
+            raise InvalidInputError(f"{_file_words(fmt, name)} has no model.weights.h5 inside")
+        size = z.getinfo("model.weights.h5").file_size
+        if size > limit:
+            raise InvalidInputError(
+                f"{_file_words(fmt, name)} unpacks to a model.weights.h5 of {size:,} bytes; the "
+                f"weights of `{network.name}` take at most {limit:,}"
+            )
+        return z.read("model.weights.h5")
 
 
 def _snake(name: str) -> str:
@@ -261,12 +304,7 @@ def _from_keras(network: Network, content: bytes, fmt: str, name: str) -> dict[s
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.weights.h5"
         if fmt == KERAS_ARCHIVE:
-            with _reading(fmt, name), zipfile.ZipFile(io.BytesIO(content)) as z:
-                if "model.weights.h5" not in z.namelist():
-                    raise InvalidInputError(
-                        f"{_file_words(fmt, name)} has no model.weights.h5 inside"
-                    )
-                path.write_bytes(z.read("model.weights.h5"))
+            path.write_bytes(_keras_weights_member(content, fmt, name, network))
         else:
             path.write_bytes(content)
         if not path.read_bytes()[:8] == _HDF5_MAGIC:

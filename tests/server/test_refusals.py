@@ -411,3 +411,37 @@ def test_max_layers_is_one_number_and_refused_while_expanding(tmp_path):
     assert info.value.status_name == "RESOURCE_EXHAUSTED"
     with pytest.raises(DSLLimitError, match=f"more than {MAX_LAYERS:,} layers"):
         compile_source(source.replace("* 11", f"* {MAX_LAYERS + 1}"))
+
+
+def test_archives_that_would_unpack_past_the_model_are_refused_before_unpacking(tmp_path):
+    from neural_attn.backends.weight_files import to_neutral
+
+    network = compile_source(SMALL)
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("model.weights.h5", b"\x89HDF\r\n\x1a\n" + bytes(200_000_000))
+    assert len(bomb.getvalue()) < 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInputError, match="unpacks to a model.weights.h5 of 200,000,008"):
+            to_neutral(network, bomb.getvalue(), "keras_archive", name="bomb.keras")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000
+
+    import torch
+
+    saved = io.BytesIO()
+    torch.save(get_backend("pytorch").build(network, seed=0).model.state_dict(), saved)
+    packed = io.BytesIO()
+    with (
+        zipfile.ZipFile(io.BytesIO(saved.getvalue())) as source,
+        zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as z,
+    ):
+        for info in source.infolist():
+            z.writestr(info.filename, source.read(info))
+    with pytest.raises(InvalidInputError, match="compressed entries"):
+        to_neutral(network, packed.getvalue(), "torch", name="packed.pt")
+    with pytest.raises(InvalidInputError, match="not a torch.save archive"):
+        to_neutral(network, b"\x80\x02legacy", "torch", name="legacy.pt")
