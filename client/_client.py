@@ -30,7 +30,7 @@ from neural_attn.v1 import attention_pb2_grpc as pb_grpc
 
 _T = TypeVar("_T")
 _REMEMBERED_SOURCES = 16
-_STREAM_ATTEMPTS = 3  # an ExtractAttention stream cut before its first layer is asked again
+_STREAM_ATTEMPTS = 3  # an ExtractAttention stream cut by a dying replica is asked again
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # inline weights files can be large
 
 
@@ -520,23 +520,25 @@ class AttentionClient(HeadAnalysisMixin):
         )
         target = sink if sink is not None else ArraySink()
 
+        handed_out: set[str] = set()
+
         def call(inline: bool) -> Iterator[ExtractedLayer]:
             request = self._extract_request(model, data, options, inline=inline)
-            return self._stream(request, target)
+            return self._stream(request, target, skip=frozenset(handed_out))
 
-        # gRPC retries a stream only until its first chunk arrives. A replica that dies after
-        # that loses the call, unless nothing has been handed out yet and the sink is our own:
-        # then asking again (another replica answers) is invisible to the caller.
+        # gRPC retries a stream only until its first chunk arrives; a replica that dies after
+        # that would lose the call. With the SDK's own sink (which may begin a layer again) it
+        # is asked again, and only the layers not handed out yet are handed out: the answer is
+        # deterministic, so they are what the first replica would have sent.
         attempts = _STREAM_ATTEMPTS if sink is None else 1
         for attempt in range(1, attempts + 1):
-            handed_out = False
             try:
                 for layer in self._with_resend(model, call):
-                    handed_out = True
+                    handed_out.add(layer.name)
                     yield layer
                 return
             except ServerUnavailableError:
-                if handed_out or attempt == attempts:
+                if attempt == attempts:
                     raise
 
     def extract_attention(
@@ -554,11 +556,17 @@ class AttentionClient(HeadAnalysisMixin):
         for layer in self.extract_layers(model, data, **options):
             yield layer.name, layer.value
 
-    def _stream(self, request: pb.ExtractRequest, sink: LayerSink) -> Iterator[ExtractedLayer]:
+    def _stream(
+        self, request: pb.ExtractRequest, sink: LayerSink, *, skip: frozenset[str] = frozenset()
+    ) -> Iterator[ExtractedLayer]:
+        """The layers of one ExtractAttention stream, through `sink`; layers in `skip` are
+        read and dropped (a stream asked again after a replica died)."""
         header: LayerHeader | None = None
         filled = 0
         try:
             for chunk in self._stub.ExtractAttention(request, **self._call("ExtractAttention")):
+                if chunk.layer_name in skip:
+                    continue
                 if header is None or chunk.layer_name != header.name:
                     if header is not None:
                         raise InvalidInputError(f"stream ended layer `{header.name}` early")
