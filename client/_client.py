@@ -224,7 +224,8 @@ class AttentionClient(HeadAnalysisMixin):
         tls: TLS with the system's CA roots ($NEURAL_ATTN_TLS=1).
         tls_ca: PEM file (or bytes) of the CA that signed the server ($NEURAL_ATTN_TLS_CA).
         tls_cert, tls_key: this client's certificate and key for mutual TLS
-            ($NEURAL_ATTN_TLS_CERT, $NEURAL_ATTN_TLS_KEY).
+            ($NEURAL_ATTN_CLIENT_CERT, $NEURAL_ATTN_CLIENT_KEY; not the server's
+            NEURAL_ATTN_TLS_CERT/KEY).
         connect_timeout: how long a call waits for an unreachable server to come (back) up
             before failing UNAVAILABLE (never longer than its own deadline; default 20 s or
             $NEURAL_ATTN_CONNECT_TIMEOUT).

@@ -62,8 +62,8 @@ SERVICE_CONFIG: dict[str, Any] = {
 
 TLS_ENV = {
     "tls_ca": "NEURAL_ATTN_TLS_CA",
-    "tls_cert": "NEURAL_ATTN_TLS_CERT",
-    "tls_key": "NEURAL_ATTN_TLS_KEY",
+    "tls_cert": "NEURAL_ATTN_CLIENT_CERT",
+    "tls_key": "NEURAL_ATTN_CLIENT_KEY",
 }
 
 

@@ -39,8 +39,8 @@ def _token_option(p: argparse.ArgumentParser) -> None:
         "--tls", action="store_true", default=None, help="TLS, system CAs ($NEURAL_ATTN_TLS)"
     )
     p.add_argument("--tls-ca", help="PEM CA that signed the server's cert ($NEURAL_ATTN_TLS_CA)")
-    p.add_argument("--tls-cert", help="PEM client certificate, mutual TLS ($NEURAL_ATTN_TLS_CERT)")
-    p.add_argument("--tls-key", help="PEM key of --tls-cert ($NEURAL_ATTN_TLS_KEY)")
+    p.add_argument("--tls-cert", help="PEM client cert, mutual TLS ($NEURAL_ATTN_CLIENT_CERT)")
+    p.add_argument("--tls-key", help="PEM key of --tls-cert ($NEURAL_ATTN_CLIENT_KEY)")
 
 
 def _server_client(args: argparse.Namespace) -> AttentionClient | None:

@@ -169,8 +169,11 @@ def test_the_cli_speaks_mutual_tls_by_flags_and_by_environment(start_server, pki
         [str(CLIENT_BIN), "visualize", str(model), "--backend", "pytorch"],
         capture_output=True, text=True, timeout=300,
         env={**env, "NEURAL_ATTN_SERVER": server.target, "NEURAL_ATTN_TLS_CA": pki["ca"],
-             "NEURAL_ATTN_TLS_CERT": pki["client_cert"],
-             "NEURAL_ATTN_TLS_KEY": pki["client_key"]},
+             "NEURAL_ATTN_CLIENT_CERT": pki["client_cert"],
+             "NEURAL_ATTN_CLIENT_KEY": pki["client_key"],
+             # the server's variables in the same environment do not confuse the client
+             "NEURAL_ATTN_TLS_CERT": pki["server_cert"],
+             "NEURAL_ATTN_TLS_KEY": pki["server_key"]},
     )  # fmt: skip
     assert by_env.returncode == 0, by_env.stderr
     assert "transformer_encoder_1" in by_env.stdout
