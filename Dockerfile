@@ -87,16 +87,29 @@ ARG WHEELS_ONLY=0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_PACKAGE=torch==2.13.0
 ARG TF_PACKAGE=tensorflow-cpu==2.21.0
-COPY --from=source /src /src
-# torch first, alone, from its index (which also serves its dependencies); then the rest.
+# The frameworks and every dependency first, from pyproject.toml alone, so that a change to the
+# sources reinstalls only the project. torch comes alone from its index (which also serves its
+# dependencies), then TensorFlow and the rest.
 RUN --mount=type=bind,source=deploy/wheels,target=/wheels \
-    --mount=type=bind,source=deploy/healthcheck.py,target=/tmp/healthcheck.py \
+    --mount=type=bind,source=pyproject.toml,target=/tmp/pyproject.toml \
     set -eu; \
     if [ "$WHEELS_ONLY" = 1 ]; then set -- --no-index --find-links /wheels; \
     else set -- --find-links /wheels; fi; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/pip install -q "$@" ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_PACKAGE"; \
-    /opt/venv/bin/pip install -q "$@" "$TF_PACKAGE" "/src[service]"; \
+    python3 -c 'import tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]; \
+print("\n".join(d for d in p["dependencies"] + p["optional-dependencies"]["service"] \
+if not d.startswith(p["name"])))' > /tmp/requirements.txt; \
+    /opt/venv/bin/pip install -q "$@" "$TF_PACKAGE" -r /tmp/requirements.txt; \
+    rm /tmp/requirements.txt
+COPY --from=source /src /src
+RUN --mount=type=bind,source=deploy/wheels,target=/wheels \
+    --mount=type=bind,source=deploy/healthcheck.py,target=/tmp/healthcheck.py \
+    set -eu; \
+    if [ "$WHEELS_ONLY" = 1 ]; then set -- --no-index --find-links /wheels; \
+    else set -- --find-links /wheels; fi; \
+    /opt/venv/bin/pip install -q "$@" --no-deps "/src[service]"; \
+    /opt/venv/bin/pip check; \
     install -m 0755 /tmp/healthcheck.py /opt/venv/bin/neural-attn-healthcheck; \
     /opt/venv/bin/python -c "import torch, tensorflow, neural_attn.server.app"; \
     /opt/venv/bin/neural-attn-server --help >/dev/null
