@@ -276,9 +276,21 @@ def _end_of_last(stack: list[Any]) -> tuple[int, int] | None:
     for item in reversed(stack):
         if isinstance(item, Token) and isinstance(item.end_line, int):
             return (item.end_line, item.end_column or 1)
-        if isinstance(item, Tree) and not item.meta.empty:
-            return (item.meta.end_line, item.meta.end_column)
+        if isinstance(item, Tree):
+            # The parser keeps every token (parser.py), so a subtree's last token is its end.
+            last = _last_token(item)
+            if last is not None and isinstance(last.end_line, int):
+                return (last.end_line, last.end_column or 1)
     return None
+
+
+def _last_token(tree: Tree[Token]) -> Token | None:
+    node: Any = tree
+    while isinstance(node, Tree):
+        if not node.children:
+            return None
+        node = node.children[-1]
+    return node if isinstance(node, Token) else None
 
 
 def _describe(tok: Token) -> str:

@@ -59,3 +59,23 @@ def test_an_error_at_the_end_of_a_long_file_is_found_in_linear_time():
         parse(source)
     took = time.process_time() - start
     assert took <= 6 * _cpu_seconds(_lines(1_000)) + 0.05
+
+
+def test_the_dropped_tokens_are_exactly_the_grammars_unnamed_literals():
+    # The parser keeps every token (for positions) and drops these from what rules see: they
+    # must be the literals lark itself would have left out of the tree.
+    from pathlib import Path
+
+    from lark import Lark
+
+    from neural_attn.dsl.parser import PUNCTUATION
+
+    grammar = Path(__file__).resolve().parents[2] / "dsl" / "grammar.lark"
+    plain = Lark(grammar.read_text(), parser="lalr")
+    unnamed = {
+        symbol.name
+        for rule in plain.rules
+        for symbol in rule.expansion
+        if symbol.is_term and symbol.filter_out
+    }
+    assert unnamed == PUNCTUATION
