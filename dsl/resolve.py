@@ -30,11 +30,13 @@ from .values import (
     substitute_hpo,
 )
 
-__all__ = ["MAX_LAYERS", "resolve_network"]
+__all__ = ["MAX_LAYERS", "MAX_NESTING", "resolve_network"]
 
 # A file may not expand into more layers (blocks' included) than this: ``Dense(1) * 10**9`` is
 # refused while expanding, not run. The one default: the server's `max_layers` is this number.
 MAX_LAYERS = 2_000
+# Bodies (`ResidualConnection { ... }`) may nest this deep: building a model recurses per level.
+MAX_NESTING = 64
 _STACKED = ("TransformerEncoder", "TransformerDecoder")  # num_layers=N expands to N blocks
 _DEVICE = re.compile(r"(cpu|gpu|cuda|mps|tpu|auto)(:[0-9]+)?\Z", re.IGNORECASE)
 
@@ -66,6 +68,7 @@ class _Resolver(Binder):
         self.program = program
         self.decl = decl
         self.count = 0
+        self.nesting = 0
         self.max_layers = max_layers
         self.macros: dict[str, Macro] = {}
         for macro in program.macros:
@@ -226,7 +229,11 @@ class _Resolver(Binder):
         for _ in range(copies):
             self._count(call)
             plan = _Plan(call, spec, dict(params), list(search), explicit, call.device, trail)
+            if call.children:
+                self._nest(call)
             plan.children = self._expand(call.children, trail, using)
+            if call.children:
+                self.nesting -= 1
             plans.append(plan)
         return plans
 
@@ -257,6 +264,15 @@ class _Resolver(Binder):
                 plan.device = plan.device or call.device
             plans.extend(body)
         return plans
+
+    def _nest(self, call: LayerCall) -> None:
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise self.error(
+                f"layer bodies nest more than {MAX_NESTING} deep here",
+                call.pos,
+                hint="flatten the bodies: a residual block rarely needs another inside it",
+            )
 
     def _count(self, call: LayerCall) -> None:
         self.count += 1

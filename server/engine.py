@@ -189,7 +189,12 @@ class Engine:
                 if weights
                 else None
             )
-            model = impl.build(net, seed=seed, device=self.config.device)
+            try:
+                model = impl.build(net, seed=seed, device=self.config.device)
+            except RecursionError:  # the DSL bounds nesting; this is the net under it
+                raise ResourceLimitError(
+                    f"network `{net.name}` nests too deeply for this server to build"
+                ) from None
             if trained is not None:
                 model.set_weights(trained)
             return CompiledModel(model_id, net, model, seed, digest)

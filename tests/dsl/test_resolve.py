@@ -357,3 +357,17 @@ def test_network_to_dict_is_json_and_stable():
         "device",
     ]
     assert "line" not in json.dumps(first) and "a.neural" not in json.dumps(first)
+
+
+def test_bodies_nest_at_most_max_nesting_deep():
+    # Building a model recurses per level of bodies; past the bound it would be a
+    # RecursionError in the backend (INTERNAL), so the file is refused here.
+    from neural_attn.dsl.resolve import MAX_NESTING
+
+    def nested(depth: int) -> str:
+        body = "ResidualConnection { " * depth + "Dense(16)" + " }" * depth
+        return f"network A {{ input: (8, 16) layers: {body} }}"
+
+    assert compile_source(nested(MAX_NESTING)).layers
+    with pytest.raises(DSLSemanticError, match=f"nest more than {MAX_NESTING} deep"):
+        compile_source(nested(MAX_NESTING + 1))
