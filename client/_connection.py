@@ -80,10 +80,11 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 0),
-        # A server that restarts is found again within seconds, not after minutes of back-off.
+        # A server that restarts is found again within a second, not after minutes of back-off
+        # (the default grows to 120 s); a refused connect costs the server nothing. A connect
+        # attempt itself still gets the default 20 s (grpc.min_reconnect_backoff_ms).
         ("grpc.initial_reconnect_backoff_ms", 250),
-        ("grpc.min_reconnect_backoff_ms", 250),
-        ("grpc.max_reconnect_backoff_ms", 5_000),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
         ("grpc.dns_min_time_between_resolutions_ms", 5_000),
         ("grpc.primary_user_agent", "neural-attn-client"),
     ]

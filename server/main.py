@@ -20,9 +20,10 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from neural_attn.server.config import ServerConfig
+if TYPE_CHECKING:
+    from neural_attn.server.config import ServerConfig
 
 log = logging.getLogger("neural_attn.server")
 
@@ -102,6 +103,10 @@ TOKEN_FILE_ENV = "NEURAL_ATTN_TOKEN_FILE"
 def settings() -> list[Setting]:
     """Every settable field, with its flags and environment variable."""
     out = []
+    # Imported here: the config pulls in the DSL (lark), and without the server extras this
+    # module must still load to say what to install.
+    from neural_attn.server.config import ServerConfig
+
     for owner in (ServerConfig, RunOptions):
         hints = typing.get_type_hints(owner)
         for f in dataclasses.fields(owner):
@@ -253,6 +258,8 @@ def parse_settings(
         token = _read_token(environ[TOKEN_FILE_ENV])
     else:
         token = None
+    from neural_attn.server.config import ServerConfig
+
     names = {f.name for f in dataclasses.fields(ServerConfig)}
     config = ServerConfig(
         **{k: v for k, v in values.items() if k in names}, auth_token=token or None
@@ -323,15 +330,10 @@ class _Stopper:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, run, notes = parse_settings(argv)
-    from neural_attn.server.observability import configure_logging
-
-    configure_logging(run.log_format, run.log_level)
-    for note in notes:
-        log.warning(note)
     try:
+        config, run, notes = parse_settings(argv)
         from neural_attn.server.app import build_server
-        from neural_attn.server.observability import serve_metrics
+        from neural_attn.server.observability import configure_logging, serve_metrics
     except ImportError as exc:
         print(
             f"neural-attn-server needs the server extras: pip install 'neural-attn[server]' "
@@ -339,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    configure_logging(run.log_format, run.log_level)
+    for note in notes:
+        log.warning(note)
     host, warnings = choose_host(config, run)
     for line in warnings:
         log.warning(line)

@@ -47,7 +47,7 @@ def test_the_service_config_balances_and_retries_unavailable_on_every_rpc():
     assert names == {"Compile", "ExtractAttention", "Analyze", "ExportWeights", "GetServerInfo"}
     assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert options["grpc.keepalive_time_ms"] > 0
-    assert options["grpc.max_reconnect_backoff_ms"] <= 5_000
+    assert options["grpc.max_reconnect_backoff_ms"] <= 1_000
     assert set(conn.DEFAULT_DEADLINES) == names
 
 

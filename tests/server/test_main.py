@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -175,3 +177,16 @@ def test_the_token_from_the_environment(start_server):
 
 def test_the_entry_point_is_the_installed_one():
     assert SERVER_BIN.is_file(), "pip install -e . installs the neural-attn-server command"
+
+
+def test_without_the_server_extras_the_command_says_what_to_install():
+    blocked = (
+        "import sys; sys.modules['lark'] = None; "  # as if lark were not installed
+        "from neural_attn.server.main import main; sys.exit(main(['--port', '0']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'neural-attn[server]'" in result.stderr
+    assert "Traceback" not in result.stderr
