@@ -234,13 +234,17 @@ def chunks(
 _CHECK_BLOCK_ELEMENTS = 1 << 22
 
 
-def attention_set(message: pb.AttentionSet, *, max_elements: int) -> dict[str, np.ndarray]:
+def attention_set(
+    message: pb.AttentionSet, *, max_elements: int, max_length: int | None = None
+) -> dict[str, np.ndarray]:
     """Caller-sent attention as read-only arrays over the request's bytes, layer name ->
     (batch, heads, query, key); each layer's size is checked before anything is decoded.
 
-    `max_elements` bounds one layer, as in an extraction (a pass holds one layer at a time,
-    and Analyze reads one layer at a time); all of them together are bounded by the
-    request's size (max_message_bytes).
+    The limits are those of a layer the server computes itself: `max_elements` bounds one
+    layer (a pass holds one layer at a time, and Analyze reads one at a time), `max_length`
+    its query and key lengths (the rollout holds a float64 key x key matrix; None: no bound,
+    for callers that hold no such matrix). All layers
+    together are bounded by the request's size (max_message_bytes).
     """
     for named in message.layers:
         if not named.name:
@@ -250,6 +254,12 @@ def attention_set(message: pb.AttentionSet, *, max_elements: int) -> dict[str, n
             raise ResourceLimitError(
                 f"the attention sent for `{excerpt(named.name)}` has {size:,} values; this "
                 f"server analyses layers of at most {max_elements:,} (max_attention_elements)"
+            )
+        longest = max(named.tensor.shape[-2:], default=0)
+        if max_length is not None and longest > max_length:
+            raise ResourceLimitError(
+                f"the attention sent for `{excerpt(named.name)}` covers {longest:,} positions; "
+                f"this server analyses sequences of at most {max_length:,} (max_sequence_length)"
             )
     out: dict[str, np.ndarray] = {}
     for named in message.layers:

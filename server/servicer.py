@@ -159,7 +159,9 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
             # Arrays over the request's bytes, checked; metrics and rollout read one layer at
             # a time in blocks of rows, so the work costs about the rollout, not copies.
             arrays = convert.attention_set(
-                request.attention, max_elements=self.config.max_attention_elements
+                request.attention,
+                max_elements=self.config.max_attention_elements,
+                max_length=self.config.max_sequence_length,
             )
             summary = _metrics(arrays, context)
             del arrays  # the tensors' bytes can go before the response is made

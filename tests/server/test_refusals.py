@@ -242,6 +242,14 @@ def test_analyze_caps_each_layer_and_refuses_integers(server_target):
     error = _rpc_error(lambda: stub.Analyze(request, timeout=60))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "max_attention_elements" in error.details()
+    long = config.max_sequence_length + 1  # a rollout would hold long x long float64
+    wide = pb.Tensor(dtype=pb.FLOAT16, shape=[1, 1, 1, long], content=bytes(2 * long))
+    request = pb.AnalyzeRequest(
+        attention=pb.AttentionSet(layers=[pb.NamedTensor(name="wide", tensor=wide)])
+    )
+    error = _rpc_error(lambda: stub.Analyze(request, timeout=60))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_sequence_length" in error.details()
     ints = pb.Tensor(dtype=pb.INT32, shape=[1, 1, 2, 2], content=np.ones(4, "<i4").tobytes())
     request = pb.AnalyzeRequest(
         attention=pb.AttentionSet(layers=[pb.NamedTensor(name="ints", tensor=ints)])
