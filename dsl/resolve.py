@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neural_attn.errors import DSLLimitError, DSLSemanticError
+from neural_attn.limits import MAX_LAYERS, MAX_NESTING
 
 from .binding import Binder
 from .ir import HPO, Arg, Layer, LayerCall, Macro, Network, NetworkDecl, Pos, Program, Shape
@@ -32,11 +33,6 @@ from .values import (
 
 __all__ = ["MAX_LAYERS", "MAX_NESTING", "resolve_network"]
 
-# A file may not expand into more layers (blocks' included) than this: ``Dense(1) * 10**9`` is
-# refused while expanding, not run. The one default: the server's `max_layers` is this number.
-MAX_LAYERS = 2_000
-# Bodies (`ResidualConnection { ... }`) may nest this deep: building a model recurses per level.
-MAX_NESTING = 64
 _STACKED = ("TransformerEncoder", "TransformerDecoder")  # num_layers=N expands to N blocks
 _DEVICE = re.compile(r"(cpu|gpu|cuda|mps|tpu|auto)(:[0-9]+)?\Z", re.IGNORECASE)
 

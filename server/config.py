@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from neural_attn.dsl.resolve import MAX_LAYERS
+from neural_attn.limits import MAX_LAYERS  # no lark: the thin client may import this
 
 MIB = 1024 * 1024
 
