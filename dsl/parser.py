@@ -44,7 +44,7 @@ def _lark() -> Lark:
     return Lark.open("grammar.lark", rel_to=__file__, parser="lalr", keep_all_tokens=True)
 
 
-def first_token(tree: Tree[Token]) -> Token | None:
+def _first_token(tree: Tree[Token]) -> Token | None:
     """The first token of a subtree (its position is where the rule's text starts)."""
     node: Any = tree
     while isinstance(node, Tree):
@@ -63,7 +63,7 @@ class _Where:
         self._tree = tree
 
     def _first(self) -> Token:
-        token = first_token(self._tree)
+        token = _first_token(self._tree)
         assert token is not None, "every rule that asks where it is has a token"
         return token
 
