@@ -16,13 +16,24 @@ from typing import Any
 import numpy as np
 
 from neural_attn.backends.streaming import Reduction, stream_pass
+from neural_attn.backends.weight_files import (
+    FORMATS,
+    FRAMEWORK_FORMATS,
+    NEUTRAL_FORMATS,
+    read_neutral,
+)
 from neural_attn.dsl.ir import Layer, Network
-from neural_attn.errors import BackendUnavailableError, CancelledError, InvalidInputError
+from neural_attn.errors import (
+    BackendUnavailableError,
+    CancelledError,
+    InvalidInputError,
+    excerpt,
+)
 
 BACKENDS = ("tensorflow", "pytorch")
 _MODULES = {
-    "tensorflow": "neural_attn.backends.tensorflow_backend",
-    "pytorch": "neural_attn.backends.pytorch_backend",
+    "tensorflow": "neural_attn.backends.tensorflow.build",
+    "pytorch": "neural_attn.backends.pytorch.build",
 }
 _PACKAGES = {"tensorflow": "tensorflow-cpu==2.21.0", "pytorch": "torch==2.13.0"}
 
@@ -303,6 +314,32 @@ class Backend(ABC):
     @abstractmethod
     def build(self, network: Network, *, seed: int, device: str = "auto") -> BuiltModel: ...
 
+    @abstractmethod
+    def read_weights(
+        self, network: Network, content: bytes, fmt: str, *, name: str = ""
+    ) -> dict[str, np.ndarray]:
+        """Read a weights file of this framework (`weight_files.FRAMEWORK_FORMATS`) written
+        for `network` into the neutral layout, refusing one that does not fit. `name`: the
+        file's name as the client gave it, for messages."""
+
+    @abstractmethod
+    def gpu_available(self) -> bool: ...
+
+    def resolve_device(self, requested: str) -> str:
+        """The device `requested` (auto | cpu | cuda) means for this backend on this machine."""
+        if requested not in ("auto", "cpu", "cuda"):
+            raise InvalidInputError(f"device must be auto, cpu or cuda; got {requested!r}")
+        if requested == "cpu":
+            return "cpu"
+        if self.gpu_available():
+            return "cuda:0"
+        if requested == "cuda":
+            raise BackendUnavailableError(
+                f"--device cuda was asked for but {self.name} sees no CUDA device here; "
+                "use --device auto or cpu"
+            )
+        return "cpu"
+
 
 def get_backend(name: str) -> Backend:
     """The backend called `name`, imported on first use."""
@@ -318,3 +355,21 @@ def get_backend(name: str) -> Backend:
         ) from exc
     backend: Backend = module.BACKEND
     return backend
+
+
+def read_weights(
+    network: Network, content: bytes, fmt: str, *, name: str = ""
+) -> dict[str, np.ndarray]:
+    """Read a weights file of any format into the neutral layout (names and shapes checked;
+    `BuiltModel.set_weights` checks the values when they are loaded): the neutral formats here,
+    a framework's files by its backend.
+
+    `name`: the file's name as the client gave it, for messages.
+    """
+    if fmt in NEUTRAL_FORMATS:
+        return read_neutral(network, content, fmt, name=name)
+    if fmt in FRAMEWORK_FORMATS:
+        return get_backend(FRAMEWORK_FORMATS[fmt]).read_weights(network, content, fmt, name=name)
+    raise InvalidInputError(
+        f"unknown weights format {excerpt(fmt)!r}; use one of {', '.join(FORMATS)}"
+    )

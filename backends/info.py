@@ -6,7 +6,8 @@ import importlib
 from dataclasses import dataclass
 from importlib import metadata
 
-from neural_attn.errors import BackendUnavailableError, InvalidInputError
+from neural_attn.backends.base import get_backend
+from neural_attn.errors import BackendUnavailableError
 
 
 @dataclass(frozen=True)
@@ -27,36 +28,9 @@ def _version(*distributions: str) -> str:
     return ""
 
 
-def resolve_device(backend: str, requested: str) -> str:
-    """The device `requested` (auto | cpu | cuda) means for `backend` on this machine."""
-    if requested not in ("auto", "cpu", "cuda"):
-        raise InvalidInputError(f"device must be auto, cpu or cuda; got {requested!r}")
-    if requested == "cpu":
-        return "cpu"
-    if backend == "pytorch":
-        import torch
-
-        has_gpu = torch.cuda.is_available()
-    else:
-        import tensorflow as tf
-
-        has_gpu = bool(tf.config.list_physical_devices("GPU"))
-    if has_gpu:
-        return "cuda:0"
-    if requested == "cuda":
-        raise BackendUnavailableError(
-            f"--device cuda was asked for but {backend} sees no CUDA device here; "
-            "use --device auto or cpu"
-        )
-    return "cpu"
-
-
 def status(backend: str, requested_device: str) -> BackendStatus:
-    from neural_attn.backends.base import get_backend
-
     try:
-        get_backend(backend)
-        device = resolve_device(backend, requested_device)
+        device = get_backend(backend).resolve_device(requested_device)
     except BackendUnavailableError as exc:
         return BackendStatus(backend, False, detail=str(exc))
     module = {"pytorch": "torch", "tensorflow": "tensorflow"}[backend]

@@ -31,104 +31,17 @@ import math
 
 import numpy as np
 
-from neural_attn.dsl.ir import Layer, Network
+from neural_attn.backends.neutral import WeightShapes, layer_weight_shapes
+from neural_attn.dsl.ir import Network
 
-WeightShapes = dict[str, tuple[int, ...]]
-
-
-def _dense(prefix: str, fan_in: int, units: int, use_bias: bool = True) -> WeightShapes:
-    shapes: WeightShapes = {f"{prefix}kernel": (fan_in, units)}
-    if use_bias:
-        shapes[f"{prefix}bias"] = (units,)
-    return shapes
-
-
-def _norm(prefix: str, width: int) -> WeightShapes:
-    return {f"{prefix}gamma": (width,), f"{prefix}beta": (width,)}
-
-
-def _attention(prefix: str, d_model: int, heads: int, key_dim: int, use_bias: bool) -> WeightShapes:
-    shapes: WeightShapes = {}
-    for part in ("query", "key", "value"):
-        shapes[f"{prefix}{part}_kernel"] = (d_model, heads, key_dim)
-        if use_bias:
-            shapes[f"{prefix}{part}_bias"] = (heads, key_dim)
-    shapes[f"{prefix}output_kernel"] = (heads, key_dim, d_model)
-    if use_bias:
-        shapes[f"{prefix}output_bias"] = (d_model,)
-    return shapes
-
-
-def _encoder(layer: Layer, width: int) -> WeightShapes:
-    heads = layer["num_heads"]
-    return {
-        **_attention("attention/", width, heads, width // heads, True),
-        **_norm("attention_norm/", width),
-        **_dense("ffn_1/", width, layer["ff_dim"]),
-        **_dense("ffn_2/", layer["ff_dim"], width),
-        **_norm("ffn_norm/", width),
-    }
-
-
-_GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
-
-
-def _recurrent(kind: str, width: int, units: int) -> WeightShapes:
-    gates = _GATES[kind]
-    bias = (2, gates * units) if kind == "GRU" else (gates * units,)
-    return {
-        "kernel": (width, gates * units),
-        "recurrent_kernel": (units, gates * units),
-        "bias": bias,
-    }
-
-
-def layer_weight_shapes(layer: Layer) -> WeightShapes:
-    """The parameters of one layer, in a fixed order, without the layer-name prefix."""
-    width = layer.input_shape[-1] if layer.input_shape else None
-    kind = layer.type
-    if kind == "ResidualConnection":
-        return {
-            f"{child.name}/{param}": shape
-            for child in layer.children
-            for param, shape in layer_weight_shapes(child).items()
-        }
-    if kind in ("Conv1D", "Conv2D"):
-        assert width is not None
-        filters = layer["filters"]
-        return {"kernel": (*layer["kernel_size"], width, filters), "bias": (filters,)}
-    if kind == "BatchNormalization":
-        assert width is not None
-        return {
-            **_norm("", width),
-            "moving_mean": (width,),
-            "moving_variance": (width,),
-        }
-    if kind in _GATES:
-        assert width is not None
-        return _recurrent(kind, width, layer["units"])
-    if kind == "PositionalEncoding":
-        assert width is not None
-        if layer["kind"] == "learned":
-            return {"embeddings": (layer["max_len"], width)}
-        return {}
-    if kind in ("Dense", "Output"):
-        assert width is not None
-        return _dense("", width, layer["units"], layer.get("use_bias", True))
-    if kind == "Embedding":
-        return {"embeddings": (layer["input_dim"], layer["output_dim"])}
-    if kind == "LayerNormalization":
-        assert width is not None
-        return _norm("", width)
-    if kind == "MultiHeadAttention":
-        assert width is not None
-        return _attention(
-            "", width, layer["num_heads"], layer["key_dim"], layer.get("use_bias", True)
-        )
-    if kind in ("TransformerEncoder", "TransformerDecoder"):
-        assert width is not None
-        return _encoder(layer, width)
-    return {}
+# The neutral names and shapes of each layer type are described in `backends.neutral`.
+__all__ = [
+    "WeightShapes",
+    "initial_weights",
+    "layer_weight_shapes",
+    "parameter_count",
+    "weight_shapes",
+]
 
 
 def weight_shapes(network: Network) -> WeightShapes:

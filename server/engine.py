@@ -19,11 +19,12 @@ from neural_attn.backends.base import (
     BuiltModel,
     get_backend,
     prepare_input,
+    read_weights,
     sample_input,
     sample_shape,
 )
 from neural_attn.backends.streaming import POOL_MODES, Reduction
-from neural_attn.backends.weight_files import to_neutral, to_npz
+from neural_attn.backends.weight_files import to_npz
 from neural_attn.backends.weights import parameter_count
 from neural_attn.dsl import compile_source, network_to_dict
 from neural_attn.dsl.ir import Layer, Network
@@ -185,7 +186,7 @@ class Engine:
             # Room first: the models this one evicts can be freed before it is built.
             self.cache.make_room(parameter_bytes(net))
             trained = (
-                to_neutral(net, weights.content, weights.format, name=weights.name)
+                read_weights(net, weights.content, weights.format, name=weights.name)
                 if weights
                 else None
             )

@@ -1,6 +1,6 @@
 """PyTorch convolutions and pooling with Keras semantics on channels-last data.
 
-Copied verbatim into `compiled_model_pytorch.py` after torch_layers.py (whose ACTIVATIONS it
+Copied verbatim into `compiled_model_pytorch.py` after blocks.py (whose ACTIVATIONS it
 uses), so it imports only torch besides that.
 
 Inputs and outputs are channels-last like Keras: (batch, steps, channels) for the 1D layers,
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from neural_attn.backends.torch_layers import ACTIVATIONS  # codegen: sibling
+from neural_attn.backends.pytorch.blocks import ACTIVATIONS  # codegen: sibling
 
 
 def same_padding(sizes, window, strides):

@@ -1,18 +1,26 @@
-"""The framework-neutral weight layout (`backends.weights`) onto PyTorch tensors and back.
+"""PyTorch weights: the neutral layout (`backends.weights`) onto torch tensors and back, and
+reading `state_dict` files of the generated model.
 
 Keras layouts become torch's: a kernel (in, out) is a Linear weight (out, in), a convolution
 kernel (k.., in, out) is (out, in, k..), and a GRU's gates go from Keras's z, r, h to torch's
-r, z, n with its (2, 3u) bias split into bias_ih and bias_hh.
+r, z, n with its (2, 3u) bias split into bias_ih and bias_hh. Which conversion a parameter takes
+is its layer type's `layout` in the catalogue.
 """
 
 from __future__ import annotations
 
+import io
+import zipfile
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from neural_attn.dsl.ir import Layer
+from neural_attn.backends.pytorch.catalogue import CONV, GRU
+from neural_attn.backends.weight_files import TORCH, check_fit, file_words, reading
+from neural_attn.dsl.ir import Network
+from neural_attn.errors import InvalidInputError, excerpt
 
 Tensors = torch.Tensor | tuple[torch.Tensor, ...]
 Arrays = np.ndarray | tuple[np.ndarray, ...]
@@ -26,10 +34,10 @@ def _gru_gates(value: np.ndarray) -> np.ndarray:
 
 
 # Neutral layout -> torch layout and back. A kernel (in, out) is a Linear weight (out, in).
-def to_torch(kind: str, param: str, value: np.ndarray) -> Arrays:
-    if kind in ("Conv1D", "Conv2D") and param == "kernel":  # (k.., in, out) -> (out, in, k..)
+def to_torch(layout: str, param: str, value: np.ndarray) -> Arrays:
+    if layout == CONV and param == "kernel":  # (k.., in, out) -> (out, in, k..)
         return np.transpose(value, (value.ndim - 1, value.ndim - 2, *range(value.ndim - 2)))
-    if kind == "GRU":
+    if layout == GRU:
         value = _gru_gates(value)
         return (value[0], value[1]) if param == "bias" else value.T
     if param.endswith(("query_kernel", "key_kernel", "value_kernel")):  # (d, heads, key_dim)
@@ -39,86 +47,70 @@ def to_torch(kind: str, param: str, value: np.ndarray) -> Arrays:
     return value.reshape(-1) if param.endswith("bias") else value
 
 
-def from_torch(kind: str, param: str, value: Arrays, shape: tuple[int, ...]) -> np.ndarray:
+def from_torch(layout: str, param: str, value: Arrays, shape: tuple[int, ...]) -> np.ndarray:
     if isinstance(value, tuple):  # GRU bias: (bias_ih, bias_hh)
         return _gru_gates(np.stack(value)).reshape(shape)
-    if kind in ("Conv1D", "Conv2D") and param == "kernel":
+    if layout == CONV and param == "kernel":
         return np.ascontiguousarray(np.transpose(value, (*range(2, value.ndim), 1, 0)))
-    if kind == "GRU":
+    if layout == GRU:
         return np.ascontiguousarray(_gru_gates(value.T))
     if param.endswith("kernel"):
         return np.ascontiguousarray(value.T).reshape(shape)
     return value.reshape(shape)
 
 
-def _parameters(layer: Layer, block: Any) -> dict[str, Tensors]:
-    """Neutral parameter name -> torch parameter(s), for one layer (not a residual block)."""
+def read_state_dict(
+    network: Network, content: bytes, name: str, scratch: Callable[[], Any]
+) -> dict[str, np.ndarray]:
+    """A `torch.save(model.state_dict())` file of the generated model, in the neutral layout.
 
-    def attention(prefix: str, sa: Any) -> dict[str, Tensors]:
-        out: dict[str, Tensors] = {}
-        for part in ("query", "key", "value", "output"):
-            linear = getattr(sa, part)
-            out[f"{prefix}{part}_kernel"] = linear.weight
-            if linear.bias is not None:
-                out[f"{prefix}{part}_bias"] = linear.bias
-        return out
-
-    def dense(prefix: str, d: Any) -> dict[str, Tensors]:
-        linear = d.linear
-        bias = {f"{prefix}bias": linear.bias} if linear.bias is not None else {}
-        return {f"{prefix}kernel": linear.weight, **bias}
-
-    def norm(prefix: str, n: Any) -> dict[str, Tensors]:
-        return {f"{prefix}gamma": n.weight, f"{prefix}beta": n.bias}
-
-    kind = layer.type
-    if kind in ("Conv1D", "Conv2D"):
-        return {"kernel": block.conv.weight, "bias": block.conv.bias}
-    if kind == "BatchNormalization":
-        return {
-            "gamma": block.gamma,
-            "beta": block.beta,
-            "moving_mean": block.moving_mean,
-            "moving_variance": block.moving_variance,
-        }
-    if kind == "GRU":
-        gru = block.gru
-        return {
-            "kernel": gru.weight_ih_l0,
-            "recurrent_kernel": gru.weight_hh_l0,
-            "bias": (gru.bias_ih_l0, gru.bias_hh_l0),
-        }
-    if kind in ("LSTM", "SimpleRNN"):
-        return {"kernel": block.weight_ih, "recurrent_kernel": block.weight_hh, "bias": block.bias}
-    if kind == "PositionalEncoding":
-        return {"embeddings": block.embeddings} if layer["kind"] == "learned" else {}
-    if kind in ("Dense", "Output"):
-        return dense("", block)
-    if kind == "Embedding":
-        return {"embeddings": block.weight}
-    if kind == "LayerNormalization":
-        return norm("", block)
-    if kind == "MultiHeadAttention":
-        return attention("", block)
-    if kind in ("TransformerEncoder", "TransformerDecoder"):
-        return {
-            **attention("attention/", block.attention),
-            **norm("attention_norm/", block.attention_norm),
-            **dense("ffn_1/", block.ffn_1),
-            **dense("ffn_2/", block.ffn_2),
-            **norm("ffn_norm/", block.ffn_norm),
-        }
-    return {}
+    `scratch()` builds the model the file is loaded into (on the CPU) and read back from.
+    """
+    _check_torch_archive(content, name)
+    with reading(TORCH, name, "does not load with weights_only=True"):
+        state = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise InvalidInputError(f"{file_words(TORCH, name)} holds no dict of tensors")
+    model = scratch()
+    expected = [
+        (key.split(".")[1] if key.startswith("blocks.") else key, key, tuple(tensor.shape))
+        for key, tensor in model.model.state_dict().items()
+    ]
+    check_fit(expected, {k: tuple(getattr(v, "shape", ())) for k, v in state.items()})
+    for key, value in state.items():
+        if not (
+            isinstance(value, torch.Tensor)
+            and value.layout == torch.strided
+            and value.is_floating_point()
+        ):
+            raise InvalidInputError(f"`{key}` in the state_dict is not a dense float tensor")
+    with reading(TORCH, name, "does not load into the model"):
+        model.model.load_state_dict(state)
+    weights: dict[str, np.ndarray] = model.get_weights()
+    return weights
 
 
-def walk(layer: Layer, block: Any, prefix: str) -> dict[str, tuple[str, str, Tensors]]:
-    """key -> (layer type, param, torch tensor(s)), into residual blocks' sub-layers."""
-    if layer.type == "ResidualConnection":
-        out: dict[str, tuple[str, str, Tensors]] = {}
-        for child in layer.children:
-            out.update(walk(child, block.layers[child.name], f"{prefix}{child.name}/"))
-        return out
-    return {
-        f"{prefix}{param}": (layer.type, param, tensors)
-        for param, tensors in _parameters(layer, block).items()
-    }
+def _check_torch_archive(content: bytes, name: str) -> None:
+    """Only archives that cannot unpack to more than their own size reach torch.load:
+    torch.save writes a zip of stored (uncompressed) entries, and a compressed entry could
+    make a small file allocate gigabytes (the legacy format declares storage sizes that are
+    allocated before they are read)."""
+    what = file_words(TORCH, name)
+    if not content.startswith(b"PK"):
+        raise InvalidInputError(
+            f"{what} is not a torch.save archive (a zip, the format since PyTorch 1.6); only "
+            "those are read, with weights_only=True"
+        )
+    with (
+        reading(TORCH, name, "is not a readable zip archive"),
+        zipfile.ZipFile(io.BytesIO(content)) as archive,
+    ):
+        entries = archive.infolist()
+    packed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise InvalidInputError(
+            f"{what} has compressed entries ({excerpt(packed[0])}); torch.save stores them "
+            "uncompressed, and only such archives are read"
+        )
+    if sum(e.file_size for e in entries) > len(content):
+        raise InvalidInputError(f"{what} claims entries larger than the file itself")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from neural_attn.backends import tf_layers  # noqa: E402
 from neural_attn.backends.base import (  # noqa: E402
     Backend,
     BuiltModel,
@@ -29,200 +28,20 @@ from neural_attn.backends.base import (  # noqa: E402
     padding_masked_layers,
     sample_input,
 )
-from neural_attn.backends.codegen import Call, instantiate, mark_padding, render_call, render_module  # noqa: E402
-from neural_attn.backends.info import resolve_device  # noqa: E402
+from neural_attn.backends.codegen import instantiate, render_call, render_module  # noqa: E402
 from neural_attn.backends.streaming import Reduction, block_counts  # noqa: E402
+from neural_attn.backends.tensorflow import blocks  # noqa: E402
+from neural_attn.backends.tensorflow.catalogue import constructor, variables  # noqa: E402
+from neural_attn.backends.tensorflow.weights import read_keras  # noqa: E402
 from neural_attn.backends.weight_files import check_neutral  # noqa: E402
 from neural_attn.backends.weights import initial_weights  # noqa: E402
-from neural_attn.dsl.ir import Layer, Network  # noqa: E402
-from neural_attn.errors import InvalidInputError  # noqa: E402
+from neural_attn.dsl.ir import Network  # noqa: E402
 
 # TF32 matmuls on Ampere+ GPUs round to 10 mantissa bits: attention must be float32-exact.
 tf.config.experimental.enable_tensor_float_32_execution(False)
 
-_SIMPLE = {
-    "Dropout": "keras.layers.Dropout",
-    "GlobalAveragePooling1D": "keras.layers.GlobalAveragePooling1D",
-    "GlobalMaxPooling1D": "keras.layers.GlobalMaxPooling1D",
-    "GlobalAveragePooling2D": "keras.layers.GlobalAveragePooling2D",
-    "GlobalMaxPooling2D": "keras.layers.GlobalMaxPooling2D",
-    "Flatten": "keras.layers.Flatten",
-}
-_POOLS = ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D")
-
-
-def constructor(layer: Layer, padding: Collection[str] = ()) -> Call:
-    """The constructor call for one IR layer; used by the builder and the code writer alike."""
-    return mark_padding(_constructor(layer), layer, padding)
-
-
-def _constructor(layer: Layer) -> Call:
-    """The Keras constructor call for one IR layer (used by the builder and the code writer)."""
-    name = {"name": layer.name}
-    kind = layer.type
-    if kind in ("Conv1D", "Conv2D"):
-        return Call(
-            f"keras.layers.{kind}",
-            {
-                "filters": layer["filters"],
-                "kernel_size": layer["kernel_size"],
-                "strides": layer["strides"],
-                "padding": layer["padding"],
-                "activation": layer["activation"],
-                **name,
-            },
-        )
-    if kind in _POOLS:
-        return Call(
-            f"keras.layers.{kind}",
-            {
-                "pool_size": layer["pool_size"],
-                "strides": layer["strides"],
-                "padding": layer["padding"],
-                **name,
-            },
-        )
-    if kind == "BatchNormalization":
-        return Call(
-            "keras.layers.BatchNormalization",
-            {"momentum": float(layer["momentum"]), "epsilon": float(layer["epsilon"]), **name},
-        )
-    if kind == "Activation":
-        return Call("keras.layers.Activation", {"activation": layer["activation"], **name})
-    if kind in ("LSTM", "GRU", "SimpleRNN"):
-        return Call(
-            f"keras.layers.{kind}",
-            {"units": layer["units"], "return_sequences": layer["return_sequences"], **name},
-        )
-    if kind == "ResidualConnection":
-        return Call(
-            "ResidualBlock",
-            {
-                "layers": [constructor(child) for child in layer.children],
-                "shortcut": layer["shortcut"],
-                **name,
-            },
-        )
-    if kind == "PositionalEncoding":
-        return Call(
-            "PositionalEncoding", {"max_len": layer["max_len"], "kind": layer["kind"], **name}
-        )
-    if kind == "TransformerDecoder":
-        return Call(
-            "TransformerDecoderBlock",
-            {
-                "num_heads": layer["num_heads"],
-                "ff_dim": layer["ff_dim"],
-                "dropout": float(layer["dropout"]),
-                "activation": layer["activation"],
-                **name,
-            },
-        )
-    return Call(*_core(layer))
-
-
-def _core(layer: Layer) -> tuple[str, dict[str, Any]]:
-    name = {"name": layer.name}
-    kind = layer.type
-    if kind in ("Dense", "Output"):
-        return "keras.layers.Dense", {
-            "units": layer["units"],
-            "activation": layer["activation"],
-            "use_bias": layer.get("use_bias", True),
-            **name,
-        }
-    if kind == "Embedding":
-        return "keras.layers.Embedding", {
-            "input_dim": layer["input_dim"],
-            "output_dim": layer["output_dim"],
-            **name,
-        }
-    if kind == "LayerNormalization":
-        return "keras.layers.LayerNormalization", {"epsilon": float(layer["epsilon"]), **name}
-    if kind == "Dropout":
-        return _SIMPLE[kind], {"rate": float(layer["rate"]), **name}
-    if kind == "TransformerEncoder":
-        return "TransformerEncoderBlock", {
-            "num_heads": layer["num_heads"],
-            "ff_dim": layer["ff_dim"],
-            "dropout": float(layer["dropout"]),
-            "activation": layer["activation"],
-            **name,
-        }
-    if kind == "MultiHeadAttention":
-        return "SelfAttention", {
-            "num_heads": layer["num_heads"],
-            "key_dim": layer["key_dim"],
-            "dropout": float(layer["dropout"]),
-            "causal": bool(layer["causal"]),
-            "use_bias": bool(layer.get("use_bias", True)),
-            **name,
-        }
-    if kind in _SIMPLE:
-        return _SIMPLE[kind], name
-    raise InvalidInputError(f"layer type {kind} (`{layer.name}`) is not built by this server yet")
-
-
 # The names the generated module has: keras and the building blocks.
-_NAMESPACE: dict[str, Any] = {"keras": keras, **vars(tf_layers)}
-
-
-def _variables(layer: Layer, block: Any) -> dict[str, Any]:
-    """Neutral parameter name -> Keras variable, for one layer."""
-
-    def attention(prefix: str, sa: Any) -> dict[str, Any]:
-        out = {}
-        for part in ("query", "key", "value", "output"):
-            dense = getattr(sa.mha, f"_{part}_dense")
-            out[f"{prefix}{part}_kernel"] = dense.kernel
-            if sa.use_bias:
-                out[f"{prefix}{part}_bias"] = dense.bias
-        return out
-
-    def dense(prefix: str, d: Any) -> dict[str, Any]:
-        return {f"{prefix}kernel": d.kernel, **({f"{prefix}bias": d.bias} if d.use_bias else {})}
-
-    def norm(prefix: str, n: Any) -> dict[str, Any]:
-        return {f"{prefix}gamma": n.gamma, f"{prefix}beta": n.beta}
-
-    kind = layer.type
-    if kind == "ResidualConnection":
-        sublayers = {sub.name: sub for sub in block.body}
-        return {
-            f"{child.name}/{param}": var
-            for child in layer.children
-            for param, var in _variables(child, sublayers[child.name]).items()
-        }
-    if kind in ("Conv1D", "Conv2D"):
-        return {"kernel": block.kernel, "bias": block.bias}
-    if kind == "BatchNormalization":
-        return {
-            **norm("", block),
-            "moving_mean": block.moving_mean,
-            "moving_variance": block.moving_variance,
-        }
-    if kind in ("LSTM", "GRU", "SimpleRNN"):
-        cell = block.cell
-        return {"kernel": cell.kernel, "recurrent_kernel": cell.recurrent_kernel, "bias": cell.bias}
-    if kind == "PositionalEncoding":
-        return {"embeddings": block.embeddings} if layer["kind"] == "learned" else {}
-    if kind in ("Dense", "Output"):
-        return dense("", block)
-    if kind == "Embedding":
-        return {"embeddings": block.embeddings}
-    if kind == "LayerNormalization":
-        return norm("", block)
-    if kind == "MultiHeadAttention":
-        return attention("", block)
-    if kind in ("TransformerEncoder", "TransformerDecoder"):
-        return {
-            **attention("attention/", block.attention),
-            **norm("attention_norm/", block.attention_norm),
-            **dense("ffn_1/", block.ffn_1),
-            **dense("ffn_2/", block.ffn_2),
-            **norm("ffn_norm/", block.ffn_norm),
-        }
-    return {}
+_NAMESPACE: dict[str, Any] = {"keras": keras, **vars(blocks)}
 
 
 class TensorFlowModel(BuiltModel):
@@ -235,7 +54,7 @@ class TensorFlowModel(BuiltModel):
         self.device = device
         self._lock = threading.Lock()
         with tf.device(self._tf_device):
-            self.model = tf_layers.NeuralModel(
+            self.model = blocks.NeuralModel(
                 [instantiate(constructor(layer, padding), _NAMESPACE) for layer in network.layers],
                 name=network.name,
             )
@@ -270,11 +89,11 @@ class TensorFlowModel(BuiltModel):
         return np.ascontiguousarray(tensor, dtype=np.float32)
 
     def _all_variables(self) -> dict[str, Any]:
-        blocks = {b.name: b for b in self.model.blocks}
+        built = {b.name: b for b in self.model.blocks}
         return {
-            f"{layer.name}/{param}": var
+            key: var
             for layer in self.network.layers
-            for param, var in _variables(layer, blocks[layer.name]).items()
+            for key, var in variables(layer, built[layer.name]).items()
         }
 
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -315,7 +134,7 @@ def generate_code(network: Network) -> str:
     return render_module(
         backend="tensorflow",
         network=network,
-        blocks_modules=[Path(tf_layers.__file__)],
+        blocks_modules=[Path(blocks.__file__)],
         body="\n".join(lines),
     )
 
@@ -350,7 +169,18 @@ class TensorFlowBackend(Backend):
     name = "tensorflow"
 
     def build(self, network: Network, *, seed: int, device: str = "auto") -> BuiltModel:
-        return TensorFlowModel(network, seed=seed, device=resolve_device(self.name, device))
+        return TensorFlowModel(network, seed=seed, device=self.resolve_device(device))
+
+    def gpu_available(self) -> bool:
+        return bool(tf.config.list_physical_devices("GPU"))
+
+    def read_weights(
+        self, network: Network, content: bytes, fmt: str, *, name: str = ""
+    ) -> dict[str, np.ndarray]:
+        def scratch() -> TensorFlowModel:
+            return TensorFlowModel(network, seed=0, device="cpu")
+
+        return read_keras(network, content, fmt, name, scratch)
 
 
 BACKEND = TensorFlowBackend()

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neural_attn.backends import pytorch_backend, tensorflow_backend
 from neural_attn.backends.codegen import Call, literal, render_call
+from neural_attn.backends.pytorch import build as pytorch_backend
+from neural_attn.backends.tensorflow import build as tensorflow_backend
 from neural_attn.dsl import compile_source
 from neural_attn.errors import DSLError
 

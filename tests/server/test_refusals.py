@@ -422,7 +422,7 @@ def test_max_layers_is_one_number_and_refused_while_expanding(tmp_path):
 
 
 def test_archives_that_would_unpack_past_the_model_are_refused_before_unpacking(tmp_path):
-    from neural_attn.backends.weight_files import to_neutral
+    from neural_attn.backends.base import read_weights as to_neutral
 
     network = compile_source(SMALL)
     bomb = io.BytesIO()

@@ -165,7 +165,8 @@ class _LiveLayers:
 
             monkeypatch.setattr(cls, "_to_numpy", to_numpy)
 
-        from neural_attn.backends import pytorch_backend, tensorflow_backend
+        from neural_attn.backends.pytorch import build as pytorch_backend
+        from neural_attn.backends.tensorflow import build as tensorflow_backend
 
         spy(pytorch_backend.PyTorchModel)
         spy(tensorflow_backend.TensorFlowModel)
