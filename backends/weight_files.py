@@ -179,16 +179,19 @@ def read_safetensors(content: bytes, network: Network, *, name: str = "") -> dic
         if size > len(content) - 8:
             raise ValueError(f"a header of {size:,} bytes in a file of {len(content):,}")
         header = json.loads(content[8 : 8 + size])
-        entries = {k: v for k, v in header.items() if k != "__metadata__"}
-        shapes = {k: tuple(v["shape"]) for k, v in entries.items()}
-    check_fit(_neutral_expected(network), shapes)
-    for key, entry in entries.items():
-        if entry["dtype"] not in ("F16", "F32", "F64"):
-            raise InvalidInputError(f"`{key}` holds {entry['dtype']}; weights must be floats")
+        entries = {
+            key: (tuple(int(d) for d in entry["shape"]), str(entry["dtype"]))
+            for key, entry in header.items()
+            if key != "__metadata__"
+        }
+    check_fit(_neutral_expected(network), {key: shape for key, (shape, _) in entries.items()})
+    for key, (_, dtype) in entries.items():
+        if dtype not in ("F16", "F32", "F64"):
+            raise InvalidInputError(f"`{key}` holds {excerpt(dtype)}; weights must be floats")
     from safetensors.numpy import load
 
     with reading(SAFETENSORS, name):
-        return {k: v.astype(np.float32) for k, v in load(content).items()}
+        return {key: value.astype(np.float32) for key, value in load(content).items()}
 
 
 def read_neutral(

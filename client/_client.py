@@ -76,7 +76,10 @@ _WEIGHTS_FORMATS = {
     "keras_h5": pb.KERAS_WEIGHTS_H5,
     "keras_archive": pb.KERAS_ARCHIVE,
     "torch": pb.TORCH_STATE_DICT,
+    "safetensors": pb.SAFETENSORS,
 }
+# The neutral formats, the ones ExportWeights writes.
+_EXPORT_FORMATS = ("npz", "safetensors")
 
 
 def _shape(dims: Sequence[int]) -> tuple[int | None, ...]:
@@ -366,7 +369,8 @@ class AttentionClient(HeadAnalysisMixin):
             weights: trained weights to load: a local file (sent to the server) or its bytes.
                 Neutral `.npz`, Keras `.weights.h5`/`.keras`, or a PyTorch `state_dict` file;
                 any of them loads into either backend.
-            weights_format: "npz", "keras_h5", "keras_archive" or "torch" (default: guessed).
+            weights_format: "npz", "safetensors", "keras_h5", "keras_archive" or "torch"
+                (default: guessed).
             server_weights: a file under the server's weights directory, instead of `weights`.
         """
         request = self._compile_request(
@@ -394,12 +398,24 @@ class AttentionClient(HeadAnalysisMixin):
         path = Path(path)
         return self.compile(path.read_text(encoding="utf-8"), filename=str(path), **options)
 
-    def export_weights(self, source: str, *, filename: str = "<string>", **options: Any) -> bytes:
-        """The compiled model's weights as a framework-neutral `.npz` (bytes).
+    def export_weights(
+        self,
+        source: str,
+        *,
+        filename: str = "<string>",
+        export_format: str = "npz",
+        **options: Any,
+    ) -> bytes:
+        """The compiled model's weights as a framework-neutral file (bytes): `.npz`, or
+        `.safetensors` with `export_format="safetensors"`; both keyed "layer/param".
 
         `options` are those of `compile`. With `weights` in one framework's format this
         converts them: the result loads into either backend.
         """
+        if export_format not in _EXPORT_FORMATS:
+            raise InvalidInputError(
+                f"export_format must be one of {', '.join(_EXPORT_FORMATS)}; got {export_format!r}"
+            )
         defaults = {
             "backend": "tensorflow",
             "seed": 0,
@@ -409,6 +425,7 @@ class AttentionClient(HeadAnalysisMixin):
             "server_weights": None,
         }
         request = self._compile_request(source, filename=filename, **{**defaults, **options})
+        request.export_format = _WEIGHTS_FORMATS[export_format]
         try:
             reply = self._stub.ExportWeights(request, **self._call("ExportWeights"))
         except grpc.RpcError as exc:

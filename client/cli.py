@@ -74,8 +74,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--network", help="which network, when the file defines several")
     p.add_argument(
         "--weights",
-        help="trained weights file sent to the server: neutral .npz, Keras .weights.h5 / "
-        ".keras, or a PyTorch state_dict (.pt); any of them fits either backend",
+        help="trained weights file sent to the server: neutral .npz or .safetensors, Keras "
+        ".weights.h5 / .keras, or a PyTorch state_dict (.pt); any of them fits either backend",
     )
     p.add_argument("--server-weights", help="a weights file under the server's --weights-dir")
     _token_option(p)
@@ -139,10 +139,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     e = sub.add_parser(
         "export-weights",
-        help="write a model's weights (e.g. converted from --weights) as a neutral .npz",
+        help="write a model's weights (e.g. converted from --weights) as a neutral .npz or "
+        ".safetensors",
     )
     _model_options(e)
-    e.add_argument("-o", "--output", required=True, help="the .npz to write")
+    e.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="the file to write: *.safetensors for safetensors, else a neutral .npz",
+    )
     i = sub.add_parser("info", help="what a server runs: backends, devices, limits")
     i.add_argument("--server", help="host:port (default: embedded)")
     _token_option(i)
@@ -248,11 +254,15 @@ def _export_weights(args: argparse.Namespace) -> int:
     _check_file(args.file)
     viz = _visualizer(args)
     options = viz.compile_options(args.backend)
+    fmt = "safetensors" if args.output.lower().endswith(".safetensors") else "npz"
     content = viz.client.export_weights(
-        Path(args.file).read_text(encoding="utf-8"), filename=args.file, **options
+        Path(args.file).read_text(encoding="utf-8"),
+        filename=args.file,
+        export_format=fmt,
+        **options,
     )
     Path(args.output).write_bytes(content)
-    print(f"wrote {args.output} ({len(content)} bytes, neutral .npz: loads into either backend)")
+    print(f"wrote {args.output} ({len(content)} bytes, neutral .{fmt}: loads into either backend)")
     return 0
 
 

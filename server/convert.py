@@ -98,6 +98,7 @@ _WEIGHTS_FORMATS = {
     pb.KERAS_WEIGHTS_H5: weight_files.KERAS_H5,
     pb.KERAS_ARCHIVE: weight_files.KERAS_ARCHIVE,
     pb.TORCH_STATE_DICT: weight_files.TORCH,
+    pb.SAFETENSORS: weight_files.SAFETENSORS,
 }
 
 
@@ -109,6 +110,17 @@ def weights_format(code: Any) -> str | None:
         return _WEIGHTS_FORMATS[code]
     except KeyError:
         raise InvalidInputError(f"unknown weights format code {code}") from None
+
+
+def export_format(code: Any) -> str:
+    """The neutral format ExportWeights writes: .npz unless the request asks otherwise."""
+    fmt = weights_format(code) or weight_files.NPZ
+    if fmt not in weight_files.NEUTRAL_FORMATS:
+        raise InvalidInputError(
+            f"weights are exported as {' or '.join(weight_files.NEUTRAL_FORMATS)}, not {fmt}: "
+            "both load into either backend"
+        )
+    return fmt
 
 
 def server_info(config: ServerConfig) -> pb.ServerInfo:

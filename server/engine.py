@@ -24,7 +24,8 @@ from neural_attn.backends.base import (
     sample_shape,
 )
 from neural_attn.backends.streaming import POOL_MODES, Reduction
-from neural_attn.backends.weight_files import to_npz
+from neural_attn.backends.weight_files import NPZ
+from neural_attn.backends.weight_files import write as write_weights
 from neural_attn.backends.weights import parameter_count
 from neural_attn.dsl import compile_source, network_to_dict
 from neural_attn.dsl.ir import Layer, Network
@@ -282,8 +283,9 @@ class Engine:
             )
         return path.read_bytes()
 
-    def export_weights(self, entry: CompiledModel) -> bytes:
-        """The model's weights as a neutral .npz; refused when it could not be sent."""
+    def export_weights(self, entry: CompiledModel, *, fmt: str = NPZ) -> bytes:
+        """The model's weights as a neutral file (`weight_files.NEUTRAL_FORMATS`, .npz by
+        default); refused when it could not be sent."""
         size = parameter_bytes(entry.network)
         if size > self.config.max_message_bytes - 1024 * 1024:
             raise ResourceLimitError(
@@ -291,7 +293,7 @@ class Engine:
                 f"server sends in one message ({self.config.max_message_bytes:,}); start it "
                 "with a larger --max-message-bytes"
             )
-        return to_npz(entry.model.get_weights())
+        return write_weights(entry.model.get_weights(), fmt)
 
     def lookup(self, model_id: str) -> CompiledModel | None:
         return self.cache.get(model_id)

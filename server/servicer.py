@@ -194,8 +194,10 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
     def ExportWeights(
         self, request: pb.CompileRequest, context: grpc.ServicerContext
     ) -> pb.WeightsFile:
+        fmt = convert.export_format(request.export_format)  # refused before compiling
         entry, _ = self._compile(request)
-        return pb.WeightsFile(model_id=entry.model_id, content=self.engine.export_weights(entry))
+        content = self.engine.export_weights(entry, fmt=fmt)
+        return pb.WeightsFile(model_id=entry.model_id, content=content)
 
     def GetServerInfo(
         self, request: pb.ServerInfoRequest, context: grpc.ServicerContext

@@ -29,6 +29,7 @@ class WeightsFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KERAS_WEIGHTS_H5: _ClassVar[WeightsFormat]
     KERAS_ARCHIVE: _ClassVar[WeightsFormat]
     TORCH_STATE_DICT: _ClassVar[WeightsFormat]
+    SAFETENSORS: _ClassVar[WeightsFormat]
 
 class PoolMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -49,6 +50,7 @@ NEUTRAL_NPZ: WeightsFormat
 KERAS_WEIGHTS_H5: WeightsFormat
 KERAS_ARCHIVE: WeightsFormat
 TORCH_STATE_DICT: WeightsFormat
+SAFETENSORS: WeightsFormat
 POOL_MODE_UNSPECIFIED: PoolMode
 MAX: PoolMode
 MEAN: PoolMode
@@ -76,20 +78,22 @@ class Weights(_message.Message):
     def __init__(self, content: _Optional[bytes] = ..., path: _Optional[str] = ..., format: _Optional[_Union[WeightsFormat, str]] = ..., filename: _Optional[str] = ...) -> None: ...
 
 class CompileRequest(_message.Message):
-    __slots__ = ("source", "filename", "backend", "seed", "network", "weights")
+    __slots__ = ("source", "filename", "backend", "seed", "network", "weights", "export_format")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     source: str
     filename: str
     backend: Backend
     seed: int
     network: str
     weights: Weights
-    def __init__(self, source: _Optional[str] = ..., filename: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., seed: _Optional[int] = ..., network: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ...) -> None: ...
+    export_format: WeightsFormat
+    def __init__(self, source: _Optional[str] = ..., filename: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., seed: _Optional[int] = ..., network: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., export_format: _Optional[_Union[WeightsFormat, str]] = ...) -> None: ...
 
 class WeightsFile(_message.Message):
     __slots__ = ("model_id", "content")

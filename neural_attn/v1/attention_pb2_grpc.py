@@ -115,7 +115,8 @@ class AttentionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportWeights(self, request, context):
-        """The compiled model's weights in the framework-neutral .npz format (any backend loads it).
+        """The compiled model's weights in a framework-neutral format (any backend loads it): .npz, or
+        .safetensors when the request's export_format says so.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

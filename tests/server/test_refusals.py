@@ -342,6 +342,11 @@ def _weights_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         z.writestr("metadata.json", '{"keras_version": "3"}')
         z.write(h5, "model.weights.h5")
     files["keras_archive"] = (archive, "keras_archive")
+    from safetensors.numpy import save_file
+
+    safetensors = tmp_path / "plain.safetensors"
+    save_file(weights, str(safetensors))  # as export-weights -o *.safetensors writes it
+    files["safetensors"] = (safetensors, "safetensors")
     return files
 
 
@@ -350,6 +355,7 @@ _FORMAT_WORDS = {
     "torch": "PyTorch",
     "keras_h5": ".weights.h5",
     "keras_archive": ".keras",
+    "safetensors": ".safetensors",
 }
 
 
@@ -453,3 +459,21 @@ def test_archives_that_would_unpack_past_the_model_are_refused_before_unpacking(
         to_neutral(network, packed.getvalue(), "torch", name="packed.pt")
     with pytest.raises(InvalidInputError, match="not a torch.save archive"):
         to_neutral(network, b"\x80\x02legacy", "torch", name="legacy.pt")
+
+
+def test_safetensors_that_do_not_fit_are_refused_from_the_header(client, tmp_path):
+    from safetensors.numpy import save
+
+    weights = initial_weights(compile_source(SMALL), 0)
+    key = next(iter(weights))
+    wrong = {**weights, key: np.zeros((3, 3), np.float32)}
+    with pytest.raises(InvalidInputError, match=rf"fit layer .*`{key}` is \(3, 3\) in the file"):
+        client.compile(SMALL, backend="pytorch", weights=save(wrong), weights_format="safetensors")
+    ints = {**weights, key: weights[key].astype(np.int32)}
+    with pytest.raises(InvalidInputError, match=rf"`{key}` holds I32; weights must be floats"):
+        client.compile(SMALL, backend="pytorch", weights=save(ints), weights_format="safetensors")
+    header_too_long = (10**9).to_bytes(8, "little") + b'{"a": 1}'
+    with pytest.raises(InvalidInputError, match=r"\.safetensors weights file 'x.safetensors'"):
+        path = tmp_path / "x.safetensors"
+        path.write_bytes(header_too_long)
+        client.compile(SMALL, backend="pytorch", weights=path)

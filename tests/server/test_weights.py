@@ -224,3 +224,52 @@ def test_weights_files_larger_than_grpcs_default_message_size_load(client):
     got = dict(client.extract_attention(model, ids))
     want = dict(client.extract_attention(same_seed, ids))
     np.testing.assert_array_equal(got["transformer_encoder_0"], want["transformer_encoder_0"])
+
+
+def test_safetensors_are_exported_and_read_by_the_same_neutral_names(client, trained, tmp_path):
+    from safetensors.numpy import load, save
+
+    exported = client.export_weights(
+        SOURCE, backend="pytorch", weights=_npz(trained), export_format="safetensors"
+    )
+    arrays = load(exported)
+    assert sorted(arrays) == sorted(trained)
+    for key in trained:
+        np.testing.assert_array_equal(arrays[key], trained[key], err_msg=key)
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(save(trained))
+    expected = _reference(trained)
+    for backend in BACKENDS:
+        model = client.compile(SOURCE, backend=backend, weights=path)  # guessed from the name
+        got = dict(client.extract_attention(model, IDS))["transformer_encoder_0"]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    unnamed = client.compile(SOURCE, backend="tensorflow", weights=path.read_bytes())
+    assert unnamed.weights_sha256 == model.weights_sha256  # guessed from the header
+
+
+def test_export_weights_writes_only_neutral_formats(client):
+    with pytest.raises(InvalidInputError, match="export_format must be one of npz, safetensors"):
+        client.export_weights(SOURCE, export_format="torch")
+
+
+def _npz(weights):
+    buffer = io.BytesIO()
+    np.savez(buffer, **weights)
+    return buffer.getvalue()
+
+
+def test_the_cli_writes_safetensors_by_the_output_name(server_target, network, tmp_path, capsys):
+    from safetensors.numpy import load_file
+
+    from neural_attn.client.cli import main
+
+    model = tmp_path / "trained.neural"
+    model.write_text(SOURCE)
+    out = tmp_path / "w.safetensors"
+    args = ["export-weights", str(model), "--server", server_target, "--backend", "pytorch"]
+    assert main([*args, "--seed", "4", "-o", str(out)]) == 0
+    assert "neutral .safetensors" in capsys.readouterr().out
+    arrays, seeded = load_file(str(out)), initial_weights(network, 4)
+    assert sorted(arrays) == sorted(seeded)
+    for key in seeded:
+        np.testing.assert_allclose(arrays[key], seeded[key], atol=1e-7, err_msg=key)
