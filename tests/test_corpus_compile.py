@@ -16,12 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, EXAMPLES, ROOT
 
-from neural_attn.backends.base import sample_input
+from neural_attn.backends.base import BACKENDS, sample_input
 from neural_attn.backends.weights import weight_shapes
 from neural_attn.dsl import compile_file
 from neural_attn.errors import DSLError
+
+# Not imported from conftest: tests/server has a conftest of its own, and the name is shared.
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "attention_examples"
 
 CORPUS = ROOT / "tests" / "data" / "corpus"
 FILES = sorted(CORPUS.glob("*.neural"))
