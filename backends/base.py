@@ -22,7 +22,7 @@ from neural_attn.backends.weight_files import (
     NEUTRAL_FORMATS,
     read_neutral,
 )
-from neural_attn.dsl.ir import Layer, Network
+from neural_attn.dsl.ir import Network
 from neural_attn.errors import (
     BackendUnavailableError,
     CancelledError,
@@ -97,15 +97,11 @@ def input_forms(network: Network) -> list[InputForm]:
 
 def _max_length(network: Network) -> tuple[int, str] | None:
     """The longest sequence the network takes and the layer that bounds it, if one does."""
-    bounds: list[tuple[int, str]] = []
-
-    def visit(layers: tuple[Layer, ...]) -> None:
-        for layer in layers:
-            if layer.type == "PositionalEncoding" and layer.get("max_len") is not None:
-                bounds.append((int(layer["max_len"]), layer.name))
-            visit(layer.children)
-
-    visit(network.layers)
+    bounds = [
+        (int(layer["max_len"]), layer.name)
+        for layer in network.walk()
+        if layer.type == "PositionalEncoding" and layer.get("max_len") is not None
+    ]
     return min(bounds) if bounds else None
 
 

@@ -12,6 +12,7 @@ Nothing here imports lark; no lark ``Tree``/``Token`` ever reaches these nodes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -148,9 +149,20 @@ class Layer:
     def is_attention(self) -> bool:
         return self.type in ATTENTION_TYPES
 
+    def walk(self) -> Iterator[Layer]:
+        """This layer, then every layer inside it (ResidualConnection bodies), in file order."""
+        yield from walk_layers((self,))
+
     @property
     def param_dict(self) -> dict[str, Any]:
         return dict(self.params)
+
+
+def walk_layers(layers: Iterable[Layer]) -> Iterator[Layer]:
+    """Every layer of `layers` and inside them, depth first, in file order (the one IR walk)."""
+    for layer in layers:
+        yield layer
+        yield from walk_layers(layer.children)
 
 
 # Layer types whose forward pass produces attention probabilities.
@@ -188,12 +200,16 @@ class Network:
     @property
     def attention_sites(self) -> tuple[tuple[int, Layer], ...]:
         """(index of the top-level layer that holds it, attention layer), in order."""
+        return tuple(
+            (i, found)
+            for i, layer in enumerate(self.layers)
+            for found in layer.walk()
+            if found.is_attention
+        )
 
-        def walk(layer: Layer) -> tuple[Layer, ...]:
-            inner = tuple(found for child in layer.children for found in walk(child))
-            return ((layer,) if layer.is_attention else ()) + inner
-
-        return tuple((i, found) for i, layer in enumerate(self.layers) for found in walk(layer))
+    def walk(self) -> Iterator[Layer]:
+        """Every layer, those inside blocks included, depth first in file order."""
+        return walk_layers(self.layers)
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:

@@ -20,7 +20,19 @@ from neural_attn.errors import DSLLimitError, DSLSemanticError
 from neural_attn.limits import MAX_LAYERS, MAX_NESTING
 
 from .binding import Binder
-from .ir import HPO, Arg, Layer, LayerCall, Macro, Network, NetworkDecl, Pos, Program, Shape
+from .ir import (
+    HPO,
+    Arg,
+    Layer,
+    LayerCall,
+    Macro,
+    Network,
+    NetworkDecl,
+    Pos,
+    Program,
+    Shape,
+    walk_layers,
+)
 from .layers import LAYER_SPECS, LayerSpec, ShapeContext, ShapeError, format_shape
 from .syntax_errors import source_line
 from .values import (
@@ -105,7 +117,7 @@ class _Resolver(Binder):
         source = f"the input is {format_shape(input_shape)}"
         layers, _, _ = self._infer(plans, input_shape, source, True)
         warnings: list[str] = []
-        for layer in _walk(layers):
+        for layer in walk_layers(layers):
             for path, hpo in layer.search_space:
                 warnings.append(_hpo_warning(f"`{layer.name}`: {path}", hpo))
         sections, search = self._sections(warnings)
@@ -417,14 +429,6 @@ class _Resolver(Binder):
         macro, pos = plan.trail[-1]
         where = f"(in macro `{macro}`, used on line {pos.line})"
         return f"{hint} {where}" if hint else where
-
-
-def _walk(layers: list[Layer] | tuple[Layer, ...]) -> list[Layer]:
-    out: list[Layer] = []
-    for layer in layers:
-        out.append(layer)
-        out.extend(_walk(layer.children))
-    return out
 
 
 def _hpo_warning(where: str, hpo: HPO) -> str:

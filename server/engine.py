@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -119,12 +119,6 @@ def model_id_for(network: Network, *, backend: str, seed: int, weights_sha256: s
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def _layers(layers: Sequence[Layer]) -> Iterator[Layer]:
-    for layer in layers:
-        yield layer
-        yield from _layers(layer.children)
-
-
 def peak_activation(net: Network, seq: int) -> tuple[int, str]:
     """The largest tensor one item's forward pass makes (elements), and the layer making it.
 
@@ -133,7 +127,7 @@ def peak_activation(net: Network, seq: int) -> tuple[int, str]:
     lengths take `seq`. Attention matrices are counted apart (max_attention_elements).
     """
     best, where = 0, ""
-    for layer in _layers(net.layers):
+    for layer in net.walk():
         sizes = [math.prod(seq if d is None else d for d in layer.output_shape)]
         if layer.is_attention:
             width = int(layer.input_shape[-1] or 0)
