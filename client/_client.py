@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 
 from neural_attn import wire
+from neural_attn.analysis import DISTRIBUTION_STATS, HEAD_METRICS, LAYER_AVERAGES
 from neural_attn.client import _connection as _conn
 from neural_attn.client._analyses import HeadAnalysisMixin
 from neural_attn.client._sinks import ArraySink, LayerHeader, LayerSink, Pooling
@@ -120,24 +121,17 @@ def _compile_result(r: pb.CompileResponse) -> CompileResult:
 
 def _analysis_dict(r: pb.AnalyzeResponse) -> dict[str, Any]:
     """The response as the same dict `neural_attn.analysis.summarize_layers` makes."""
-    layers: dict[str, Any] = {}
+    layers: dict[str, dict[str, Any]] = {}
     for la in r.layers:
         heads = list(la.heads)
         layers[la.layer_name] = {
             "shape": list(la.shape),
             "num_heads": la.num_heads,
-            "attention_entropy": [h.entropy for h in heads],
-            "max_attention_per_head": [h.max_attention for h in heads],
+            **{key: [getattr(h, field) for h in heads] for key, field in HEAD_METRICS.items()},
             "attention_distribution": [
-                {"mean": h.mean, "std": h.std, "min": h.min, "max": h.max} for h in heads
+                {stat: getattr(h, stat) for stat in DISTRIBUTION_STATS} for h in heads
             ],
-            "diagonal_attention_strength": [h.diagonal_strength for h in heads],
-            "pattern_per_head": [h.pattern for h in heads],
-            "mean_attention_distance": [h.mean_distance for h in heads],
-            "normalized_entropy": [h.normalized_entropy for h in heads],
-            "avg_entropy": la.avg_entropy,
-            "avg_max_attention": la.avg_max_attention,
-            "avg_diagonal_strength": la.avg_diagonal_strength,
+            **{key: getattr(la, key) for key in LAYER_AVERAGES},
         }
     rollout = wire.from_proto(r.rollout) if r.HasField("rollout") else None
     return {"model_id": r.model_id, "layers": layers, "rollout": rollout}

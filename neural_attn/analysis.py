@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from neural_attn.errors import InvalidInputError
 
 __all__ = [
+    "DISTRIBUTION_STATS",
+    "HEAD_METRICS",
+    "LAYER_AVERAGES",
     "PATTERN_LABELS",
+    "LayerMetrics",
     "Rollout",
     "analyze_attention_patterns",
     "attention_rollout",
@@ -31,6 +35,50 @@ __all__ = [
 ]
 
 PATTERN_LABELS = ("local", "global", "prefix_suffix", "sparse", "mixed")
+
+
+class Distribution(TypedDict):
+    mean: float
+    std: float
+    min: float
+    max: float
+
+
+class LayerMetrics(TypedDict, total=False):
+    """One layer's metrics, the feature document's names; each list holds one entry per head.
+
+    The one record the analysis makes, the server sends (``neural_attn.v1.LayerAnalysis``,
+    through ``HEAD_METRICS``), the SDK returns and the renderers read. ``shape`` is set by
+    ``layer_metrics``.
+    """
+
+    num_heads: int
+    attention_entropy: list[float]
+    max_attention_per_head: list[float]
+    attention_distribution: list[Distribution]
+    diagonal_attention_strength: list[float]
+    avg_entropy: float
+    avg_max_attention: float
+    avg_diagonal_strength: float
+    pattern_per_head: list[str]
+    mean_attention_distance: list[float]
+    normalized_entropy: list[float]
+    shape: list[int]
+
+
+# LayerMetrics' per-head lists -> their field of neural_attn.v1.HeadMetrics on the wire.
+HEAD_METRICS = {
+    "attention_entropy": "entropy",
+    "max_attention_per_head": "max_attention",
+    "diagonal_attention_strength": "diagonal_strength",
+    "pattern_per_head": "pattern",
+    "mean_attention_distance": "mean_distance",
+    "normalized_entropy": "normalized_entropy",
+}
+# attention_distribution's keys, which are also HeadMetrics fields.
+DISTRIBUTION_STATS = ("mean", "std", "min", "max")
+# LayerMetrics' means over heads, which are also LayerAnalysis fields.
+LAYER_AVERAGES = ("avg_entropy", "avg_max_attention", "avg_diagonal_strength")
 
 # Thresholds of the pattern rule (see analyze_attention_patterns).
 GLOBAL_MIN_NORMALIZED_ENTROPY = 0.9

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from neural_attn import __version__, wire
+from neural_attn.analysis import HEAD_METRICS, LAYER_AVERAGES
 from neural_attn.backends import info, weight_files
 from neural_attn.backends.base import BACKENDS, input_forms
 from neural_attn.backends.streaming import Reduction
@@ -337,16 +338,8 @@ def analyze_response(
         heads = [
             pb.HeadMetrics(
                 head=first_head + h,
-                entropy=metrics["attention_entropy"][h],
-                max_attention=metrics["max_attention_per_head"][h],
-                diagonal_strength=metrics["diagonal_attention_strength"][h],
-                mean=metrics["attention_distribution"][h]["mean"],
-                std=metrics["attention_distribution"][h]["std"],
-                min=metrics["attention_distribution"][h]["min"],
-                max=metrics["attention_distribution"][h]["max"],
-                pattern=metrics["pattern_per_head"][h],
-                mean_distance=metrics["mean_attention_distance"][h],
-                normalized_entropy=metrics["normalized_entropy"][h],
+                **{field: metrics[key][h] for key, field in HEAD_METRICS.items()},
+                **metrics["attention_distribution"][h],
             )
             for h in range(metrics["num_heads"])
         ]
@@ -356,9 +349,7 @@ def analyze_response(
                 shape=metrics["shape"],
                 num_heads=metrics["num_heads"],
                 heads=heads,
-                avg_entropy=metrics["avg_entropy"],
-                avg_max_attention=metrics["avg_max_attention"],
-                avg_diagonal_strength=metrics["avg_diagonal_strength"],
+                **{key: metrics[key] for key in LAYER_AVERAGES},
             )
         )
     response = pb.AnalyzeResponse(model_id=model_id, layers=layers)
