@@ -19,7 +19,7 @@
 #
 # Needs BuildKit (Docker 20.10+ with DOCKER_BUILDKIT=1, or docker buildx; the default since
 # Docker 23): the wheels and sources are bind-mounted into the RUN steps, never copied into a
-# layer. The final images hold one virtual environment and nothing else of the build: no pip
+# layer of their own. The final images hold one virtual environment and nothing else of the build: no pip
 # cache, no wheels, no compilers, no grpcio-tools.
 #
 # BASE_IMAGE must provide python3 (3.11 or newer) with its venv module, and useradd:
@@ -38,18 +38,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 FROM base AS source
 ARG WHEELS_ONLY=0
 ARG GRPCIO_TOOLS=grpcio-tools==1.85.1
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY protos ./protos
-COPY neural_attn ./neural_attn
-COPY dsl ./dsl
-COPY backends ./backends
-COPY server ./server
-COPY client ./client
-RUN --mount=type=bind,source=deploy/wheels,target=/wheels \
+# One layer: the sources, from a bind mount of the context (.dockerignore keeps it to these),
+# and the stubs generated from them.
+RUN --mount=type=bind,target=/ctx \
     set -eu; \
-    if [ "$WHEELS_ONLY" = 1 ]; then set -- --no-index --find-links /wheels; \
-    else set -- --find-links /wheels; fi; \
+    if [ "$WHEELS_ONLY" = 1 ]; then set -- --no-index --find-links /ctx/deploy/wheels; \
+    else set -- --find-links /ctx/deploy/wheels; fi; \
+    mkdir /src; \
+    cd /ctx && cp -r pyproject.toml README.md protos neural_attn dsl backends server client /src/; \
+    cd /src; \
     python3 -m venv /tmp/tools; \
     /tmp/tools/bin/pip install -q "$@" "$GRPCIO_TOOLS"; \
     /tmp/tools/bin/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. \
@@ -60,8 +57,8 @@ RUN --mount=type=bind,source=deploy/wheels,target=/wheels \
 # --- the client: the thin install (numpy, grpcio, matplotlib, plotly) and the CLI -------------
 FROM base AS client-build
 ARG WHEELS_ONLY=0
-COPY --from=source /src /src
 RUN --mount=type=bind,source=deploy/wheels,target=/wheels \
+    --mount=type=bind,from=source,source=/src,target=/src,rw \
     set -eu; \
     if [ "$WHEELS_ONLY" = 1 ]; then set -- --no-index --find-links /wheels; \
     else set -- --find-links /wheels; fi; \
@@ -74,7 +71,6 @@ RUN --mount=type=bind,source=deploy/wheels,target=/wheels \
 
 FROM base AS client
 RUN useradd --create-home --uid 10001 --user-group attn
-WORKDIR /home/attn
 COPY --from=client-build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH MPLCONFIGDIR=/tmp/matplotlib
 USER 10001:10001
@@ -102,8 +98,8 @@ print("\n".join(d for d in p["dependencies"] + p["optional-dependencies"]["servi
 if not d.startswith(p["name"])))' > /tmp/requirements.txt; \
     /opt/venv/bin/pip install -q "$@" "$TF_PACKAGE" -r /tmp/requirements.txt; \
     rm /tmp/requirements.txt
-COPY --from=source /src /src
 RUN --mount=type=bind,source=deploy/wheels,target=/wheels \
+    --mount=type=bind,from=source,source=/src,target=/src,rw \
     --mount=type=bind,source=deploy/healthcheck.py,target=/tmp/healthcheck.py \
     set -eu; \
     if [ "$WHEELS_ONLY" = 1 ]; then set -- --no-index --find-links /wheels; \
@@ -115,11 +111,10 @@ RUN --mount=type=bind,source=deploy/wheels,target=/wheels \
     /opt/venv/bin/neural-attn-server --help >/dev/null
 
 # The default target. On copy-based storage drivers (vfs) every layer holds the whole tree, so
-# the venv is the last filesystem layer.
+# the final stages have two: the user, then the venv (no WORKDIR: the process needs no cwd).
 FROM base AS server
 RUN useradd --create-home --uid 10001 --user-group attn \
     && mkdir -p /weights && chown 10001:10001 /weights
-WORKDIR /home/attn
 COPY --from=server-build /opt/venv /opt/venv
 # In a container the published port is the boundary (compose publishes on 127.0.0.1 unless
 # told otherwise), so the server binds every interface of its own network namespace.

@@ -17,9 +17,15 @@
 #     exit code 0 (deploy/smoke_drain.py)
 #  8. teardown on any exit: docker-compose down, and our dockerd stopped by its pid
 #
-# Environment: SMOKE_DIR (default /tmp/neural-attn-smoke: engine data and caches, kept between
-# runs so a rebuild takes seconds; delete it to reclaim the space), SMOKE_BASE_IMAGE, SMOKE_KEEP=1
-# (leave the stack running), SMOKE_PYTHON (default .venv/bin/python).
+# Disk: the engine this script starts stores images with vfs (no overlay here), where every
+# layer is a full copy: a run needs about 20 GB free under SMOKE_DIR and checks for it first.
+# Our engine's data is deleted at the end unless SMOKE_KEEP_CACHE=1 (then a rerun reuses the
+# base image and the framework layers; `docker builder prune` bounds what it keeps). On an
+# engine that was already running, only this run's containers go; images stay.
+#
+# Environment: SMOKE_DIR (default /tmp/neural-attn-smoke), SMOKE_BASE_IMAGE, SMOKE_KEEP=1
+# (leave the stack and our engine running), SMOKE_KEEP_CACHE=1, SMOKE_MIN_FREE_GB (default 20),
+# SMOKE_PYTHON (default .venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -40,6 +46,10 @@ for tool in docker-compose "$PY"; do
   command -v "$tool" >/dev/null || die "$tool is missing (apt-get install docker-compose; make setup)"
 done
 mkdir -p "$SMOKE_DIR"
+free_gb=$(df -Pk "$SMOKE_DIR" | awk 'NR == 2 {print int($4 / 1048576)}')
+if [ "$free_gb" -lt "${SMOKE_MIN_FREE_GB:-20}" ]; then
+  die "only $free_gb GB free under $SMOKE_DIR; the images need about ${SMOKE_MIN_FREE_GB:-20} GB (vfs copies every layer)"
+fi
 WORK=$(mktemp -d "$SMOKE_DIR/run.XXXXXX")
 OWN_DOCKERD_PID=
 
@@ -55,6 +65,16 @@ cleanup() {
     kill -TERM "$OWN_DOCKERD_PID" 2>/dev/null
     for _ in $(seq 60); do kill -0 "$OWN_DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
     kill -0 "$OWN_DOCKERD_PID" 2>/dev/null && kill -KILL "$OWN_DOCKERD_PID"
+    # what the engine may leave mounted under its exec root (its network namespace)
+    grep -o " $SMOKE_DIR/engine/exec[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount 2>/dev/null
+    if [ "${SMOKE_KEEP_CACHE:-0}" = 1 ]; then
+      say "teardown: engine cache kept in $SMOKE_DIR/engine ($(du -sh "$SMOKE_DIR/engine" 2>/dev/null | cut -f1))"
+    else
+      say "teardown: deleting the engine's data ($(du -sh "$SMOKE_DIR/engine" 2>/dev/null | cut -f1); SMOKE_KEEP_CACHE=1 keeps it)"
+      rm -rf "$SMOKE_DIR/engine"
+    fi
+  elif [ -n "${DOCKER:-}" ] && [ "${SMOKE_KEEP:-0}" != 1 ]; then
+    "$DOCKER" image prune -f >/dev/null 2>&1
   fi
   rm -rf "$WORK"
   if [ "$rc" = 0 ]; then say "compose-smoke: PASS"; else say "compose-smoke: FAILED (exit $rc)"; fi
@@ -132,6 +152,11 @@ say "wheels: the host's pip fills deploy/wheels (CPU torch, tensorflow-cpu, the 
   '.[service]' >"$WORK/pip.log" 2>&1 || { tail -20 "$WORK/pip.log" >&2; die "pip download failed"; }
 rm -f deploy/wheels/neural_attn-* deploy/wheels/neural-attn-*
 say "wheels: $(find deploy/wheels -name '*.whl' | wc -l) wheels, $(du -sh deploy/wheels | cut -f1)"
+
+if [ -n "$OWN_DOCKERD_PID" ]; then  # a kept cache: only what the next build can use
+  "$DOCKER" image prune -f >/dev/null 2>&1 || true
+  "$DOCKER" builder prune -f --keep-storage 12GB >/dev/null 2>&1 || true
+fi
 
 # --- 4. images ---------------------------------------------------------------------------------
 build() {  # tag, extra args...
@@ -225,6 +250,21 @@ json.loads((served / "analysis.json").read_text())
 print(f"   outputs: {len(list(served.iterdir()))} files; attention {att.shape} equals the "
       f"embedded run's (max |diff| {diff:.1e}); rows sum to 1")
 EOF
+# The slim client image does the same from a container (host network, the image's own user).
+mkdir -m 0777 "$WORK/client-image"
+"$DOCKER" run --rm --network host -v "$ROOT/examples:/examples:ro" -v "$WORK/client-image:/out" \
+  "$CLIENT_IMAGE" visualize "/$MODEL" --attention --quiet --server "127.0.0.1:$SMOKE_PORT" \
+  --output-dir /out >"$WORK/client-image.log" 2>&1 \
+  || { cat "$WORK/client-image.log" >&2; die "the client image could not visualize against the server"; }
+"$PY" - "$OUT" "$WORK/client-image" <<'EOF' || die "the client image's outputs differ"
+import sys
+from pathlib import Path
+import numpy as np
+a, b = (np.load(Path(d) / "attention_weights.npz") for d in sys.argv[1:])
+assert sorted(a.files) == sorted(b.files) and all((a[k] == b[k]).all() for k in a.files)
+assert (Path(sys.argv[2]) / "attention_interactive.html").stat().st_size > 0
+EOF
+say "client image: the same visualization from $CLIENT_IMAGE, identical attention"
 metrics=$("$PY" -c "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())" \
   "http://127.0.0.1:$SMOKE_METRICS_PORT/metrics") || die "no /metrics on :$SMOKE_METRICS_PORT"
 calls=$(printf '%s\n' "$metrics" | grep -E '^neural_attn_requests_total\{' || true)

@@ -154,7 +154,8 @@ def test_dockerfile_copies_every_package_folder_and_generates_the_stubs():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     folders = set(pyproject["tool"]["setuptools"]["package-dir"].values())
     source = _stages((ROOT / "Dockerfile").read_text())["source"]
-    copied = {src for line in source if line.startswith("COPY ") for src in line.split()[1:-1]}
+    copy_line = next(line for line in " ".join(source).split(";") if "cp -r" in line)
+    copied = set(copy_line.split("cp -r", 1)[1].split()[:-1])
     assert folders | {"pyproject.toml", "README.md", "protos"} <= copied, folders - copied
     generate = next(line for line in source if "grpc_tools.protoc" in line)
     make_proto = re.search(r"^PROTO_SRC := (\S+)", (ROOT / "Makefile").read_text(), re.M)
@@ -176,7 +177,7 @@ def test_dockerignore_sends_the_sources_but_not_the_committed_stubs():
         assert f"!{folder}/" in lines, folder
     assert "neural_attn/v1/*_pb2*.py" in lines
     assert "!deploy/healthcheck.py" in lines and "!deploy/wheels/" in lines
-    assert (ROOT / "deploy" / "wheels" / ".gitignore").is_file()  # the COPY source exists
+    assert (ROOT / "deploy" / "wheels" / ".gitignore").is_file()  # the bind mount's source exists
 
 
 @pytest.fixture
@@ -221,6 +222,94 @@ def test_the_image_healthcheck_follows_grpc_health(health_server):
         free = s.getsockname()[1]
     down = _probe(free)
     assert down.returncode == 1 and "UNAVAILABLE" in down.stderr, down
+
+
+def _tls_files(tmp_path: Path) -> dict[str, str]:
+    """A CA and a server certificate for localhost it signed (no EKU: usable as a client too)."""
+    x509 = pytest.importorskip("cryptography.x509")
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common: str) -> Any:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("test ca"))
+        .issuer_name(name("test ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = {
+        "ca": ca.public_bytes(serialization.Encoding.PEM),
+        "cert": cert.public_bytes(serialization.Encoding.PEM),
+        "key": key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    }
+    for kind, data in files.items():
+        (tmp_path / f"{kind}.pem").write_bytes(data)
+    return {kind: str(tmp_path / f"{kind}.pem") for kind in files}
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
+def test_the_image_healthcheck_speaks_tls_when_the_server_does(tmp_path, mutual):
+    grpc = pytest.importorskip("grpc")
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    pem = _tls_files(tmp_path)
+    read = lambda kind: Path(pem[kind]).read_bytes()  # noqa: E731
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    creds = grpc.ssl_server_credentials(
+        [(read("key"), read("cert"))],
+        root_certificates=read("ca") if mutual else None,
+        require_client_auth=mutual,
+    )
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    try:
+        env = _clean_env() | {
+            "NEURAL_ATTN_PORT": str(port),
+            "NEURAL_ATTN_TLS_CERT": pem["cert"],
+            "NEURAL_ATTN_TLS_KEY": pem["key"],
+            "NEURAL_ATTN_HEALTHCHECK_CA": pem["ca"],
+        }
+        if mutual:
+            env["NEURAL_ATTN_TLS_CLIENT_CA"] = pem["ca"]
+        probe = [sys.executable, str(ROOT / "deploy" / "healthcheck.py")]
+        ok = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=30)
+        assert ok.returncode == 0 and "SERVING" in ok.stdout, ok
+        # a plaintext probe cannot pass against a TLS port
+        plain = {k: v for k, v in env.items() if not k.startswith("NEURAL_ATTN_TLS")}
+        refused = subprocess.run(probe, env=plain, capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 1, refused
+    finally:
+        server.stop(0)
 
 
 # --- compose --------------------------------------------------------------------------------
