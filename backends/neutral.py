@@ -66,11 +66,10 @@ def arguments(layer: Layer) -> dict[str, Any]:
             value = layer[name]
         else:
             value = layer.get(name, param.default)
-        if param is None:
-            pass
-        elif param.kind in _FLOAT_KINDS:
+        kind = param.kind if param is not None else ""
+        if kind in _FLOAT_KINDS:
             value = float(value)
-        elif param.kind == "bool":
+        elif kind == "bool":
             value = bool(value)
         out[name] = value
     return out

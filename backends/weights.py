@@ -19,6 +19,8 @@ Layouts of the other layers (Keras 3's own):
 - ResidualConnection: its sub-layers' parameters under their own names,
   ``residual_connection_0/conv2d_1/kernel``.
 
+Each layer type's names and shapes are written once, in `backends.neutral.NEUTRAL`.
+
 Initialisation (documented, the same everywhere): kernels (recurrent ones too) Glorot-uniform
 over (fan_in, fan_out), a convolution's fans multiplied by its window; biases, beta and
 moving means zero; gamma and moving variances one; embeddings N(0, 1).
@@ -34,7 +36,6 @@ import numpy as np
 from neural_attn.backends.neutral import WeightShapes, layer_weight_shapes
 from neural_attn.dsl.ir import Network
 
-# The neutral names and shapes of each layer type are described in `backends.neutral`.
 __all__ = [
     "WeightShapes",
     "initial_weights",
