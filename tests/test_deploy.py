@@ -517,6 +517,46 @@ def test_kubernetes_deployment_matches_the_server(tmp_path):
     assert m["pdb.yaml"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+def _json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
+    """RFC 6902 remove / replace / test, what the CPU overlay uses (kustomize applies it)."""
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        *parents, last = [
+            p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]
+        ]
+        node = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        key: Any = int(last) if isinstance(node, list) else last
+        if op["op"] == "remove":
+            del node[key]
+        elif op["op"] == "replace":
+            assert key in node if isinstance(node, dict) else key < len(node), op
+            node[key] = op["value"]
+        elif op["op"] == "test":
+            assert node[key] == op["value"], op
+        else:
+            raise AssertionError(f"unsupported op {op}")
+    return doc
+
+
+def test_kubernetes_cpu_overlay_removes_the_gpu_and_still_validates():
+    overlay = yaml.safe_load((K8S / "cpu" / "kustomization.yaml").read_text())
+    assert overlay["resources"] == [".."]
+    (patch,) = overlay["patches"]
+    assert patch["target"] == {"kind": "Deployment", "name": "neural-attn"}
+    deployment = _json_patch(_manifests()["deployment.yaml"], yaml.safe_load(patch["patch"]))
+    (image,) = overlay["images"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    name, _tag = container["image"].split(":")
+    assert image["name"] == name and image["newTag"] == "cpu"
+    assert "nvidia" not in str(deployment)
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["NEURAL_ATTN_DEVICE"] == "cpu"
+    kv = pytest.importorskip("kubernetes_validate")
+    kv.validate(deployment, kv.latest_version(), strict=True)
+
+
 # --- the smoke test and the docs ------------------------------------------------------------
 
 
