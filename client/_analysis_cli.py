@@ -99,15 +99,8 @@ def _head(text: str) -> tuple[str, int]:
 # -- plumbing ---------------------------------------------------------------------------------
 def _client(args: argparse.Namespace) -> Any:
     from neural_attn.client import cli
-    from neural_attn.client._client import AttentionClient
-    from neural_attn.client._embedded import embedded_target
 
-    client = cli._server_client(args)
-    if client is None:
-        target = embedded_target()
-        _note(args, f"no --server: using an embedded server on {target}")
-        client = AttentionClient(target, tls=False)
-    return client
+    return cli._client_for(args, announce=lambda line: _note(args, line))
 
 
 def _note(args: argparse.Namespace, line: str) -> None:

@@ -17,6 +17,7 @@ from neural_attn import wire
 from neural_attn.analysis import DISTRIBUTION_STATS, HEAD_METRICS, LAYER_AVERAGES
 from neural_attn.client import _connection as _conn
 from neural_attn.client._analyses import HeadAnalysisMixin
+from neural_attn.client._embedded import server_target
 from neural_attn.client._sinks import ArraySink, LayerHeader, LayerSink, Pooling
 from neural_attn.errors import (
     ERROR_KIND_KEY,
@@ -212,8 +213,8 @@ class AttentionClient(HeadAnalysisMixin):
 
     Args:
         target: "host:port", a gRPC target such as "dns:///name:port", or a comma list of
-            replicas "host:port,host:port" balanced round-robin (default: $NEURAL_ATTN_SERVER
-            or localhost:50051).
+            replicas "host:port,host:port" balanced round-robin (default: $NEURAL_ATTN_SERVER,
+            else the embedded server in this process, see `_embedded.server_target`).
         token: bearer token of a server that requires one (default: $NEURAL_ATTN_TOKEN, or the
             file named by $NEURAL_ATTN_TOKEN_FILE).
         timeout: seconds per call (default: a deadline per call kind, `DEFAULT_DEADLINES`).
@@ -243,13 +244,24 @@ class AttentionClient(HeadAnalysisMixin):
         tls_key: str | os.PathLike[str] | bytes | None = None,
         connect_timeout: float | None = None,
     ) -> None:
-        self.target = target or os.environ.get("NEURAL_ATTN_SERVER", "localhost:50051")
+        embedded = False
+        if target is None and channel is None:
+            target, embedded = server_target()
+        self.target = target or os.environ.get("NEURAL_ATTN_SERVER") or "the given channel"
         self._own_channel = channel is None
         if channel is None:
             address = _conn.normalize_target(self.target)
             options = _conn.channel_options(max_message_bytes)
-            creds = _conn.channel_credentials(
-                credentials=credentials, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+            creds = (
+                None  # the embedded server listens on loopback in this process, in clear
+                if embedded
+                else _conn.channel_credentials(
+                    credentials=credentials,
+                    tls=tls,
+                    tls_ca=tls_ca,
+                    tls_cert=tls_cert,
+                    tls_key=tls_key,
+                )
             )
             channel = (
                 grpc.insecure_channel(address, options=options)

@@ -1,13 +1,17 @@
-"""The embedded server: the production `create_server` on a loopback port, in this process.
+"""Which server a client talks to, and the embedded server: the production `create_server` on
+a loopback port, in this process.
 
-Started on first use when no server address is given, shared by every client in the process,
+`server_target` is the one place that decides: an address given, else $NEURAL_ATTN_SERVER,
+else the embedded server, started on first use, shared by every client in the process,
 stopped at exit.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import threading
+from collections.abc import Callable
 
 from neural_attn.errors import BackendUnavailableError
 
@@ -34,3 +38,16 @@ def embedded_target() -> str:
             atexit.register(server.stop, None)
             _target = f"127.0.0.1:{port}"
         return _target
+
+
+def server_target(
+    explicit: str | None = None, *, announce: Callable[[str], None] | None = None
+) -> tuple[str, bool]:
+    """(target, embedded): `explicit`, else $NEURAL_ATTN_SERVER, else the embedded server's
+    loopback address (started now if it is not running; `announce` is told so)."""
+    target = explicit or os.environ.get("NEURAL_ATTN_SERVER")
+    if target:
+        return target, False
+    if announce is not None:
+        announce("starting the embedded server on loopback (no --server given)")
+    return embedded_target(), True

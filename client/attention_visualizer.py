@@ -17,6 +17,7 @@ import numpy as np
 from neural_attn.analysis import analyze_attention_patterns, summarize_layers
 from neural_attn.client import render
 from neural_attn.client._client import AttentionClient, CompileResult
+from neural_attn.client._embedded import server_target
 from neural_attn.client._figures import PDF_BOOK, parse_formats, save_figure, write_pdf_book
 from neural_attn.client._progress import StreamProgress, expected_bytes
 from neural_attn.client._sinks import ArraySink, NpzSink
@@ -133,13 +134,9 @@ class AttentionVisualizer:
     @property
     def client(self) -> AttentionClient:
         if self._client is None:
-            target = self._server or os.environ.get("NEURAL_ATTN_SERVER")
-            if not target:
-                from neural_attn.client._embedded import embedded_target
-
-                self._progress("starting the embedded server on loopback (no --server given)")
-                target = embedded_target()
-            self._client = AttentionClient(target, token=self._token)
+            target, embedded = server_target(self._server, announce=self._progress)
+            # No target is the embedded server, in clear on loopback whatever $NEURAL_ATTN_TLS says.
+            self._client = AttentionClient(None if embedded else target, token=self._token)
         return self._client
 
     def compile_options(self, backend: str) -> dict[str, Any]:

@@ -12,7 +12,6 @@ Without --server (or $NEURAL_ATTN_SERVER) an embedded server runs in this proces
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -43,14 +42,18 @@ def _token_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", help="PEM key of --tls-cert ($NEURAL_ATTN_CLIENT_KEY)")
 
 
-def _server_client(args: argparse.Namespace) -> AttentionClient | None:
-    """A client for --server / $NEURAL_ATTN_SERVER with the connection flags; None: embedded."""
+def _client_for(
+    args: argparse.Namespace, announce: Callable[[str], None] | None = None
+) -> AttentionClient:
+    """A client for --server / $NEURAL_ATTN_SERVER with the connection flags, else for the
+    embedded server (`announce` is told when it starts)."""
     from neural_attn.client._client import AttentionClient
     from neural_attn.client._connection import read_token_file
+    from neural_attn.client._embedded import server_target
 
-    target = args.server or os.environ.get("NEURAL_ATTN_SERVER")
-    if not target:
-        return None
+    target, embedded = server_target(args.server, announce=announce)
+    if embedded:
+        return AttentionClient()  # the embedded server, in clear on loopback
     token = args.token or (read_token_file(args.token_file) if args.token_file else None)
     return AttentionClient(
         target,
@@ -193,17 +196,17 @@ def _progress(args: argparse.Namespace) -> Callable[[str], None]:
 def _visualizer(args: argparse.Namespace) -> AttentionVisualizer:
     from neural_attn.client.attention_visualizer import AttentionVisualizer
 
+    progress = _progress(args)
     return AttentionVisualizer(
         None,
         args.backend,
-        server=args.server or os.environ.get("NEURAL_ATTN_SERVER"),
-        client=_server_client(args),
+        client=_client_for(args, announce=progress),
         seed=args.seed,
         network=args.network,
         weights=args.weights,
         server_weights=args.server_weights,
         token=args.token,
-        progress=_progress(args),
+        progress=progress,
         progress_bar=bool(getattr(args, "attention", False)) and not args.quiet,
     )
 
@@ -267,10 +270,7 @@ def _export_weights(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from neural_attn.client._client import AttentionClient
-    from neural_attn.client._embedded import embedded_target
-
-    client = _server_client(args) or AttentionClient(embedded_target(), tls=False)
+    client = _client_for(args)
     target = client.target
     with client:
         info = client.server_info()
