@@ -212,8 +212,10 @@ say "compose: healthy after $(( $(date +%s) - $("$PY" -c "import sys, datetime; 
     if [ -e "$d" ]; then echo "the image holds $d" >&2; exit 1; fi
   done
   python -c "import neural_attn.v1.attention_pb2_grpc"
-  test "$(id -u)" != 0' || die "the server image holds build leftovers, lacks its stubs or runs as root"
-say "image: runs as $user, no pip cache, wheels or sources left, stubs generated in the build"
+  test "$(id -u)" != 0
+  if touch /opt/venv/.written 2>/dev/null; then echo "the root filesystem is writable" >&2; exit 1; fi
+  touch /tmp/.written' || die "the server image holds build leftovers, lacks its stubs, runs as root or writes its root filesystem"
+say "image: runs as $user, read-only root, no pip cache, wheels or sources left, stubs generated in the build"
 
 # --- 6. the example visualization through the client ------------------------------------------
 OUT="$WORK/served"

@@ -399,6 +399,8 @@ def test_compose_defaults_are_secure_and_wired():
             weights = [v for v in service["volumes"] if v.split(":")[1] == "/weights"]
             assert weights and weights[0].endswith(":ro"), service["volumes"]
             assert service["healthcheck"]["test"] == ["CMD", "neural-attn-healthcheck"]
+            assert service["read_only"] is True and "/tmp" in service["tmpfs"]
+            assert service["cap_drop"] == ["ALL"]
             # no port on every interface without a token or TLS
             for port in service.get("ports", []):
                 host_ip, _published, target = port.rsplit(":", 2)
