@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from neural_attn import wire
+from neural_attn import chunk_codec, wire
 from neural_attn.analysis import DISTRIBUTION_STATS, HEAD_METRICS, LAYER_AVERAGES
 from neural_attn.client import _connection as _conn
 from neural_attn.client._analyses import HeadAnalysisMixin
@@ -276,6 +276,11 @@ class AttentionClient(HeadAnalysisMixin):
             else float(os.environ.get("NEURAL_ATTN_CONNECT_TIMEOUT", _conn.DEFAULT_CONNECT_TIMEOUT))
         )
         self._stub = pb_grpc.AttentionServiceStub(self._channel)
+        # ExtractAttention's chunks as received: chunk_codec reads their content in place.
+        self._extract_raw = self._channel.unary_stream(
+            "/neural_attn.v1.AttentionService/ExtractAttention",
+            request_serializer=pb.ExtractRequest.SerializeToString,
+        )
         if token is None:
             token = os.environ.get("NEURAL_ATTN_TOKEN") or None
         if token is None and os.environ.get("NEURAL_ATTN_TOKEN_FILE"):
@@ -588,7 +593,8 @@ class AttentionClient(HeadAnalysisMixin):
         header: LayerHeader | None = None
         filled = 0
         try:
-            for chunk in self._stub.ExtractAttention(request, **self._call("ExtractAttention")):
+            for raw in self._extract_raw(request, **self._call("ExtractAttention")):
+                chunk, start, stop = chunk_codec.decode(raw)  # content stays in `raw`
                 if chunk.layer_name in skip:
                     continue
                 if header is None or chunk.layer_name != header.name:
@@ -597,11 +603,12 @@ class AttentionClient(HeadAnalysisMixin):
                     header = _layer_header(chunk)
                     sink.begin(header)
                     filled = 0
-                part = np.frombuffer(chunk.content, dtype=header.dtype)
-                if part.size != chunk.element_count or chunk.offset + part.size > header.size:
+                count, odd = divmod(stop - start, header.dtype.itemsize)
+                if odd or count != chunk.element_count or chunk.offset + count > header.size:
                     raise InvalidInputError(
                         f"malformed chunk {chunk.chunk_index} of `{header.name}`"
                     )
+                part = np.frombuffer(raw, dtype=header.dtype, count=count, offset=start)
                 sink.write(chunk.offset, part)
                 filled += part.size
                 if chunk.chunk_index == chunk.num_chunks - 1:

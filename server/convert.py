@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from neural_attn import __version__, wire
+from neural_attn import __version__, chunk_codec, wire
 from neural_attn.analysis import HEAD_METRICS, LAYER_AVERAGES
 from neural_attn.backends import info, weight_files
 from neural_attn.backends.base import BACKENDS, input_forms
@@ -212,35 +212,34 @@ def chunks(
     max_bytes: int,
     head: int | None,
     reduction: pb.Reduction | None = None,
-) -> Iterator[pb.AttentionChunk]:
-    """Split one layer's attention into messages of at most `max_bytes` bytes each.
+) -> Iterator[chunk_codec.Serialized]:
+    """Split one layer's attention into AttentionChunk messages of at most `max_bytes` each.
 
-    Each chunk's content is cut from a view of `array` (converted to `dtype` a chunk at a
-    time), so no second copy of the layer is made.
+    Each chunk's content is a view of `array` (converted to `dtype` a chunk at a time) copied
+    once, into the message's wire bytes (`chunk_codec`): no second copy of the layer is made.
     """
     extra = reduction.ByteSize() + 4 if reduction is not None else 0
     overhead = _CHUNK_FIXED_OVERHEAD + extra + len(name.encode()) + len(model_id.encode())
     per_chunk = max(1, (max_bytes - overhead) // dtype.itemsize)
     flat = np.ascontiguousarray(array).reshape(-1)  # a view: the backends hand C-order arrays
     count = max(1, -(-flat.size // per_chunk))
+    header = pb.AttentionChunk(
+        model_id=model_id,
+        layer_name=name,
+        layer_index=index,
+        shape=list(array.shape),
+        dtype=wire.dtype_code(dtype),
+        num_chunks=count,
+        head=-1 if head is None else head,
+    )
+    if reduction is not None:
+        header.reduction.CopyFrom(reduction)
     for i in range(count):
         part = flat[i * per_chunk : (i + 1) * per_chunk]
-        chunk = pb.AttentionChunk(
-            model_id=model_id,
-            layer_name=name,
-            layer_index=index,
-            shape=list(array.shape),
-            dtype=wire.dtype_code(dtype),
-            offset=i * per_chunk,
-            element_count=int(part.size),
-            content=part.astype(dtype, copy=False).tobytes(),
-            chunk_index=i,
-            num_chunks=count,
-            head=-1 if head is None else head,
-        )
-        if reduction is not None:
-            chunk.reduction.CopyFrom(reduction)
-        yield chunk
+        header.offset = i * per_chunk
+        header.element_count = int(part.size)
+        header.chunk_index = i
+        yield chunk_codec.encode(header, part.astype(dtype, copy=False))
 
 
 # Rows of one block of the row-sum check: the float64 sums of a block are the extra memory.

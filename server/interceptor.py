@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from neural_attn.chunk_codec import pass_serialized
 from neural_attn.errors import (
     ERROR_KIND_KEY,
     AuthenticationError,
@@ -162,7 +163,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         if handler.unary_unary:
             return handler._replace(unary_unary=self._unary(method, handler.unary_unary))
         if handler.unary_stream:
-            return handler._replace(unary_stream=self._stream(method, handler.unary_stream))
+            return handler._replace(
+                unary_stream=self._stream(method, handler.unary_stream),
+                # ExtractAttention's chunks come already serialized (chunk_codec).
+                response_serializer=pass_serialized(handler.response_serializer),
+            )
         if handler.stream_stream:  # ProfileHeads: the request is an iterator of messages
             return handler._replace(stream_stream=self._stream(method, handler.stream_stream))
         return handler

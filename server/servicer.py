@@ -13,6 +13,7 @@ from neural_attn import wire
 from neural_attn.analysis import Rollout, layer_metrics
 from neural_attn.backends.base import stopped
 from neural_attn.backends.weight_files import guess_format
+from neural_attn.chunk_codec import Serialized
 from neural_attn.errors import (
     InvalidInputError,
     ModelNotFoundError,
@@ -118,7 +119,7 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
 
     def ExtractAttention(
         self, request: pb.ExtractRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.AttentionChunk]:
+    ) -> Iterator[Serialized]:  # AttentionChunk messages, already serialized (chunk_codec)
         entry = self._resolve(request)
         plan = self._plan(request, entry)
         dtype = convert.output_dtype(request.output_dtype)

@@ -238,17 +238,18 @@ def test_export_that_could_not_be_sent_is_refused_with_advice():
 
 def test_a_truncated_stream_is_an_error_not_fewer_layers(client, monkeypatch):
     model = client.compile(SMALL, backend="pytorch")
-    real = client._stub.ExtractAttention
+    real = client._extract_raw  # the chunks as received, serialized
 
     def truncated(request, **kwargs):
         chunks = list(real(request, **kwargs))
         return iter(chunks[:-1] + [_half(chunks[-1])])
 
-    def _half(chunk):
+    def _half(raw):
+        chunk = pb.AttentionChunk.FromString(raw)
         chunk.num_chunks = chunk.chunk_index + 2  # claims one more chunk that never comes
-        return chunk
+        return chunk.SerializeToString()
 
-    monkeypatch.setattr(client._stub, "ExtractAttention", truncated)
+    monkeypatch.setattr(client, "_extract_raw", truncated)
     with pytest.raises(
         InvalidInputError, match="before layer `transformer_encoder_2` was complete"
     ):
