@@ -8,9 +8,8 @@ Dicts keep the feature document's metric names (``attention_entropy``,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
 import numpy as np
 
 from neural_attn import wire
@@ -41,6 +40,16 @@ def provenance_dict(p: pb.Provenance) -> dict[str, Any]:
     }
 
 
+def attention_set(attention: Mapping[str, np.ndarray]) -> pb.AttentionSet:
+    """Attention the caller sends: each layer's (batch, heads, q, k) as float32."""
+    return pb.AttentionSet(
+        layers=[
+            pb.NamedTensor(name=name, tensor=wire.to_proto(np.asarray(a, dtype=np.float32)))
+            for name, a in attention.items()
+        ]
+    )
+
+
 def _mask(mask_padding: bool, padding_id: int, exclude_positions: Sequence[int]) -> pb.AnalysisMask:
     return pb.AnalysisMask(
         mask_padding=mask_padding, padding_id=padding_id, positions=list(exclude_positions)
@@ -55,35 +64,25 @@ def _progress(update: pb.Progress, callback: Progress | None) -> None:
 class HeadAnalysisMixin:
     """Head analyses over the wire; mixed into `AttentionClient` (which has the stub)."""
 
-    _stub: Any
-    _timeout: float | None
-    _metadata: Any
     _sources: Any
 
-    def _rpc(self, method: str, request: Any) -> Any:
-        from neural_attn.client._client import _translate
+    if TYPE_CHECKING:  # AttentionClient's, which makes every call
 
-        try:
-            return getattr(self._stub, method)(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.RpcError as exc:
-            raise _translate(exc) from None
+        def _unary(self, method: str, request: Any) -> Any: ...
+
+        def _streamed(self, method: str, request: Any) -> Iterator[Any]: ...
+
+        def _extract_request(
+            self, model: Any, data: np.ndarray | None, options: Any, *, inline: bool
+        ) -> pb.ExtractRequest: ...
 
     def _rpc_updates(self, method: str, request: Any, progress: Progress | None) -> Any:
         """Read a progress stream; returns its final `result`."""
-        from neural_attn.client._client import _translate
-
-        try:
-            for update in getattr(self._stub, method)(
-                request, timeout=self._timeout, metadata=self._metadata
-            ):
-                if update.WhichOneof("update") == "progress":
-                    _progress(update.progress, progress)
-                else:
-                    return update.result
-        except grpc.RpcError as exc:
-            raise _translate(exc) from None
+        for update in self._streamed(method, request):
+            if update.WhichOneof("update") == "progress":
+                _progress(update.progress, progress)
+            else:
+                return update.result
         raise InvalidInputError(f"{method} ended without a result")
 
     def _heads_request(
@@ -100,24 +99,14 @@ class HeadAnalysisMixin:
         if (attention is None) == (model is None):
             raise InvalidInputError("give either attention tensors or a model, not both")
         if attention is not None:
-            request = pb.HeadsRequest(
-                attention=pb.AttentionSet(
-                    layers=[
-                        pb.NamedTensor(
-                            name=name, tensor=wire.to_proto(np.asarray(a, dtype=np.float32))
-                        )
-                        for name, a in attention.items()
-                    ]
-                ),
-                mask=mask,
-            )
+            request = pb.HeadsRequest(attention=attention_set(attention), mask=mask)
             if token_ids is not None:
                 request.token_ids.CopyFrom(wire.to_proto(np.asarray(token_ids)))
             return request
         from neural_attn.client._client import _ExtractOptions
 
         options = _ExtractOptions(layers, None, sequence_length=sequence_length)
-        extract = self._extract_request(model, data, options, inline=self._inline_ok(model))  # type: ignore[attr-defined]
+        extract = self._extract_request(model, data, options, inline=self._inline_ok(model))
         return pb.HeadsRequest(extract=extract, mask=mask)
 
     def _inline_ok(self, model: Any) -> bool:
@@ -163,7 +152,7 @@ class HeadAnalysisMixin:
             mask=_mask(mask_padding, padding_id, exclude_positions),
             token_ids=token_ids,
         )
-        r = self._rpc("AnalyzeHeads", request)
+        r = self._unary("AnalyzeHeads", request)
         out = _analysis_dict(pb.AnalyzeResponse(model_id=r.model_id, layers=r.layers))
         out.pop("rollout", None)
         out["provenance"] = provenance_dict(r.provenance)
@@ -198,7 +187,7 @@ class HeadAnalysisMixin:
             mask=_mask(mask_padding, padding_id, exclude_positions),
             token_ids=token_ids,
         )
-        r = self._rpc("HeadSimilarity", pb.SimilarityRequest(heads=heads, threshold=threshold))
+        r = self._unary("HeadSimilarity", pb.SimilarityRequest(heads=heads, threshold=threshold))
         refs = [{"layer": h.layer, "head": h.head} for h in r.heads]
         return {
             "model_id": r.model_id,
@@ -232,7 +221,7 @@ class HeadAnalysisMixin:
         from neural_attn.client._client import _ExtractOptions
 
         options = _ExtractOptions(None, None, sequence_length=sequence_length)
-        extract = self._extract_request(model, data, options, inline=self._inline_ok(model))  # type: ignore[attr-defined]
+        extract = self._extract_request(model, data, options, inline=self._inline_ok(model))
         request = pb.AblationRequest(
             extract=extract,
             heads=[pb.HeadRef(layer=layer, head=h) for layer, h in heads or ()],
@@ -354,7 +343,7 @@ class HeadAnalysisMixin:
         )
         if data is not None:
             request.input.CopyFrom(wire.to_proto(np.asarray(data)))
-        r = self._rpc("CompareCheckpoints", request)
+        r = self._unary("CompareCheckpoints", request)
         return {
             "model_id_a": r.model_id_a,
             "model_id_b": r.model_id_b,

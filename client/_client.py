@@ -16,16 +16,14 @@ import numpy as np
 from neural_attn import chunk_codec, wire
 from neural_attn.analysis import DISTRIBUTION_STATS, HEAD_METRICS, LAYER_AVERAGES
 from neural_attn.client import _connection as _conn
-from neural_attn.client._analyses import HeadAnalysisMixin
+from neural_attn.client._analyses import HeadAnalysisMixin, attention_set
+from neural_attn.client._connection import translate as _translate
 from neural_attn.client._embedded import server_target
 from neural_attn.client._sinks import ArraySink, LayerHeader, LayerSink, Pooling
 from neural_attn.errors import (
-    ERROR_KIND_KEY,
     InvalidInputError,
     ModelNotFoundError,
-    NeuralAttnError,
     ServerUnavailableError,
-    error_for_status,
 )
 from neural_attn.v1 import attention_pb2 as pb
 from neural_attn.v1 import attention_pb2_grpc as pb_grpc
@@ -71,17 +69,6 @@ class CompileResult:
     attention_path: str
     cached: bool
     weights_sha256: str = ""  # of the trained weights loaded; "" for random initialisation
-
-
-_WEIGHTS_FORMATS = {
-    "npz": pb.NEUTRAL_NPZ,
-    "keras_h5": pb.KERAS_WEIGHTS_H5,
-    "keras_archive": pb.KERAS_ARCHIVE,
-    "torch": pb.TORCH_STATE_DICT,
-    "safetensors": pb.SAFETENSORS,
-}
-# The neutral formats, the ones ExportWeights writes.
-_EXPORT_FORMATS = ("npz", "safetensors")
 
 
 def _shape(dims: Sequence[int]) -> tuple[int | None, ...]:
@@ -197,17 +184,6 @@ def _layer_header(chunk: pb.AttentionChunk) -> LayerHeader:
     )
 
 
-def _translate(exc: grpc.RpcError) -> NeuralAttnError:
-    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    kind = None
-    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-    for key, value in trailing or ():
-        if key == ERROR_KIND_KEY:
-            kind = value
-    return error_for_status(code.name, details or code.name, kind)
-
-
 class AttentionClient(HeadAnalysisMixin):
     """Talks to a neural-attn server. A context manager; pass `channel` to reuse one.
 
@@ -308,6 +284,16 @@ class AttentionClient(HeadAnalysisMixin):
         metadata = (*self._metadata, ("x-request-id", uuid.uuid4().hex))
         return {"timeout": timeout, "metadata": metadata, "wait_for_ready": True}
 
+    def _unary(self, method: str, request: Any) -> Any:
+        """One unary call of `method` as `_call` says; failures as our exceptions."""
+        with _conn.rpc_errors():
+            return getattr(self._stub, method)(request, **self._call(method))
+
+    def _streamed(self, method: str, request: Any) -> Iterator[Any]:
+        """The replies of a server-streaming call of `method`; failures as our exceptions."""
+        with _conn.rpc_errors():
+            yield from getattr(self._stub, method)(request, **self._call(method))
+
     def __enter__(self) -> AttentionClient:
         return self
 
@@ -345,12 +331,12 @@ class AttentionClient(HeadAnalysisMixin):
         )
         if weights is not None and server_weights is not None:
             raise InvalidInputError("give weights or server_weights, not both")
-        if weights_format is not None and weights_format not in _WEIGHTS_FORMATS:
+        if weights_format is not None and weights_format not in wire.WEIGHTS_FORMAT_CODES:
             raise InvalidInputError(
-                f"weights_format must be one of {', '.join(_WEIGHTS_FORMATS)}; "
+                f"weights_format must be one of {', '.join(wire.WEIGHTS_FORMAT_CODES)}; "
                 f"got {weights_format!r}"
             )
-        fmt = _WEIGHTS_FORMATS.get(weights_format or "", pb.WEIGHTS_FORMAT_UNSPECIFIED)
+        fmt = wire.WEIGHTS_FORMAT_CODES.get(weights_format or "", pb.WEIGHTS_FORMAT_UNSPECIFIED)
         if isinstance(weights, bytes):
             request.weights.CopyFrom(pb.Weights(content=weights, format=fmt))
         elif weights is not None:
@@ -394,10 +380,7 @@ class AttentionClient(HeadAnalysisMixin):
             weights_format=weights_format,
             server_weights=server_weights,
         )
-        try:
-            response = self._stub.Compile(request, **self._call("Compile"))
-        except grpc.RpcError as exc:
-            raise _translate(exc) from None
+        response = self._unary("Compile", request)
         # Remember the source: a replica that lacks the model answers NOT_FOUND and we resend it.
         self._sources[response.model_id] = request
         self._sources.move_to_end(response.model_id)
@@ -423,9 +406,10 @@ class AttentionClient(HeadAnalysisMixin):
         `options` are those of `compile`. With `weights` in one framework's format this
         converts them: the result loads into either backend.
         """
-        if export_format not in _EXPORT_FORMATS:
+        if export_format not in wire.EXPORT_FORMATS:
             raise InvalidInputError(
-                f"export_format must be one of {', '.join(_EXPORT_FORMATS)}; got {export_format!r}"
+                f"export_format must be one of {', '.join(wire.EXPORT_FORMATS)}; "
+                f"got {export_format!r}"
             )
         defaults = {
             "backend": "tensorflow",
@@ -435,20 +419,15 @@ class AttentionClient(HeadAnalysisMixin):
             "weights_format": None,
             "server_weights": None,
         }
-        request = self._compile_request(source, filename=filename, **{**defaults, **options})
-        request.export_format = _WEIGHTS_FORMATS[export_format]
-        try:
-            reply = self._stub.ExportWeights(request, **self._call("ExportWeights"))
-        except grpc.RpcError as exc:
-            raise _translate(exc) from None
-        return bytes(reply.content)
+        request = pb.ExportWeightsRequest(
+            model=self._compile_request(source, filename=filename, **{**defaults, **options}),
+            format=wire.WEIGHTS_FORMAT_CODES[export_format],
+        )
+        return bytes(self._unary("ExportWeights", request).content)
 
     def server_info(self) -> dict[str, Any]:
         """Version, backends installed (with version and device) and limits of the server."""
-        try:
-            info = self._stub.GetServerInfo(pb.ServerInfoRequest(), **self._call("GetServerInfo"))
-        except grpc.RpcError as exc:
-            raise _translate(exc) from None
+        info = self._unary("GetServerInfo", pb.ServerInfoRequest())
         return {
             "version": info.version,
             "default_backend": info.default_backend,
@@ -640,17 +619,7 @@ class AttentionClient(HeadAnalysisMixin):
         if (attention is None) == (model is None):
             raise InvalidInputError("analyze needs either attention tensors or a model, not both")
         if attention is not None:
-            request = pb.AnalyzeRequest(
-                attention=pb.AttentionSet(
-                    layers=[
-                        pb.NamedTensor(
-                            name=name, tensor=wire.to_proto(np.asarray(a, dtype=np.float32))
-                        )
-                        for name, a in attention.items()
-                    ]
-                )
-            )
-            return self._analyze(request)
+            return self._analyze(pb.AnalyzeRequest(attention=attention_set(attention)))
         assert model is not None
         options = _ExtractOptions(layers, head, sequence_length=sequence_length)
 
@@ -661,8 +630,4 @@ class AttentionClient(HeadAnalysisMixin):
         return next(iter(self._with_resend(model, call)))
 
     def _analyze(self, request: pb.AnalyzeRequest) -> dict[str, Any]:
-        try:
-            response = self._stub.Analyze(request, **self._call("Analyze"))
-        except grpc.RpcError as exc:
-            raise _translate(exc) from None
-        return _analysis_dict(response)
+        return _analysis_dict(self._unary("Analyze", request))

@@ -15,13 +15,20 @@ import json
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from neural_attn.errors import InvalidInputError, ServerUnavailableError
+from neural_attn.errors import (
+    ERROR_KIND_KEY,
+    InvalidInputError,
+    NeuralAttnError,
+    ServerUnavailableError,
+    error_for_status,
+)
 
 SERVICE = "neural_attn.v1.AttentionService"
 
@@ -224,3 +231,25 @@ class Readiness:
 
     def close(self) -> None:
         self._core = None
+
+
+def translate(exc: grpc.RpcError) -> NeuralAttnError:
+    """The exception of our tree for a failed call: by its status, and the error kind the
+    server's interceptor put in the trailing metadata."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    kind = None
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == ERROR_KIND_KEY:
+            kind = value
+    return error_for_status(code.name, details or code.name, kind)
+
+
+@contextmanager
+def rpc_errors() -> Iterator[None]:
+    """Calls made inside raise our exceptions (`translate`), never `grpc.RpcError`."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise translate(exc) from None

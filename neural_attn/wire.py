@@ -28,6 +28,19 @@ MAX_DIM = 2**31 - 1
 BACKEND_NAMES: dict[Any, str] = {pb.TENSORFLOW: "tensorflow", pb.PYTORCH: "pytorch"}
 BACKEND_CODES = {name: code for code, name in BACKEND_NAMES.items()}
 
+# The weights formats by their wire code and their name, the name being the one
+# `backends.weight_files` uses (a test keeps the two in step: backends never import protos).
+WEIGHTS_FORMAT_NAMES: dict[Any, str] = {
+    pb.NEUTRAL_NPZ: "npz",
+    pb.KERAS_WEIGHTS_H5: "keras_h5",
+    pb.KERAS_ARCHIVE: "keras_archive",
+    pb.TORCH_STATE_DICT: "torch",
+    pb.SAFETENSORS: "safetensors",
+}
+WEIGHTS_FORMAT_CODES = {name: code for code, name in WEIGHTS_FORMAT_NAMES.items()}
+# The framework-neutral ones, which ExportWeights writes; the first is its default.
+EXPORT_FORMATS = ("npz", "safetensors")
+
 
 def numpy_dtype(code: int) -> np.dtype[Any]:
     """The numpy dtype of a wire dtype code; InvalidInputError for an unknown one."""

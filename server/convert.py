@@ -94,21 +94,12 @@ def _placement_notes(net: Network, served: str) -> list[str]:
     return notes
 
 
-_WEIGHTS_FORMATS = {
-    pb.NEUTRAL_NPZ: weight_files.NPZ,
-    pb.KERAS_WEIGHTS_H5: weight_files.KERAS_H5,
-    pb.KERAS_ARCHIVE: weight_files.KERAS_ARCHIVE,
-    pb.TORCH_STATE_DICT: weight_files.TORCH,
-    pb.SAFETENSORS: weight_files.SAFETENSORS,
-}
-
-
 def weights_format(code: Any) -> str | None:
     """The weights format named in a request; None when it is left to be guessed."""
     if code == pb.WEIGHTS_FORMAT_UNSPECIFIED:
         return None
     try:
-        return _WEIGHTS_FORMATS[code]
+        return wire.WEIGHTS_FORMAT_NAMES[code]
     except KeyError:
         raise InvalidInputError(f"unknown weights format code {code}") from None
 

@@ -193,10 +193,10 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
         raise InvalidInputError("an analyze request needs attention tensors or an extract request")
 
     def ExportWeights(
-        self, request: pb.CompileRequest, context: grpc.ServicerContext
+        self, request: pb.ExportWeightsRequest, context: grpc.ServicerContext
     ) -> pb.WeightsFile:
-        fmt = convert.export_format(request.export_format)  # refused before compiling
-        entry, _ = self._compile(request)
+        fmt = convert.export_format(request.format)  # refused before compiling
+        entry, _ = self._compile(request.model)
         content = self.engine.export_weights(entry, fmt=fmt)
         return pb.WeightsFile(model_id=entry.model_id, content=content)
 

@@ -53,5 +53,11 @@ def test_wire_contract_names():
     assert methods["AblateHeads"].server_streaming  # progress, then the result
     assert methods["ProfileHeads"].client_streaming and methods["ProfileHeads"].server_streaming
     assert not methods["Compile"].server_streaming
+    export = methods["ExportWeights"]
+    assert export.input_type.name == "ExportWeightsRequest"
+    assert [f.name for f in export.input_type.fields] == ["model", "format"]
+    # export_format left CompileRequest (only ExportWeights read it); its number stays reserved
+    assert "export_format" not in pb.CompileRequest.DESCRIPTOR.fields_by_name
+    assert 7 not in pb.CompileRequest.DESCRIPTOR.fields_by_number
     tensor = pb.Tensor.DESCRIPTOR.fields_by_name
     assert tensor["content"].type == tensor["content"].TYPE_BYTES  # raw bytes, never floats

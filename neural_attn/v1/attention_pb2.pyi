@@ -78,22 +78,28 @@ class Weights(_message.Message):
     def __init__(self, content: _Optional[bytes] = ..., path: _Optional[str] = ..., format: _Optional[_Union[WeightsFormat, str]] = ..., filename: _Optional[str] = ...) -> None: ...
 
 class CompileRequest(_message.Message):
-    __slots__ = ("source", "filename", "backend", "seed", "network", "weights", "export_format")
+    __slots__ = ("source", "filename", "backend", "seed", "network", "weights")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
-    EXPORT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     source: str
     filename: str
     backend: Backend
     seed: int
     network: str
     weights: Weights
-    export_format: WeightsFormat
-    def __init__(self, source: _Optional[str] = ..., filename: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., seed: _Optional[int] = ..., network: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ..., export_format: _Optional[_Union[WeightsFormat, str]] = ...) -> None: ...
+    def __init__(self, source: _Optional[str] = ..., filename: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., seed: _Optional[int] = ..., network: _Optional[str] = ..., weights: _Optional[_Union[Weights, _Mapping]] = ...) -> None: ...
+
+class ExportWeightsRequest(_message.Message):
+    __slots__ = ("model", "format")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    model: CompileRequest
+    format: WeightsFormat
+    def __init__(self, model: _Optional[_Union[CompileRequest, _Mapping]] = ..., format: _Optional[_Union[WeightsFormat, str]] = ...) -> None: ...
 
 class WeightsFile(_message.Message):
     __slots__ = ("model_id", "content")

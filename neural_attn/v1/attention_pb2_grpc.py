@@ -53,7 +53,7 @@ class AttentionServiceStub:
                 _registered_method=True)
         self.ExportWeights = channel.unary_unary(
                 '/neural_attn.v1.AttentionService/ExportWeights',
-                request_serializer=neural__attn_dot_v1_dot_attention__pb2.CompileRequest.SerializeToString,
+                request_serializer=neural__attn_dot_v1_dot_attention__pb2.ExportWeightsRequest.SerializeToString,
                 response_deserializer=neural__attn_dot_v1_dot_attention__pb2.WeightsFile.FromString,
                 _registered_method=True)
         self.GetServerInfo = channel.unary_unary(
@@ -116,7 +116,7 @@ class AttentionServiceServicer:
 
     def ExportWeights(self, request, context):
         """The compiled model's weights in a framework-neutral format (any backend loads it): .npz, or
-        .safetensors when the request's export_format says so.
+        .safetensors when the request's format says so.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,7 +190,7 @@ def add_AttentionServiceServicer_to_server(servicer, server):
             ),
             'ExportWeights': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportWeights,
-                    request_deserializer=neural__attn_dot_v1_dot_attention__pb2.CompileRequest.FromString,
+                    request_deserializer=neural__attn_dot_v1_dot_attention__pb2.ExportWeightsRequest.FromString,
                     response_serializer=neural__attn_dot_v1_dot_attention__pb2.WeightsFile.SerializeToString,
             ),
             'GetServerInfo': grpc.unary_unary_rpc_method_handler(
@@ -332,7 +332,7 @@ class AttentionService:
             request,
             target,
             '/neural_attn.v1.AttentionService/ExportWeights',
-            neural__attn_dot_v1_dot_attention__pb2.CompileRequest.SerializeToString,
+            neural__attn_dot_v1_dot_attention__pb2.ExportWeightsRequest.SerializeToString,
             neural__attn_dot_v1_dot_attention__pb2.WeightsFile.FromString,
             options,
             channel_credentials,

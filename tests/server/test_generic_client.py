@@ -63,3 +63,24 @@ def test_a_reflection_only_client_compiles_and_streams(server_target):
     attention = np.frombuffer(chunks[0].content, dtype="<f4").reshape(tuple(chunks[0].shape))
     assert attention.shape == (2, 2, 5, 5)
     np.testing.assert_allclose(attention.sum(-1), 1.0, atol=1e-5)
+
+
+def test_a_reflection_only_client_exports_weights_with_its_own_request(server_target):
+    channel = grpc.insecure_channel(server_target)
+    pool = _pool_from_reflection(channel)
+    method = pool.FindServiceByName(SERVICE).methods_by_name["ExportWeights"]
+    assert method.input_type.full_name == "neural_attn.v1.ExportWeightsRequest"
+    request_class = message_factory.GetMessageClass(method.input_type)
+    reply_class = message_factory.GetMessageClass(method.output_type)
+    export = channel.unary_unary(
+        f"/{SERVICE}/ExportWeights",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=reply_class.FromString,
+    )
+    request = request_class(format=5)  # 5 = SAFETENSORS in the enum
+    request.model.source = SOURCE
+    request.model.backend = 2  # PYTORCH
+    reply = export(request, timeout=60)
+    header_size = int.from_bytes(reply.content[:8], "little")  # the safetensors layout
+    assert b"transformer_encoder_0/" in reply.content[8 : 8 + header_size]
+    assert reply.model_id

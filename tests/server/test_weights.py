@@ -15,10 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
 
 from reference import encoder  # noqa: E402
 
+from neural_attn import wire  # noqa: E402
+from neural_attn.backends import weight_files  # noqa: E402
 from neural_attn.backends.base import get_backend  # noqa: E402
 from neural_attn.backends.weights import initial_weights  # noqa: E402
 from neural_attn.dsl import compile_source  # noqa: E402
 from neural_attn.errors import InvalidInputError  # noqa: E402
+from neural_attn.v1 import attention_pb2 as pb  # noqa: E402
 
 BACKENDS = ("tensorflow", "pytorch")
 SOURCE = """
@@ -250,6 +253,21 @@ def test_safetensors_are_exported_and_read_by_the_same_neutral_names(client, tra
 def test_export_weights_writes_only_neutral_formats(client):
     with pytest.raises(InvalidInputError, match="export_format must be one of npz, safetensors"):
         client.export_weights(SOURCE, export_format="torch")
+    # The server refuses one too (before compiling), whoever sends the request.
+    request = pb.ExportWeightsRequest(
+        model=pb.CompileRequest(source=SOURCE), format=pb.TORCH_STATE_DICT
+    )
+    with pytest.raises(InvalidInputError, match="exported as npz or safetensors, not torch"):
+        client._unary("ExportWeights", request)
+
+
+def test_one_table_of_weights_formats_names_what_the_backends_read_and_write():
+    assert sorted(wire.WEIGHTS_FORMAT_NAMES.values()) == sorted(weight_files.FORMATS)
+    assert set(wire.WEIGHTS_FORMAT_NAMES) == set(pb.WeightsFormat.values()) - {
+        pb.WEIGHTS_FORMAT_UNSPECIFIED
+    }
+    assert wire.EXPORT_FORMATS == weight_files.NEUTRAL_FORMATS
+    assert wire.EXPORT_FORMATS[0] == weight_files.NPZ  # ExportWeights' default
 
 
 def _npz(weights):
