@@ -16,7 +16,7 @@ import numpy as np
 
 from neural_attn import wire
 from neural_attn.backends.head_masks import head_mask, private_copy
-from neural_attn.errors import InvalidInputError, ResourceLimitError
+from neural_attn.errors import InvalidInputError
 from neural_attn.head_analysis import (
     DEFAULT_REDUNDANCY_THRESHOLD,
     METRICS,
@@ -301,13 +301,12 @@ class HeadAnalyses:
         for message in messages():
             if not message.HasField("input"):
                 continue
-            count = wire.element_count(message.input)
-            if count > self.config.max_input_elements:
-                raise ResourceLimitError(
-                    f"an input message has {count} elements; this server accepts at most "
-                    f"{self.config.max_input_elements} per message: send smaller batches"
-                )
-            data = wire.from_proto(message.input)
+            data = convert.input_array(
+                message.input,
+                max_elements=self.config.max_input_elements,
+                what="an input message",
+                hint=" per message: send smaller batches",
+            )
             if data.ndim < 2:
                 raise InvalidInputError(
                     f"profile inputs are batches (batch, seq[, d]); got shape {data.shape}"
@@ -379,13 +378,7 @@ class HeadAnalyses:
             )
         data = None
         if request.HasField("input"):
-            count = wire.element_count(request.input)
-            if count > self.config.max_input_elements:
-                raise ResourceLimitError(
-                    f"input has {count} elements; this server accepts at most "
-                    f"{self.config.max_input_elements}"
-                )
-            data = wire.from_proto(request.input)
+            data = convert.input_array(request.input, max_elements=self.config.max_input_elements)
         plan_a = self.engine.plan(
             entry_a,
             data=data,

@@ -135,6 +135,19 @@ def server_info(config: ServerConfig) -> pb.ServerInfo:
     )
 
 
+def input_array(
+    tensor: pb.Tensor, *, max_elements: int, what: str = "input", hint: str = ""
+) -> np.ndarray:
+    """A request's input tensor, refused before anything is decoded when it has more than
+    `max_elements` elements (`what` and `hint` word the refusal)."""
+    count = wire.element_count(tensor)
+    if count > max_elements:
+        raise ResourceLimitError(
+            f"{what} has {count} elements; this server accepts at most {max_elements}{hint}"
+        )
+    return wire.from_proto(tensor)
+
+
 def output_dtype(code: int) -> np.dtype:
     if code in (pb.DTYPE_UNSPECIFIED, pb.FLOAT32):
         return np.dtype("<f4")

@@ -9,7 +9,6 @@ from typing import Any
 import grpc
 import numpy as np
 
-from neural_attn import wire
 from neural_attn.analysis import Rollout, layer_metrics
 from neural_attn.backends.base import stopped
 from neural_attn.backends.weight_files import guess_format
@@ -17,7 +16,6 @@ from neural_attn.chunk_codec import Serialized
 from neural_attn.errors import (
     InvalidInputError,
     ModelNotFoundError,
-    ResourceLimitError,
     excerpt,
 )
 from neural_attn.server import convert
@@ -92,13 +90,7 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
     def _plan(self, request: pb.ExtractRequest, entry: CompiledModel) -> ExtractPlan:
         data = None
         if request.HasField("input"):
-            size = wire.element_count(request.input)
-            if size > self.config.max_input_elements:
-                raise ResourceLimitError(
-                    f"input has {size} elements; this server accepts at most "
-                    f"{self.config.max_input_elements}"
-                )
-            data = wire.from_proto(request.input)
+            data = convert.input_array(request.input, max_elements=self.config.max_input_elements)
         pool_size, pool_mode = convert.pooling(request)
         return self.engine.plan(
             entry,
