@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROTO_SRC := protos/neural_attn/v1/attention.proto
 
-.PHONY: setup demo test test-gpu check lint types proto proto-check bench clean
+.PHONY: setup demo test test-gpu check lint format format-check types proto proto-check bench clean
 .PHONY: compose-smoke
 
 $(PY):
@@ -46,8 +46,16 @@ proto-check: $(PY)
 lint: $(PY)
 	$(VENV)/bin/ruff check .
 
+format-check: $(PY)
+	$(VENV)/bin/ruff format --check .
+
+format: $(PY)
+	$(VENV)/bin/ruff format .
+
 # mypy sees the package as installed: build/typecheck/neural_attn links the folders that
-# pyproject's package-dir maps into it, so neural_attn.dsl, .backends, ... resolve.
+# pyproject's package-dir maps into it, so neural_attn.dsl, .backends, ... resolve. This is the
+# only type check: the old per-folder `mypy neural_attn dsl backends server client` is retired
+# (it saw dsl/, backends/, ... as top-level packages and could not follow neural_attn.* imports).
 TYPECHECK := build/typecheck
 types: $(PY)
 	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/neural_attn
@@ -55,7 +63,8 @@ types: $(PY)
 	@for d in dsl backends server client; do ln -s "$(CURDIR)/$$d" $(TYPECHECK)/neural_attn/$$d; done
 	cd $(TYPECHECK) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p neural_attn
 
-check: lint types proto-check test
+# What CI runs (.ci/run). `setup` first: lint and types need the dev tools installed.
+check: setup lint format-check types proto-check test
 
 # Benchmarks (issue 7's targets): prints a table, writes bench/results.json. Measures, never asserts.
 bench: setup
