@@ -190,13 +190,24 @@ def sample_input(network: Network, *, seed: int = 0, length: int | None = None) 
     return rng.standard_normal(shape, dtype=np.float32)
 
 
+def _open_gate() -> None:
+    pass
+
+
 class _Capture:
     """The `capture` mapping attention blocks write their probabilities into: hands the wanted
-    layers to `take` at once and drops the others."""
+    layers to `take` at once and drops the others. A backend whose pass can run code right
+    before each attention block calls `gate()` there (see `BuiltModel.gates_attention`)."""
 
-    def __init__(self, wanted: Collection[str], take: Callable[[str, Any], None]) -> None:
+    def __init__(
+        self,
+        wanted: Collection[str],
+        take: Callable[[str, Any], None],
+        gate: Callable[[], None] = _open_gate,
+    ) -> None:
         self.wanted = frozenset(wanted)
         self.take = take
+        self.gate = gate
 
     def __setitem__(self, name: str, probs: Any) -> None:
         if name in self.wanted:
@@ -210,6 +221,10 @@ class BuiltModel(ABC):
     network: Network
     device: str
     attention_path: str
+    # Whether `_pass` calls `capture.gate()` right before each attention block computes: then
+    # a stream lets the pass go on while the consumer sends the last layer, up to the next
+    # attention. Otherwise the pass waits as soon as it hands a layer over.
+    gates_attention: bool = False
 
     @abstractmethod
     def parameter_count(self) -> int: ...
@@ -274,14 +289,14 @@ class BuiltModel(ABC):
         """
         prepared = prepare_input(self.network, data)
 
-        def run(emit: Callable[[str, np.ndarray], None]) -> None:
+        def run(emit: Callable[[str, np.ndarray], None], gate: Callable[[], None]) -> None:
             def take(name: str, probs: Any) -> None:
                 emit(name, self._to_numpy(probs, reduction))
 
-            if self._pass(prepared, _Capture(capture, take), should_stop) is None:
+            if self._pass(prepared, _Capture(capture, take, gate), should_stop) is None:
                 raise stopped()
 
-        yield from stream_pass(run, name=f"{self.backend}-pass")
+        yield from stream_pass(run, name=f"{self.backend}-pass", gated=self.gates_attention)
 
     @abstractmethod
     def get_weights(self) -> dict[str, np.ndarray]:

@@ -86,26 +86,41 @@ _GO, _STOP = object(), object()
 
 
 def stream_pass(
-    run: Callable[[Callable[[str, Any], None]], Any], *, name: str = "attention-pass"
+    run: Callable[[Callable[[str, Any], None], Callable[[], None]], Any],
+    *,
+    name: str = "attention-pass",
+    gated: bool = False,
 ) -> Generator[tuple[str, Any], None, Any]:
-    """Run `run(emit)` in a worker thread; yield each (name, value) it emits, one at a time.
+    """Run `run(emit, gate)` in a worker thread; yield each (name, value) it emits, one at a time.
 
-    `emit` blocks the pass until the consumer asks for the next item, so the consumer holds the
-    only live value. Returns (as the generator's value) what `run` returned; re-raises what it
-    raised. Closing the generator early stops the pass at its next emit and waits for it.
+    The consumer holds the only live value: the pass may not make the next one until the
+    consumer asks for it. Without `gated`, `emit` itself waits for that. With `gated`, `emit`
+    returns at once and the pass calls `gate()` right before it starts computing the next
+    value (e.g. a hook before each attention block), so the rest of the pass overlaps with the
+    consumer's work on the last value. Returns (as the generator's value) what `run` returned;
+    re-raises what it raised. Closing the generator early stops the pass at its next gate.
     """
     handed: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
-    replies: queue.Queue[object] = queue.Queue(maxsize=1)
+    replies: queue.Queue[object] = queue.Queue()
+    outstanding = [False]  # the worker's own: an item was handed and not yet let go
+
+    def gate() -> None:
+        if outstanding[0]:
+            outstanding[0] = False
+            if replies.get() is _STOP:
+                raise _Abandoned
 
     def emit(key: str, value: Any) -> None:
+        gate()  # a pass that did not call gate before making this value waits now
         handed.put(("item", (key, value)))
         del value
-        if replies.get() is _STOP:
-            raise _Abandoned
+        outstanding[0] = True
+        if not gated:
+            gate()
 
     def work() -> None:
         try:
-            handed.put(("done", run(emit)))
+            handed.put(("done", run(emit, gate)))
         except _Abandoned:
             handed.put(("abandoned", None))
         except BaseException as exc:  # handed to the consumer, raised there
@@ -129,6 +144,6 @@ def stream_pass(
     finally:
         if not finished:
             replies.put(_STOP)
-            while handed.get()[0] == "item":  # a pass between emits may emit once more
+            while handed.get()[0] == "item":  # a pass between gates may emit once more
                 replies.put(_STOP)
         worker.join()

@@ -7,7 +7,8 @@ Attention path: an explicit softmax(Q K^T / sqrt(key_dim)) in `blocks.SelfAttent
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,31 @@ def _namespace() -> dict[str, Any]:
     return names
 
 
+@contextmanager
+def _gates(model: torch.nn.Module, capture: Any) -> Iterator[None]:
+    """Call `capture.gate()` right before every attention block computes, for this pass only
+    (hooks are removed whatever happens: a failed pass leaves none behind)."""
+    gate = getattr(capture, "gate", None)
+    handles = (
+        [
+            module.register_forward_pre_hook(lambda *_: gate())
+            for module in model.modules()
+            if isinstance(module, blocks.SelfAttention)
+        ]
+        if gate is not None
+        else []
+    )
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class PyTorchModel(BuiltModel):
     backend = "pytorch"
     attention_path = "explicit softmax(QK^T/sqrt(d_k)) in pytorch.blocks.SelfAttention (no SDPA)"
+    gates_attention = True  # _gates: a pre-hook on every SelfAttention
 
     def __init__(self, network: Network, *, seed: int, device: str) -> None:
         padding = padding_masked_layers(network)
@@ -76,7 +99,7 @@ class PyTorchModel(BuiltModel):
         should_stop: Callable[[], bool] | None,
     ) -> torch.Tensor | None:
         x = torch.from_numpy(prepared.array).to(self.device)
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), _gates(self.model, capture):
             return self.model.run(x, capture=capture, start=prepared.start, should_stop=should_stop)
 
     def _to_numpy(self, tensor: torch.Tensor, reduction: Reduction | None = None) -> np.ndarray:
