@@ -296,7 +296,7 @@ class BuiltModel(ABC):
             if self._pass(prepared, _Capture(capture, take, gate), should_stop) is None:
                 raise stopped()
 
-        yield from stream_pass(run, name=f"{self.backend}-pass", gated=self.gates_attention)
+        yield from stream_pass(run, gated=self.gates_attention)
 
     @abstractmethod
     def get_weights(self) -> dict[str, np.ndarray]:

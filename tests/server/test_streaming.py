@@ -4,7 +4,6 @@ layer held at a time, chunk sizes, cancellation; through the real server on loop
 from __future__ import annotations
 
 import math
-import threading
 import time
 import weakref
 
@@ -12,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
+from neural_attn.backends.streaming import running_passes
 from neural_attn.errors import InvalidInputError
 from neural_attn.v1 import attention_pb2 as pb
 from neural_attn.v1 import attention_pb2_grpc as pb_grpc
@@ -196,7 +196,7 @@ def test_a_cancelled_stream_stops_the_pass_and_the_server_keeps_serving(
     stub = pb_grpc.AttentionServiceStub(grpc.insecure_channel(server_target))
     from neural_attn import wire
 
-    before = {t.name for t in threading.enumerate() if t.name.endswith("-pass")}
+    before = running_passes()
     call = stub.ExtractAttention(
         pb.ExtractRequest(
             model_id=model.model_id, input=wire.to_proto(_data()), max_chunk_bytes=1024
@@ -208,8 +208,8 @@ def test_a_cancelled_stream_stops_the_pass_and_the_server_keeps_serving(
     with pytest.raises(grpc.RpcError) as info:
         list(call)
     assert info.value.code() == grpc.StatusCode.CANCELLED
-    for _ in range(100):  # the pass thread ends once the server sees the cancellation
-        if {t.name for t in threading.enumerate() if t.name.endswith("-pass")} <= before:
+    for _ in range(100):  # the pass ends once the server sees the cancellation
+        if running_passes() <= before:
             break
         time.sleep(0.05)
     else:
