@@ -17,7 +17,6 @@ from neural_attn import chunk_codec, wire
 from neural_attn.analysis import DISTRIBUTION_STATS, HEAD_METRICS, LAYER_AVERAGES
 from neural_attn.client import _connection as _conn
 from neural_attn.client._analyses import HeadAnalysisMixin, attention_set
-from neural_attn.client._connection import translate as _translate
 from neural_attn.client._embedded import server_target
 from neural_attn.client._sinks import ArraySink, LayerHeader, LayerSink, Pooling
 from neural_attn.errors import (
@@ -571,7 +570,7 @@ class AttentionClient(HeadAnalysisMixin):
         read and dropped (a stream asked again after a replica died)."""
         header: LayerHeader | None = None
         filled = 0
-        try:
+        with _conn.rpc_errors():
             for raw in self._extract_raw(request, **self._call("ExtractAttention")):
                 chunk, start, stop = chunk_codec.decode(raw)  # content stays in `raw`
                 if chunk.layer_name in skip:
@@ -595,8 +594,6 @@ class AttentionClient(HeadAnalysisMixin):
                         raise InvalidInputError(f"layer `{header.name}` arrived incomplete")
                     done, header = header, None
                     yield ExtractedLayer.of(done, sink.end())
-        except grpc.RpcError as exc:
-            raise _translate(exc) from None
         if header is not None:
             raise InvalidInputError(f"the stream ended before layer `{header.name}` was complete")
 
