@@ -248,10 +248,11 @@ def test_analyze_refuses_reduced_attention(server_target, exact):
     assert "exact attention" in info.value.details()
 
 
-# 4 heads x 1,024^2 float32: 16 MiB a layer, far more than gRPC's flow-control windows.
+# 4 heads x 2,048^2 float32: 64 MiB a layer, far more than gRPC's flow-control windows and
+# buffers (which grow with the bandwidth-delay estimate: 16 MiB layers were not always enough).
 BIG = """
 network Big {
-  input: (1024, 8)
+  input: (2048, 8)
   layers:
     TransformerEncoder(num_heads=4, ff_dim=8) * 3
 }
@@ -269,8 +270,8 @@ def test_a_reader_that_stops_reading_stops_the_pass(server_target, monkeypatch):
     call = stub.ExtractAttention(pb.ExtractRequest(model_id=model.model_id), timeout=120)
     first = next(call)
     assert first.layer_name == "transformer_encoder_0"
-    time.sleep(2.0)  # the reader pauses with 16 MiB of layer 0 still unread
+    time.sleep(2.0)  # the reader pauses with most of layer 0 still unread
     assert len(live.alive_at_handout) == 1, "the pass ran ahead of a reader that stopped"
     received = sum(len(chunk.content) for chunk in call) + len(first.content)
-    assert received == 3 * 4 * 1024 * 1024 * 4
+    assert received == 3 * 4 * 2048 * 2048 * 4
     assert len(live.alive_at_handout) == 3
