@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import chromium_dom, view_status
 from test_cli import _png_is_a_picture, _run
 
 from neural_attn.analysis import Rollout, layer_metrics
@@ -116,28 +117,7 @@ def test_figures_and_page_show_server_pooled_attention_and_say_so(long_run):
 def test_the_long_page_draws_in_a_headless_browser(long_run, tmp_path):
     out, _ = long_run
     url = f"{(out / 'attention_interactive.html').resolve().as_uri()}#layer=1&view=2"
-    result = subprocess.run(
-        [
-            shutil.which("chromium") or "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--host-resolver-rules=MAP * ~NOTFOUND",
-            "--virtual-time-budget=30000",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    match = re.search(r'<p id="view-status"([^>]*)>', result.stdout)
-    assert match, result.stdout[-2000:]
-    status = dict(re.findall(r'data-([a-z]+)="([^"]*)"', match.group(1)))
+    status = view_status(chromium_dom(url, tmp_path / "profile"))
     assert status["drawn"] == "1" and status["shape"] == "367x367"
     assert status["title"] == "transformer_encoder_1 — head 1"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import websocket  # websocket-client
+from browser import headless
 
 
 class Browser:
@@ -21,18 +21,9 @@ class Browser:
     def __init__(self, profile: Path) -> None:
         self.process = subprocess.Popen(
             [
-                shutil.which("chromium") or "chromium",
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
+                *headless(profile),
                 "--remote-debugging-port=0",
                 "--remote-allow-origins=*",
-                f"--user-data-dir={profile}",
-                "--host-resolver-rules=MAP * ~NOTFOUND",
                 "--window-size=1400,1000",
                 "about:blank",
             ],

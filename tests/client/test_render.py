@@ -7,12 +7,12 @@ import base64
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from browser import chromium_dom, view_status
 from PIL import Image
 
 from neural_attn.analysis import analyze_attention_patterns, summarize_layers
@@ -177,36 +177,6 @@ def decode_view(layer: dict[str, Any], item: int, view: int) -> np.ndarray:
     (entry,) = [e for e in layer["items"] if e["index"] == item]
     raw = base64.b64decode(entry["views"][view]["data"])
     return np.frombuffer(raw, dtype="<f2").reshape(layer["display_shape"])
-
-
-def chromium_dom(url: str, profile: Path) -> str:
-    """The page's DOM after its scripts ran, in a headless Chromium with no network."""
-    command = [
-        shutil.which("chromium") or "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        # Any name lookup fails: the page has to work with no network at all.
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--virtual-time-budget=30000",
-        "--dump-dom",
-        url,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
-
-
-def view_status(dom: str) -> dict[str, str]:
-    """The data-* attributes the page writes on #view-status after drawing."""
-    match = re.search(r'<p id="view-status"([^>]*)>', dom)
-    assert match, "the page wrote no view status"
-    return dict(re.findall(r'data-([a-z]+)="([^"]*)"', match.group(1)))
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ import base64
 import json
 import re
 import shutil
-import subprocess
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from browser import chromium_dom, view_status
 from PIL import Image
 
 from neural_attn.client.render import (
@@ -154,25 +154,9 @@ def test_long_page_draws_in_a_headless_browser(
 ) -> None:
     path, _ = long_page
     url = f"{path.resolve().as_uri()}#layer=1&view={1 + SHARP_HEAD}"
-    command = [
-        shutil.which("chromium") or "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--virtual-time-budget=30000",
-        "--dump-dom",
-        url,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    dom = result.stdout
+    dom = chromium_dom(url, tmp_path / "profile")
     assert 'class="hm"' in dom  # the heatmap was drawn
-    match = re.search(r'<p id="view-status"([^>]*)>', dom)
-    assert match
-    status = dict(re.findall(r'data-([a-z]+)="([^"]*)"', match.group(1)))
+    status = view_status(dom)
     assert status["drawn"] == "1"
     assert status["title"] == f"transformer_encoder_1 — head {SHARP_HEAD}"
     assert status["shape"] == "512x512"
