@@ -468,7 +468,7 @@ class AttentionVisualizer:
 
     def analyze_attention_patterns(self, attention_weights: np.ndarray) -> dict[str, Any]:
         """Entropy, max attention, diagonal strength (per head and averaged), pattern labels."""
-        return analyze_attention_patterns(attention_weights)
+        return dict(analyze_attention_patterns(attention_weights))
 
 
 def _check_tokens(

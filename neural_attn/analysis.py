@@ -151,7 +151,7 @@ def _block_rows(k: int) -> int:
     return max(1, _BLOCK_BYTES // (8 * k))
 
 
-def analyze_attention_patterns(attention: Any) -> dict[str, Any]:
+def analyze_attention_patterns(attention: Any) -> LayerMetrics:
     """Per-head metrics of one attention layer, averaged over the batch.
 
     ``attention`` is ``(batch, heads, q, k)``, ``(heads, q, k)`` or ``(q, k)`` (one head).
@@ -186,7 +186,7 @@ def analyze_attention_patterns(attention: Any) -> dict[str, Any]:
     return _analyze(_as_probabilities(attention))
 
 
-def layer_metrics(attention: Any) -> dict[str, Any]:
+def layer_metrics(attention: Any) -> LayerMetrics:
     """One layer's entry of ``summarize_layers(...)["layers"]``: the metrics plus ``"shape"``.
 
     ``attention`` is one layer's ``(batch, heads, q, k)`` array (float16 or float32, a
@@ -198,7 +198,7 @@ def layer_metrics(attention: Any) -> dict[str, Any]:
     return metrics
 
 
-def _analyze(arr: np.ndarray) -> dict[str, Any]:
+def _analyze(arr: np.ndarray) -> LayerMetrics:
     """analyze_attention_patterns on an array _as_probabilities has checked."""
     arr = _to_4d(arr)
     batch, heads, _, k = arr.shape
@@ -222,7 +222,13 @@ def _analyze(arr: np.ndarray) -> dict[str, Any]:
         for h in range(heads)
     ]
     distribution = [
-        {stat: float(m[stat][h]) for stat in ("mean", "std", "min", "max")} for h in range(heads)
+        Distribution(
+            mean=float(m["mean"][h]),
+            std=float(m["std"][h]),
+            min=float(m["min"][h]),
+            max=float(m["max"][h]),
+        )
+        for h in range(heads)
     ]
     return {
         "num_heads": int(heads),

@@ -147,7 +147,7 @@ def per_item_metrics(
     None for an item the mask leaves empty."""
     for b in range(attention.shape[0]):
         item = _masked_item(attention[b], None if keep is None else keep[b])
-        yield None if item is None else analyze_attention_patterns(item)
+        yield None if item is None else dict(analyze_attention_patterns(item))
 
 
 def _empty_metrics(heads: int) -> dict[str, Any]:
@@ -191,7 +191,7 @@ def masked_layer_metrics(attention: np.ndarray, keep: np.ndarray | None = None) 
     """
     shape = [int(n) for n in attention.shape]
     if keep is None:
-        return layer_metrics(attention)
+        return dict(layer_metrics(attention))
     items = [
         item
         for b in range(attention.shape[0])
@@ -201,9 +201,9 @@ def masked_layer_metrics(attention: np.ndarray, keep: np.ndarray | None = None) 
     if not items:
         metrics = _empty_metrics(heads)
     elif len({item.shape for item in items}) == 1:
-        metrics = layer_metrics(np.stack(items))
+        metrics = dict(layer_metrics(np.stack(items)))
     else:
-        metrics = _average([analyze_attention_patterns(item) for item in items], heads)
+        metrics = _average([dict(analyze_attention_patterns(item)) for item in items], heads)
     metrics["shape"] = shape
     metrics["items_analyzed"] = len(items)
     return metrics
