@@ -14,7 +14,6 @@ import math
 import queue
 import threading
 from collections.abc import Callable, Generator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,10 +78,46 @@ def block_counts(length: int, block: int) -> np.ndarray:
     return counts
 
 
-# Passes run on threads that are kept: a fresh thread per pass cost PyTorch a new OpenMP
-# team each time (+2.4 ms on a 6 ms pass). More threads than the server has workers, so a
-# pass never waits for one.
-_PASSES = ThreadPoolExecutor(max_workers=64, thread_name_prefix="attention-pass")
+class _Threads:
+    """Threads for passes, kept between them: a fresh thread per pass cost PyTorch a new OpenMP
+    team each time (+2.4 ms on a 6 ms pass). A pass never waits for a thread (one is started
+    when none is idle), and the threads are daemons, so a pass stuck on a consumer that went
+    away never holds the process open at exit (a ThreadPoolExecutor's would)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+
+    def run(self, job: Callable[[], None]) -> threading.Event:
+        """Run `job` on a kept thread; the event is set when it has finished."""
+        done = threading.Event()
+
+        def wrapped() -> None:
+            try:
+                job()
+            finally:
+                done.set()
+
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put(wrapped)
+                return done
+        threading.Thread(
+            target=self._serve, args=(wrapped,), daemon=True, name="attention-pass"
+        ).start()
+        return done
+
+    def _serve(self, job: Callable[[], None]) -> None:
+        while True:
+            job()
+            with self._lock:
+                self._idle += 1
+            job = self._jobs.get()
+
+
+_PASSES = _Threads()
 
 
 class _Active:
@@ -159,7 +194,7 @@ def stream_pass(
             with _active:
                 _active.count -= 1
 
-    worker = _PASSES.submit(work)
+    pass_done = _PASSES.run(work)
     finished = False
     try:
         while True:
@@ -178,4 +213,4 @@ def stream_pass(
             replies.put(_STOP)
             while handed.get()[0] == "item":  # a pass between gates may emit once more
                 replies.put(_STOP)
-        worker.result()
+        pass_done.wait()
