@@ -17,17 +17,29 @@ Nothing here imports a framework.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from neural_attn.dsl.ir import Layer
 from neural_attn.dsl.layers import LAYER_SPECS
 from neural_attn.errors import InvalidInputError
 
+_Entry = TypeVar("_Entry")
+
 WeightShapes = dict[str, tuple[int, ...]]
 # A built block -> neutral parameter name -> the framework variable (or tuple of them) holding it.
 ParamMap = Callable[[Any], dict[str, Any]]
+
+
+def built_by(catalogue: Mapping[str, _Entry], layer: Layer) -> _Entry:
+    """`layer`'s entry in a backend's catalogue; a type it lacks is refused by name."""
+    try:
+        return catalogue[layer.type]
+    except KeyError:
+        raise InvalidInputError(
+            f"layer type {layer.type} (`{layer.name}`) is not built by this server yet"
+        ) from None
 
 
 def width(layer: Layer) -> int:

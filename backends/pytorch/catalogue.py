@@ -19,7 +19,6 @@ from neural_attn.backends import neutral
 from neural_attn.backends.codegen import Call, mark_padding
 from neural_attn.backends.neutral import ParamMap
 from neural_attn.dsl.ir import Layer
-from neural_attn.errors import InvalidInputError
 
 # How neutral arrays become torch tensors (`weights.to_torch`): a kernel (in, out) becomes a
 # Linear weight (out, in) unless the layer is a convolution or a GRU.
@@ -126,17 +125,8 @@ CATALOGUE: dict[str, Entry] = {
 }
 
 
-def entry(layer: Layer) -> Entry:
-    try:
-        return CATALOGUE[layer.type]
-    except KeyError:
-        raise InvalidInputError(
-            f"layer type {layer.type} (`{layer.name}`) is not built by this server yet"
-        ) from None
-
-
 def _call(layer: Layer) -> Call:
-    found = entry(layer)
+    found = neutral.built_by(CATALOGUE, layer)
     kwargs: dict[str, Any] = {}
     if layer.children:
         kwargs["layers"] = [(child.name, _call(child)) for child in layer.children]

@@ -17,7 +17,6 @@ from neural_attn.backends import neutral
 from neural_attn.backends.codegen import Call, mark_padding
 from neural_attn.backends.neutral import ParamMap
 from neural_attn.dsl.ir import Layer
-from neural_attn.errors import InvalidInputError
 
 
 def _none(block: Any) -> dict[str, Any]:
@@ -106,17 +105,8 @@ CATALOGUE: dict[str, Entry] = {
 }
 
 
-def entry(layer: Layer) -> Entry:
-    try:
-        return CATALOGUE[layer.type]
-    except KeyError:
-        raise InvalidInputError(
-            f"layer type {layer.type} (`{layer.name}`) is not built by this server yet"
-        ) from None
-
-
 def _call(layer: Layer) -> Call:
-    found = entry(layer)
+    found = neutral.built_by(CATALOGUE, layer)
     kwargs: dict[str, Any] = {}
     if layer.children:
         kwargs["layers"] = [_call(child) for child in layer.children]
