@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from neural_attn.backends.streaming import Reduction, stream_pass
+from neural_attn.backends.streaming import Reduction, on_pass_thread, stream_pass
 from neural_attn.backends.weight_files import (
     FORMATS,
     FRAMEWORK_FORMATS,
@@ -259,7 +259,8 @@ class BuiltModel(ABC):
 
         Returns the model output and, for each layer named in `capture`, its attention
         probabilities as float32 numpy, shape [batch, head, query, key]. `should_stop` is
-        asked between layers; when it says yes the pass stops with CancelledError.
+        asked between layers; when it says yes the pass stops with CancelledError. The pass
+        runs on a pass thread (`streaming.on_pass_thread`), whichever thread calls.
         """
         prepared = prepare_input(self.network, data)
         kept: dict[str, np.ndarray] = {}
@@ -267,10 +268,13 @@ class BuiltModel(ABC):
         def take(name: str, probs: Any) -> None:
             kept[name] = self._to_numpy(probs)
 
-        out = self._pass(prepared, _Capture(capture, take), should_stop)
-        if out is None:
-            raise stopped()
-        return self._to_numpy(out), kept
+        def run() -> np.ndarray:
+            out = self._pass(prepared, _Capture(capture, take), should_stop)
+            if out is None:
+                raise stopped()
+            return self._to_numpy(out)
+
+        return on_pass_thread(run), kept
 
     def stream(
         self,

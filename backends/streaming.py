@@ -1,8 +1,9 @@
 """Attention handed over layer by layer while the forward pass runs, and reduced beside the model.
 
-`stream_pass` runs a pass in a worker thread and hands each captured layer to the consumer; the
-pass waits until the consumer asks for the next layer before it goes on, so at most one layer's
-attention exists at a time and a slow reader slows the pass instead of filling memory.
+`stream_pass` runs a pass on a pass thread (`_Threads`) and hands each captured layer to the
+consumer; the pass waits until the consumer asks for the next layer before it goes on, so at most
+one layer's attention exists at a time and a slow reader slows the pass instead of filling memory.
+`on_pass_thread` runs other model work on the same thread.
 
 `Reduction` says what of each layer to keep (one head, a window, pooled blocks); backends apply
 it with their framework's ops, on the device that ran the pass, before anything is copied out.
@@ -15,11 +16,12 @@ import queue
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 POOL_MODES = ("max", "mean")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -79,18 +81,27 @@ def block_counts(length: int, block: int) -> np.ndarray:
 
 
 class _Threads:
-    """Threads for passes, kept between them: a fresh thread per pass cost PyTorch a new OpenMP
-    team each time (+2.4 ms on a 6 ms pass). A pass never waits for a thread (one is started
-    when none is idle), and the threads are daemons, so a pass stuck on a consumer that went
-    away never holds the process open at exit (a ThreadPoolExecutor's would)."""
+    """Where passes (and, for PyTorch, all model work) run: one kept thread, the primary, takes
+    each job when it is idle; a job that finds it busy gets a thread of its own that ends with
+    the job. A job never waits for a thread, and the threads are daemons, so a pass stuck on a
+    consumer that went away never holds the process open at exit (a ThreadPoolExecutor's would).
+
+    Why one kept thread and no more: PyTorch's OpenMP (libgomp) gives every thread that runs a
+    parallel op a team of worker threads of its own, kept until that thread ends. Once the
+    process has more such threads than cores, libgomp stops spinning between parallel regions
+    and every op pays a wake-up: a 6 ms pass took 9 ms as soon as a second thread had run torch,
+    whichever thread ran it. A fresh thread per pass is no better (a new team each time, +2.4 ms).
+    So model work runs on the primary, and a thread made for a concurrent job takes its team
+    away with it when it ends.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle = 0
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._primary: queue.SimpleQueue[Callable[[], None]] | None = None
+        self._primary_idle = False
 
     def run(self, job: Callable[[], None]) -> threading.Event:
-        """Run `job` on a kept thread; the event is set when it has finished."""
+        """Run `job` on a pass thread; the event is set when it has finished."""
         done = threading.Event()
 
         def wrapped() -> None:
@@ -100,24 +111,58 @@ class _Threads:
                 done.set()
 
         with self._lock:
-            if self._idle:
-                self._idle -= 1
-                self._jobs.put(wrapped)
+            if self._primary_idle:
+                self._primary_idle = False
+                assert self._primary is not None
+                self._primary.put(wrapped)
                 return done
-        threading.Thread(
-            target=self._serve, args=(wrapped,), daemon=True, name="attention-pass"
-        ).start()
+            if self._primary is None:
+                self._primary = queue.SimpleQueue()
+                target: Callable[..., None] = self._serve_primary
+                name = "attention-pass"
+            else:
+                target = self._serve_once
+                name = "attention-pass-extra"
+        threading.Thread(target=target, args=(wrapped,), daemon=True, name=name).start()
         return done
 
-    def _serve(self, job: Callable[[], None]) -> None:
+    def _serve_primary(self, job: Callable[[], None]) -> None:
+        _on_pass_thread.flag = True
+        assert self._primary is not None
         while True:
             job()
             with self._lock:
-                self._idle += 1
-            job = self._jobs.get()
+                self._primary_idle = True
+            job = self._primary.get()
+
+    @staticmethod
+    def _serve_once(job: Callable[[], None]) -> None:
+        _on_pass_thread.flag = True
+        job()
 
 
+_on_pass_thread = threading.local()
 _PASSES = _Threads()
+
+
+def on_pass_thread(fn: Callable[[], T]) -> T:
+    """`fn()` run on a pass thread (see `_Threads`), its result returned or its exception
+    raised here; inline when the caller is already on one."""
+    if getattr(_on_pass_thread, "flag", False):
+        return fn()
+    result: list[Any] = []
+    failure: list[BaseException] = []
+
+    def job() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:  # re-raised on the caller's thread
+            failure.append(exc)
+
+    _PASSES.run(job).wait()
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 class _Active:
@@ -154,7 +199,7 @@ def stream_pass(
     *,
     gated: bool = False,
 ) -> Generator[tuple[str, Any], None, Any]:
-    """Run `run(emit, gate)` in a worker thread; yield each (name, value) it emits, one at a time.
+    """Run `run(emit, gate)` on a pass thread; yield each (name, value) it emits, one at a time.
 
     The consumer holds the only live value: the pass may not make the next one until the
     consumer asks for it. Without `gated`, `emit` itself waits for that. With `gated`, `emit`

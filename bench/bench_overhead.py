@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     from _floors import keras_floor, torch_floor
 
     from neural_attn.backends.base import get_backend
+    from neural_attn.backends.streaming import on_pass_thread
     from neural_attn.client import AttentionClient
     from neural_attn.dsl import compile_source
 
@@ -103,7 +104,14 @@ def run(args: argparse.Namespace) -> list[Row]:
                         _, kept = m.forward(data, capture=names)
                         assert len(kept) == len(names)
 
-                    fns = {"served": serve, "forward": forward, "floor": floor}
+                    # The floor runs on the thread the project's passes run on: torch work
+                    # from a second thread would give this process a second OpenMP team and
+                    # slow every pass in it, the project's and the floor's alike.
+                    fns = {
+                        "served": serve,
+                        "forward": forward,
+                        "floor": lambda f=floor: on_pass_thread(f),
+                    }
                     t = interleaved(
                         fns,
                         budget_s=(15.0 if seq <= 128 else 30.0) * args.budget,
@@ -160,8 +168,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                 ]
                 del floor
         # Diagnosis, after every main row: the server's pass in-process (`stream()`, layer by layer
-        # on a worker thread, as the server runs it) against the served call. Apart from the main
-        # rows because a process whose worker threads ran torch can slow its main thread's passes.
+        # on the pass thread, as the server runs it) against the served call.
         for label, model, serve, data, names, seq in later:
             try:
 
@@ -187,7 +194,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                     f"{label}: diagnosis: in-process stream() (server's pass, no gRPC)",
                     st * 1e3,
                     "ms",
-                    note="layer by layer on a worker thread, as the server runs it",
+                    note="layer by layer on the pass thread, as the server runs it",
                     device=dev,
                 ),
                 ratio_row(

@@ -6,11 +6,12 @@ Attention path: an explicit softmax(Q K^T / sqrt(key_dim)) in `blocks.SelfAttent
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from neural_attn.backends.codegen import instantiate, render_call, render_module
 from neural_attn.backends.pytorch import blocks, recurrent, spatial
 from neural_attn.backends.pytorch.catalogue import constructor, parameters
 from neural_attn.backends.pytorch.weights import from_torch, read_state_dict, to_torch
-from neural_attn.backends.streaming import Reduction
+from neural_attn.backends.streaming import Reduction, on_pass_thread
 from neural_attn.backends.weight_files import check_neutral
 from neural_attn.backends.weights import initial_weights, weight_shapes
 from neural_attn.dsl.ir import Network
@@ -36,6 +37,18 @@ torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
 _BLOCK_MODULES = (blocks, spatial, recurrent)
+F_ = TypeVar("F_", bound=Callable[..., Any])
+
+
+def _on_pass_thread(method: F_) -> F_:
+    """Torch work outside the passes (building, weights) runs on the pass thread too: one
+    thread running torch ops keeps one OpenMP team (`streaming._Threads` says why that matters)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return on_pass_thread(lambda: method(*args, **kwargs))
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _namespace() -> dict[str, Any]:
@@ -114,6 +127,7 @@ class PyTorchModel(BuiltModel):
             out.update(parameters(layer, self.model.blocks[layer.name]))
         return out
 
+    @_on_pass_thread
     def get_weights(self) -> dict[str, np.ndarray]:
         shapes = weight_shapes(self.network)
 
@@ -130,6 +144,7 @@ class PyTorchModel(BuiltModel):
             for key, (layout, t) in self._all_parameters().items()
         }
 
+    @_on_pass_thread
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         check_neutral(self.network, weights)
         with torch.no_grad():
@@ -196,12 +211,14 @@ def reduce_attention(probs: torch.Tensor, reduction: Reduction) -> torch.Tensor:
 class PyTorchBackend(Backend):
     name = "pytorch"
 
+    @_on_pass_thread
     def build(self, network: Network, *, seed: int, device: str = "auto") -> BuiltModel:
         return PyTorchModel(network, seed=seed, device=self.resolve_device(device))
 
     def gpu_available(self) -> bool:
         return torch.cuda.is_available()
 
+    @_on_pass_thread
     def read_weights(
         self, network: Network, content: bytes, fmt: str, *, name: str = ""
     ) -> dict[str, np.ndarray]:

@@ -1,0 +1,136 @@
+"""Model work runs on the pass threads (backends/streaming.py `_Threads`): whatever thread asks,
+a sequence of builds and passes runs on one kept thread, so PyTorch keeps a single OpenMP team;
+a job that finds that thread busy gets a thread of its own that ends with it."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from neural_attn.backends.base import get_backend
+from neural_attn.backends.streaming import on_pass_thread
+from neural_attn.dsl import compile_source
+
+SOURCE = """
+network Threads {
+  input: (64, 32)
+  layers:
+    TransformerEncoder(num_heads=4, ff_dim=64) * 2
+    GlobalAveragePooling1D()
+    Output(units=2)
+}
+"""
+DATA = np.random.default_rng(3).standard_normal((1, 64, 32)).astype(np.float32)
+
+
+def _names(model) -> list[str]:
+    return [layer.name for _, layer in model.network.attention_sites]
+
+
+def test_on_pass_thread_returns_raises_and_nests() -> None:
+    caller = threading.get_ident()
+    inner: list[int] = []
+
+    def job() -> int:
+        inner.append(threading.get_ident())
+        # Nested: runs inline on the same pass thread (no second thread, no deadlock).
+        return on_pass_thread(lambda: threading.get_ident())
+
+    assert on_pass_thread(job) == inner[0] != caller
+
+    with pytest.raises(ZeroDivisionError):
+        on_pass_thread(lambda: 1 / 0)
+
+
+@pytest.mark.parametrize("backend", ["pytorch", "tensorflow"])
+def test_builds_and_passes_from_any_caller_run_on_one_thread(backend: str) -> None:
+    """Callers on different threads (gRPC workers, a notebook's main thread) all land on the one
+    kept pass thread when they come one after another."""
+    network = compile_source(SOURCE, filename="threads.neural")
+    seen: list[int] = []
+    results: dict[str, object] = {}
+
+    def from_caller(label: str, fn) -> None:
+        t = threading.Thread(target=lambda: results.__setitem__(label, fn()))
+        t.start()
+        t.join()
+
+    from_caller("model", lambda: get_backend(backend).build(network, seed=0))
+    model = results["model"]
+    pytorch = backend == "pytorch"
+    if pytorch:  # the framework itself says which thread ran each attention block
+        for module in model.model.modules():
+            if type(module).__name__ == "SelfAttention":
+                module.register_forward_hook(lambda *_: seen.append(threading.get_ident()))
+    names = _names(model)
+    from_caller("forward", lambda: model.forward(DATA, capture=names))
+    from_caller("stream", lambda: dict(model.stream(DATA, capture=names)))
+    from_caller("weights", lambda: model.set_weights(model.get_weights()))
+    _, kept = model.forward(DATA, capture=names)
+    if pytorch:
+        assert len(seen) == 3 * len(names)
+        assert len(set(seen)) == 1 and threading.get_ident() not in seen
+    for name in names:  # the same numbers whichever path and thread produced them
+        np.testing.assert_allclose(results["stream"][name], kept[name], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(results["forward"][1][name], kept[name], rtol=1e-6, atol=1e-7)
+
+
+def test_a_job_that_finds_the_pass_thread_busy_runs_on_a_thread_that_ends_with_it() -> None:
+    busy, release = threading.Event(), threading.Event()
+    primary = threading.Thread(target=lambda: on_pass_thread(lambda: (busy.set(), release.wait())))
+    primary.start()
+    assert busy.wait(10)
+    try:
+        extra = on_pass_thread(threading.current_thread)
+        assert extra.name == "attention-pass-extra"
+        extra.join(10)  # it ends once its job is done, taking its OpenMP team with it
+        assert not extra.is_alive()
+    finally:
+        release.set()
+        primary.join(10)
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+def test_pytorch_passes_from_many_callers_add_no_openmp_threads() -> None:
+    """Each thread that runs a parallel torch op gets an OpenMP team of its own (and a process
+    with more such threads than cores runs every op slower). Passes asked for from three long-
+    lived caller threads must not add threads to the process once the first pass has run."""
+    torch = pytest.importorskip("torch")
+    if torch.get_num_threads() < 2:
+        pytest.skip("torch runs single-threaded here: no OpenMP teams to count")
+    network = compile_source(SOURCE, filename="threads.neural")
+    model = get_backend("pytorch").build(network, seed=0)
+    names = _names(model)
+    model.forward(DATA, capture=names)  # the pass thread and its team exist from here on
+    before = _os_threads()
+    go, done = threading.Event(), threading.Barrier(4)
+
+    def caller() -> None:
+        for _ in range(3):
+            model.forward(DATA, capture=names)
+            dict(model.stream(DATA, capture=names))
+        done.wait()  # stay alive while the threads are counted
+        go.wait()
+
+    callers = [threading.Thread(target=caller) for _ in range(3)]
+    for t in callers:
+        t.start()
+    done.wait(60)
+    try:
+        # A thread made for a concurrent pass ends just after it; give it a moment to go.
+        deadline = time.monotonic() + 10
+        while _os_threads() > before + len(callers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _os_threads() == before + len(callers)
+    finally:
+        go.set()
+        for t in callers:
+            t.join(10)
