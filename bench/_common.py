@@ -40,7 +40,9 @@ def interleaved(
     max_reps: int = 25,
     sync: Fn | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Median wall time of each function, measured round by round (A, B, C, A, B, C, ...).
+    """Median wall time of each function, measured round by round, each round starting one
+    function later (A B C, B C A, C A B, ...): what one call leaves behind (a server's OpenMP
+    threads still spinning for a few ms after its pass) falls on every function alike.
 
     One warm-up call each first (not counted); the number of rounds follows from the warm-up
     times and `budget_s`, between `min_reps` and `max_reps`. `sync` (e.g. cuda synchronize) is
@@ -60,9 +62,10 @@ def interleaved(
     per_round = max(sum(warm.values()), 1e-6)
     reps = int(min(max_reps, max(min_reps, budget_s // per_round)))
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            times[name].append(timed(fn))
+    order = list(fns)
+    for r in range(reps):
+        for name in order[r % len(order) :] + order[: r % len(order)]:
+            times[name].append(timed(fns[name]))
     return {
         name: {"median_s": statistics.median(ts), "reps": len(ts), "all_s": ts}
         for name, ts in times.items()
@@ -267,6 +270,22 @@ def served(kind: str, *args: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def bare_stream(total: int, chunk: int) -> Iterator[Callable[..., Iterator[bytes]]]:
+    """A bare gRPC server (`_serve.py bare`) in its own process; yields the call that streams
+    its `total` bytes in `chunk`-byte messages: the floor of the wire for those bytes."""
+    import grpc
+    from _serve import BARE_METHOD
+
+    with (
+        served("bare", str(total), str(chunk)) as target,
+        grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 512 * MIB)]
+        ) as channel,
+    ):
+        yield channel.unary_stream(BARE_METHOD, request_serializer=None, response_deserializer=None)
 
 
 def network_source(name: str, *, seq: int, width: int, heads: int, ff: int, layers: int) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 from _common import (
     MIB,
     Row,
+    bare_stream,
     describe,
     failed_row,
     interleaved,
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     from neural_attn.backends.streaming import on_pass_thread
     from neural_attn.client import AttentionClient
     from neural_attn.dsl import compile_source
+    from neural_attn.server.config import ServerConfig
 
     rows: list[Row] = []
     later: list[tuple] = []
@@ -169,7 +171,9 @@ def run(args: argparse.Namespace) -> list[Row]:
                 del floor
         # Diagnosis, after every main row: the server's pass in-process (`stream()`, layer by layer
         # on the pass thread, as the server runs it) against the served call.
+        chunk = ServerConfig().default_chunk_bytes
         for label, model, serve, data, names, seq in later:
+            total = len(names) * HEADS * seq * seq * 4  # float32 bytes of every layer
             try:
 
                 def stream(m=model, data=data, names=names) -> None:
@@ -179,15 +183,20 @@ def run(args: argparse.Namespace) -> list[Row]:
                         del a
                     assert n == len(names)
 
-                diag = interleaved(
-                    {"stream": stream, "served": serve},
-                    budget_s=(5.0 if seq <= 128 else 10.0) * args.budget,
-                    sync=_sync(dev),
-                )
+                with bare_stream(total, chunk) as bare:
+
+                    def bare_receive(bare=bare, total=total) -> None:
+                        assert sum(len(m) for m in bare(b"", timeout=600)) == total
+
+                    diag = interleaved(
+                        {"stream": stream, "served": serve, "bare": bare_receive},
+                        budget_s=(5.0 if seq <= 128 else 10.0) * args.budget,
+                        sync=_sync(dev),
+                    )
             except Exception as exc:  # noqa: BLE001 - report and go on
                 rows.append(failed_row(SECTION, f"{label}: diagnosis", describe(exc), device=dev))
                 continue
-            st, s2 = diag["stream"]["median_s"], diag["served"]["median_s"]
+            st, s2, b = (diag[k]["median_s"] for k in ("stream", "served", "bare"))
             rows += [
                 Row(
                     SECTION,
@@ -203,6 +212,22 @@ def run(args: argparse.Namespace) -> list[Row]:
                     s2,
                     st,
                     note=f"gRPC, chunks, client (served {s2 * 1e3:.1f} ms in these rounds)",
+                    device=dev,
+                ),
+                Row(
+                    SECTION,
+                    f"{label}: diagnosis: bare gRPC stream of the same bytes",
+                    b * 1e3,
+                    "ms",
+                    note=f"{total / MIB:.1f} MiB in {chunk // 1024} KiB messages, pre-made",
+                    device=dev,
+                ),
+                ratio_row(
+                    SECTION,
+                    f"{label}: diagnosis: served ÷ (stream() + bare stream)",
+                    s2,
+                    st + b,
+                    note="1.00: no cost beyond computing, then sending, each layer",
                     device=dev,
                 ),
             ]

@@ -17,11 +17,13 @@ import numpy as np
 from _common import (
     MIB,
     Row,
+    bare_stream,
     check,
     describe,
     failed_row,
     interleaved,
     network_source,
+    ratio_row,
     section_main,
     served,
 )
@@ -31,9 +33,6 @@ HEADS, WIDTH, FF = 8, 64, 128
 
 
 def run(args: argparse.Namespace) -> list[Row]:
-    import grpc
-    from _serve import BARE_METHOD
-
     from neural_attn.backends.base import get_backend
     from neural_attn.client import AttentionClient
     from neural_attn.dsl import compile_source
@@ -53,16 +52,9 @@ def run(args: argparse.Namespace) -> list[Row]:
 
     with (
         served("neural", dev) as target,
-        served("bare", str(total), str(chunk)) as bare_target,
+        bare_stream(total, chunk) as bare,
         AttentionClient(target, timeout=600) as client,
-        grpc.insecure_channel(
-            bare_target,
-            options=[("grpc.max_receive_message_length", 512 * MIB)],
-        ) as channel,
     ):
-        bare = channel.unary_stream(
-            BARE_METHOD, request_serializer=None, response_deserializer=None
-        )
 
         def bare_receive() -> None:
             n = sum(len(m) for m in bare(b"", timeout=600))
@@ -137,6 +129,22 @@ def run(args: argparse.Namespace) -> list[Row]:
             f * 1e3,
             "ms",
             note=f"{f / s * 100:.0f} % of the served call's time",
+            device=dev,
+        ),
+        Row(
+            SECTION,
+            "diagnosis: served less the forward pass, as throughput",
+            mb / (s - f) if s > f else None,
+            "MB/s",
+            note=f"{b / (s - f) * 100:.0f} % of bare" if s > f else "served under forward",
+            device=dev,
+        ),
+        ratio_row(
+            SECTION,
+            "diagnosis: served ÷ (forward + bare stream)",
+            s,
+            f + b,
+            note="1.00: no cost beyond computing, then sending, each layer (DESIGN §3)",
             device=dev,
         ),
     ]
