@@ -271,6 +271,9 @@ def apply(block, x, *, key_mask=None, capture=None, training=False):
     """Run one block; attention blocks (also inside residual blocks) store their
     probabilities [batch, head, query, key] in `capture` under their layer name."""
     if isinstance(block, ATTENTION_BLOCKS):
+        gate = getattr(capture, "gate", None)
+        if gate is not None:  # a stream may hold the pass here until the last layer is let go
+            gate()
         x, probs = block(x, key_mask=key_mask, training=training, return_attention_scores=True)
         if capture is not None:
             capture[block.name] = probs

@@ -47,6 +47,7 @@ _NAMESPACE: dict[str, Any] = {"keras": keras, **vars(blocks)}
 class TensorFlowModel(BuiltModel):
     backend = "tensorflow"
     attention_path = "keras.layers.MultiHeadAttention(return_attention_scores=True)"
+    gates_attention = True  # blocks.apply calls capture.gate() before every attention block
 
     def __init__(self, network: Network, *, seed: int, device: str) -> None:
         padding = padding_masked_layers(network)
