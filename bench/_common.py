@@ -277,13 +277,17 @@ def bare_stream(total: int, chunk: int) -> Iterator[Callable[..., Iterator[bytes
     """A bare gRPC server (`_serve.py bare`) in its own process; yields the call that streams
     its `total` bytes in `chunk`-byte messages: the floor of the wire for those bytes."""
     import grpc
+    import grpc.experimental
     from _serve import BARE_METHOD
 
+    options = [
+        ("grpc.max_receive_message_length", 512 * MIB),
+        # Read on the caller's thread, as the project's client reads its streams.
+        (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+    ]
     with (
         served("bare", str(total), str(chunk)) as target,
-        grpc.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 512 * MIB)]
-        ) as channel,
+        grpc.insecure_channel(target, options=options) as channel,
     ):
         yield channel.unary_stream(BARE_METHOD, request_serializer=None, response_deserializer=None)
 
