@@ -154,9 +154,7 @@ def reduce_attention(probs: tf.Tensor, reduction: Reduction) -> tf.Tensor:
     batch, heads, rows, cols = probs.shape
     out_q, out_k = -(-rows // bq), -(-cols // bk)
     if (out_q * bq, out_k * bk) != (rows, cols):
-        # Zero padding changes neither a block's maximum nor its sum: probabilities are >= 0.
-        # (It copies the layer: lengths that the block divides need no copy.)
-        probs = tf.pad(probs, [[0, 0], [0, 0], [0, out_q * bq - rows], [0, out_k * bk - cols]])
+        return _pool_partial_blocks(probs, bq, bk, reduction.pool_mode)
     # One axis at a time: a 6-d reduction over two axes at once copies the layer first.
     reduce = tf.reduce_max if reduction.pool_mode == "max" else tf.reduce_sum
     rows_pooled = reduce(tf.reshape(probs, (batch, heads, out_q, bq, out_k * bk)), axis=3)
@@ -164,6 +162,33 @@ def reduce_attention(probs: tf.Tensor, reduction: Reduction) -> tf.Tensor:
     if reduction.pool_mode == "max":
         return pooled
     return pooled / np.outer(block_counts(rows, bq), block_counts(cols, bk))
+
+
+def _pool_partial_blocks(probs: tf.Tensor, bq: int, bk: int, mode: str) -> tf.Tensor:
+    """Block pooling when the blocks do not divide the lengths, without padding (a copy of the
+    layer): the whole blocks in one pooling op over the layer as it is, the partial last row and
+    column of blocks (thin slices) in their own, each block's mean over the positions it has."""
+    batch, heads, rows, cols = probs.shape
+    images = tf.reshape(probs, (batch * heads, rows, cols, 1))  # NHWC, no copy
+    pool = tf.nn.max_pool2d if mode == "max" else tf.nn.avg_pool2d
+    whole_q, whole_k = rows // bq * bq, cols // bk * bk
+
+    def pooled_row(band: tf.Tensor, height: int) -> tf.Tensor:
+        parts = []
+        if whole_k:
+            parts.append(pool(band, (height, bk), (height, bk), "VALID"))
+        if whole_k < cols:
+            tail = band[:, :, whole_k:]
+            parts.append(pool(tail, (height, cols - whole_k), (height, cols - whole_k), "VALID"))
+        return tf.concat(parts, axis=2)
+
+    bands = []
+    if whole_q:
+        bands.append(pooled_row(images, bq))  # VALID leaves out the partial last rows
+    if whole_q < rows:
+        bands.append(pooled_row(images[:, whole_q:], rows - whole_q))
+    pooled = tf.concat(bands, axis=1)
+    return tf.reshape(pooled, (batch, heads, pooled.shape[1], pooled.shape[2]))
 
 
 class TensorFlowBackend(Backend):
