@@ -12,6 +12,7 @@ it with their framework's ops, on the device that ran the pass, before anything 
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 from collections.abc import Callable, Generator
@@ -143,6 +144,8 @@ class _Threads:
 
 _on_pass_thread = threading.local()
 _PASSES = _Threads()
+# A forked child has none of its parent's threads: it starts its own primary when it needs one.
+os.register_at_fork(after_in_child=_PASSES.__init__)
 
 
 def on_pass_thread(fn: Callable[[], T]) -> T:

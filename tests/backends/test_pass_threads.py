@@ -134,3 +134,16 @@ def test_pytorch_passes_from_many_callers_add_no_openmp_threads() -> None:
         go.set()
         for t in callers:
             t.join(10)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_runs_model_work_on_a_primary_of_its_own() -> None:
+    """The parent's pass thread does not exist in a forked child: work there must not wait."""
+    on_pass_thread(lambda: None)  # the parent's primary exists (and is idle) from here on
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the job ran
+        done = threading.Event()
+        threading.Thread(target=lambda: (on_pass_thread(lambda: None), done.set())).start()
+        os._exit(0 if done.wait(10) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
