@@ -8,6 +8,7 @@ Frameworks are imported lazily: a server with only PyTorch installed still serve
 from __future__ import annotations
 
 import importlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
@@ -259,22 +260,33 @@ class BuiltModel(ABC):
 
         Returns the model output and, for each layer named in `capture`, its attention
         probabilities as float32 numpy, shape [batch, head, query, key]. `should_stop` is
-        asked between layers; when it says yes the pass stops with CancelledError. The pass
-        runs on a pass thread (`streaming.on_pass_thread`), whichever thread calls.
+        asked between layers; when it says yes the pass stops with CancelledError.
+
+        The pass runs on a pass thread (`streaming.on_pass_thread`), whichever thread calls, so
+        thread-local framework state the caller set (autocast, profiler scopes, CUDA streams)
+        does not reach it; a caller interrupted while it waits (Ctrl-C) stops it between layers.
         """
         prepared = prepare_input(self.network, data)
         kept: dict[str, np.ndarray] = {}
+        interrupted = threading.Event()
+
+        def stop() -> bool:
+            return interrupted.is_set() or (should_stop is not None and should_stop())
 
         def take(name: str, probs: Any) -> None:
             kept[name] = self._to_numpy(probs)
 
         def run() -> np.ndarray:
-            out = self._pass(prepared, _Capture(capture, take), should_stop)
+            out = self._pass(prepared, _Capture(capture, take), stop)
             if out is None:
                 raise stopped()
             return self._to_numpy(out)
 
-        return on_pass_thread(run), kept
+        try:
+            return on_pass_thread(run), kept
+        except BaseException:
+            interrupted.set()
+            raise
 
     def stream(
         self,

@@ -11,6 +11,7 @@ it with their framework's ops, on the device that ran the pass, before anything 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import queue
@@ -81,6 +82,9 @@ def block_counts(length: int, block: int) -> np.ndarray:
     return counts
 
 
+_Job = tuple[Callable[[], None], threading.Event]
+
+
 class _Threads:
     """Where passes (and, for PyTorch, all model work) run: one kept thread, the primary, takes
     each job when it is idle; a job that finds it busy gets a thread of its own that ends with
@@ -98,51 +102,65 @@ class _Threads:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._primary: queue.SimpleQueue[Callable[[], None]] | None = None
+        self._primary: queue.SimpleQueue[_Job] | None = None
         self._primary_idle = False
 
     def run(self, job: Callable[[], None]) -> threading.Event:
         """Run `job` on a pass thread; the event is set when it has finished."""
         done = threading.Event()
-
-        def wrapped() -> None:
-            try:
-                job()
-            finally:
-                done.set()
-
         with self._lock:
             if self._primary_idle:
                 self._primary_idle = False
                 assert self._primary is not None
-                self._primary.put(wrapped)
+                self._primary.put((job, done))
                 return done
-            if self._primary is None:
+            primary = self._primary is None
+            if primary:
                 self._primary = queue.SimpleQueue()
-                target: Callable[..., None] = self._serve_primary
-                name = "attention-pass"
-            else:
-                target = self._serve_once
-                name = "attention-pass-extra"
-        threading.Thread(target=target, args=(wrapped,), daemon=True, name=name).start()
+        thread = threading.Thread(
+            target=self._serve_primary if primary else self._serve_once,
+            args=(job, done),
+            daemon=True,
+            name="attention-pass" if primary else "attention-pass-extra",
+        )
+        try:
+            thread.start()
+        except BaseException:
+            if primary:  # no primary after all: the next job tries again
+                with self._lock:
+                    self._primary = None
+            raise
         return done
 
-    def _serve_primary(self, job: Callable[[], None]) -> None:
-        _on_pass_thread.flag = True
+    def _serve_primary(self, job: Callable[[], None], done: threading.Event) -> None:
+        _pass_thread.flag = True
         assert self._primary is not None
         while True:
-            job()
+            _run_job(job)
+            # Idle before `done`: a caller that asks again as soon as it has its answer finds
+            # the primary free, not a moment too early.
             with self._lock:
                 self._primary_idle = True
-            job = self._primary.get()
+            done.set()
+            job, done = self._primary.get()
 
     @staticmethod
-    def _serve_once(job: Callable[[], None]) -> None:
-        _on_pass_thread.flag = True
+    def _serve_once(job: Callable[[], None], done: threading.Event) -> None:
+        _pass_thread.flag = True
+        _run_job(job)
+        done.set()
+
+
+def _run_job(job: Callable[[], None]) -> None:
+    """Jobs report their own failures (`on_pass_thread`, `stream_pass`); one that raises all
+    the same is logged, and the thread lives on."""
+    try:
         job()
+    except BaseException:  # noqa: BLE001 - the pass thread must outlive any job
+        logging.getLogger(__name__).exception("a job on the attention pass thread failed")
 
 
-_on_pass_thread = threading.local()
+_pass_thread = threading.local()
 _PASSES = _Threads()
 # A forked child has none of its parent's threads: it starts its own primary when it needs one.
 os.register_at_fork(after_in_child=_PASSES.__init__)
@@ -151,7 +169,7 @@ os.register_at_fork(after_in_child=_PASSES.__init__)
 def on_pass_thread(fn: Callable[[], T]) -> T:
     """`fn()` run on a pass thread (see `_Threads`), its result returned or its exception
     raised here; inline when the caller is already on one."""
-    if getattr(_on_pass_thread, "flag", False):
+    if getattr(_pass_thread, "flag", False):
         return fn()
     result: list[Any] = []
     failure: list[BaseException] = []
