@@ -277,19 +277,20 @@ def bare_stream(total: int, chunk: int) -> Iterator[Callable[..., Iterator[bytes
     """A bare gRPC server (`_serve.py bare`) in its own process; yields the call that streams
     its `total` bytes in `chunk`-byte messages: the floor of the wire for those bytes."""
     import grpc
-    import grpc.experimental
     from _serve import BARE_METHOD
 
-    options = [
-        ("grpc.max_receive_message_length", 512 * MIB),
-        # Read on the caller's thread, as the project's client reads its streams.
-        (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
-    ]
+    options = [("grpc.max_receive_message_length", 512 * MIB)]
     with (
         served("bare", str(total), str(chunk)) as target,
         grpc.insecure_channel(target, options=options) as channel,
     ):
         yield channel.unary_stream(BARE_METHOD, request_serializer=None, response_deserializer=None)
+
+
+def drain(call: Callable[..., Iterator[bytes]], total: int) -> None:
+    """One call of a `bare_stream`, every message received and dropped."""
+    received = sum(len(m) for m in call(b"", timeout=600))
+    assert received == total, received
 
 
 def network_source(name: str, *, seq: int, width: int, heads: int, ff: int, layers: int) -> str:

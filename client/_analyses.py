@@ -77,13 +77,17 @@ class HeadAnalysisMixin:
         ) -> pb.ExtractRequest: ...
 
     def _rpc_updates(self, method: str, request: Any, progress: Progress | None) -> Any:
-        """Read a progress stream; returns its final `result`."""
+        """Read a progress stream to its end (so the server's call ends OK, not cancelled);
+        returns its `result`."""
+        result = None
         for update in self._streamed(method, request):
             if update.WhichOneof("update") == "progress":
                 _progress(update.progress, progress)
-            else:
-                return update.result
-        raise InvalidInputError(f"{method} ended without a result")
+            elif result is None:
+                result = update.result
+        if result is None:
+            raise InvalidInputError(f"{method} ended without a result")
+        return result
 
     def _heads_request(
         self,
