@@ -25,6 +25,7 @@ from _common import (
     Row,
     bare_stream,
     describe,
+    drain,
     failed_row,
     interleaved,
     network_source,
@@ -184,12 +185,12 @@ def run(args: argparse.Namespace) -> list[Row]:
                     assert n == len(names)
 
                 with bare_stream(total, chunk) as bare:
-
-                    def bare_receive(bare=bare, total=total) -> None:
-                        assert sum(len(m) for m in bare(b"", timeout=600)) == total
-
                     diag = interleaved(
-                        {"stream": stream, "served": serve, "bare": bare_receive},
+                        {
+                            "stream": stream,
+                            "served": serve,
+                            "bare": lambda bare=bare, total=total: drain(bare, total),
+                        },
                         budget_s=(5.0 if seq <= 128 else 10.0) * args.budget,
                         sync=_sync(dev),
                     )

@@ -20,6 +20,7 @@ from _common import (
     bare_stream,
     check,
     describe,
+    drain,
     failed_row,
     interleaved,
     network_source,
@@ -56,10 +57,6 @@ def run(args: argparse.Namespace) -> list[Row]:
         AttentionClient(target, timeout=600) as client,
     ):
 
-        def bare_receive() -> None:
-            n = sum(len(m) for m in bare(b"", timeout=600))
-            assert n == total, n
-
         def bare_copy() -> None:
             at = 0
             for m in bare(b"", timeout=600):
@@ -77,7 +74,11 @@ def run(args: argparse.Namespace) -> list[Row]:
                     del a
                 assert n == total, n
 
-            fns = {"served": serve, "bare": bare_receive, "bare_copy": bare_copy}
+            fns = {
+                "served": serve,
+                "bare": lambda: drain(bare, total),
+                "bare_copy": bare_copy,
+            }
             model = get_backend("pytorch").build(net, seed=0, device=dev)
             fns["forward"] = lambda: model.forward(data, capture=names)
             t = interleaved(fns, budget_s=40.0 * args.budget, min_reps=3, max_reps=9)
