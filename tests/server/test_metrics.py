@@ -27,6 +27,7 @@ def test_metrics_count_calls_codes_bytes_cache_and_streams(start_server):
         assert client.compile(SMALL, backend="pytorch").cached  # a hit
         layers = dict(client.extract_attention(model))  # a hit by model_id
         client.analyze(model=model)  # a hit by model_id
+        assert client.ablate_heads(model)["heads"]  # a progress stream, read to its end
     assert sum(a.nbytes for a in layers.values()) == ATTENTION_BYTES
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.AttentionServiceStub(channel)
@@ -38,6 +39,7 @@ def test_metrics_count_calls_codes_bytes_cache_and_streams(start_server):
     assert metric(text, "neural_attn_requests_total", method="Compile", code="OK") == 2
     assert metric(text, "neural_attn_requests_total", method="ExtractAttention", code="OK") == 1
     assert metric(text, "neural_attn_requests_total", method="Analyze", code="OK") == 1
+    assert metric(text, "neural_attn_requests_total", method="AblateHeads", code="OK") == 1
     assert (
         metric(text, "neural_attn_requests_total", method="ExtractAttention", code="NOT_FOUND") == 1
     )
@@ -47,7 +49,7 @@ def test_metrics_count_calls_codes_bytes_cache_and_streams(start_server):
     assert ATTENTION_BYTES < streamed < ATTENTION_BYTES + 4096  # the tensors plus headers
     assert metric(text, "neural_attn_response_messages_total", method="ExtractAttention") == 2
     assert metric(text, "neural_attn_request_bytes_total", method="Compile") > 2 * len(SMALL)
-    assert metric(text, "neural_attn_cache_hits_total") == 3
+    assert metric(text, "neural_attn_cache_hits_total") == 4
     assert metric(text, "neural_attn_cache_misses_total") == 2
     assert metric(text, "neural_attn_cache_models") == 1
     assert metric(text, "neural_attn_in_flight_requests", method="ExtractAttention") == 0
