@@ -162,8 +162,15 @@ def _run_job(job: Callable[[], None]) -> None:
 
 _pass_thread = threading.local()
 _PASSES = _Threads()
-# A forked child has none of its parent's threads: it starts its own primary when it needs one.
-os.register_at_fork(after_in_child=_PASSES.__init__)
+
+
+def _forget_threads() -> None:
+    """A forked child has none of its parent's threads: it starts its own when it needs one."""
+    global _PASSES
+    _PASSES = _Threads()
+
+
+os.register_at_fork(after_in_child=_forget_threads)
 
 
 def on_pass_thread(fn: Callable[[], T]) -> T:
