@@ -137,8 +137,8 @@ class _Threads:
         assert self._primary is not None
         while True:
             _run_job(job)
-            # Idle before `done`: a caller that asks again as soon as it has its answer finds
-            # the primary free, not a moment too early.
+            # Idle before `done`: a caller that asks again the moment it has its answer must
+            # find the primary free, or its job gets a thread (and an OpenMP team) of its own.
             with self._lock:
                 self._primary_idle = True
             done.set()
