@@ -15,7 +15,10 @@ from neural_attn.v1 import attention_pb2_grpc as pb_grpc
 pytestmark = pytest.mark.slow
 
 # 1 MiB of attention per layer, sent in 64 chunks: a reader that sleeps between chunks keeps the
-# stream open well past the SIGTERM.
+# stream open well past the SIGTERM, as long as its channel's window stays small. With BDP probing
+# on, grpc grows a loopback window past the 2 MiB stream, the handler finishes before the SIGTERM
+# and the drain stops the server at once (new connections refused rather than "draining").
+SMALL_WINDOW = [("grpc.http2.bdp_probe", 0)]
 MID = """
 network Mid {
   input: (256, 16)
@@ -48,7 +51,7 @@ def _wait_for(predicate, timeout: float = 10.0) -> float:
 
 def test_sigterm_with_a_slow_reader_drains_and_exits_0(start_server):
     server = start_server("--port", "0", "--grace", "60").wait_serving()
-    channel = grpc.insecure_channel(server.target)
+    channel = grpc.insecure_channel(server.target, options=SMALL_WINDOW)
     stub = pb_grpc.AttentionServiceStub(channel)
     model_id = _compile(stub, MID)
     stream = stub.ExtractAttention(
