@@ -264,7 +264,9 @@ def test_a_reader_that_stops_reading_stops_the_pass(server_target, monkeypatch):
     from neural_attn.client import AttentionClient
 
     live = _LiveLayers(monkeypatch)
-    stub = pb_grpc.AttentionServiceStub(grpc.insecure_channel(server_target))
+    # No BDP probing: the window stays at its initial size whatever the machine's load.
+    channel = grpc.insecure_channel(server_target, options=[("grpc.http2.bdp_probe", 0)])
+    stub = pb_grpc.AttentionServiceStub(channel)
     with AttentionClient(server_target, timeout=120) as client:
         model = client.compile(BIG, backend="pytorch")
     call = stub.ExtractAttention(pb.ExtractRequest(model_id=model.model_id), timeout=120)
