@@ -145,8 +145,8 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
-def _converter(kind: Any) -> tuple[Any, bool]:
-    """(parse function, whether None is allowed) for a field type."""
+def _converter(kind: Any) -> Callable[[str], Any]:
+    """The parse function of a field type ("none" gives None where the type allows it)."""
     optional = False
     if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
         args = [a for a in typing.get_args(kind) if a is not type(None)]
@@ -154,12 +154,21 @@ def _converter(kind: Any) -> tuple[Any, bool]:
     table: dict[Any, Callable[[str], Any]] = {int: _int, float: float, bool: _bool}
     base = table.get(kind, str)
     if not optional:
-        return base, False
+        return base
 
     def parse(text: str) -> Any:
         return None if text.strip().lower() in ("", "none") else base(text)
 
-    return parse, True
+    return parse
+
+
+def _parse(s: Setting) -> Callable[[str], Any]:
+    """The text-to-value function of a setting; choices match whatever the case (`debug`)."""
+    parse = _converter(s.kind)
+    if not s.choices:
+        return parse
+    spelled = {choice.lower(): choice for choice in s.choices}
+    return lambda text: spelled.get(text.strip().lower(), text)
 
 
 def _metavar(s: Setting) -> str:
@@ -184,7 +193,6 @@ def _parser(items: list[Setting]) -> argparse.ArgumentParser:
         "Sizes take suffixes (64MiB, 2G).",
     )
     for s in items:
-        parse, _ = _converter(s.kind)
         if s.field == "auth_token":
             p.add_argument(
                 *s.flags, dest="token_file", metavar="PATH", default=argparse.SUPPRESS, help=s.help
@@ -193,7 +201,7 @@ def _parser(items: list[Setting]) -> argparse.ArgumentParser:
         p.add_argument(
             *s.flags,
             dest=s.field,
-            type=parse,
+            type=_parse(s),
             choices=s.choices,
             default=argparse.SUPPRESS,
             metavar=None if s.choices else _metavar(s),
@@ -236,7 +244,7 @@ def parse_settings(
     for s in items:
         if s.field == "auth_token":
             continue
-        parse, _ = _converter(s.kind)
+        parse = _parse(s)
         if s.field in args:
             values[s.field] = args[s.field]
         elif s.env in environ:

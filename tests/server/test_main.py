@@ -103,6 +103,17 @@ def test_flags_win_over_the_environment_and_sizes_take_suffixes():
     assert ServerConfig().max_workers != 3 and RunOptions().grace == 30.0
 
 
+def test_choices_are_taken_in_any_case_and_stored_as_documented():
+    config, run, _ = parse_settings(
+        ["--log-level", "debug", "--backend", "PyTorch"], environ={"NEURAL_ATTN_DEVICE": " CPU"}
+    )
+    assert (run.log_level, config.default_backend, config.device) == ("DEBUG", "pytorch", "cpu")
+    config, run, _ = parse_settings([], environ={"NEURAL_ATTN_LOG_LEVEL": "warning"})
+    assert run.log_level == "WARNING"
+    with pytest.raises(SystemExit):
+        parse_settings(["--log-level", "loud"], environ={})
+
+
 def test_a_bad_environment_value_names_the_variable(start_server):
     server = start_server("--port", "0", env={"NEURAL_ATTN_MAX_WORKERS": "many"})
     assert server.wait(30) == 2
