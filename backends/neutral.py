@@ -17,7 +17,7 @@ Nothing here imports a framework.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,6 +30,11 @@ _Entry = TypeVar("_Entry")
 WeightShapes = dict[str, tuple[int, ...]]
 # A built block -> neutral parameter name -> the framework variable (or tuple of them) holding it.
 ParamMap = Callable[[Any], dict[str, Any]]
+
+
+def no_parameters(block: Any) -> dict[str, Any]:
+    """The ParamMap of a block without weights."""
+    return {}
 
 
 def built_by(catalogue: Mapping[str, _Entry], layer: Layer) -> _Entry:
@@ -143,12 +148,17 @@ def _recurrent_shapes(gates: int) -> Callable[[Layer], WeightShapes]:
     return shapes
 
 
-def _residual_shapes(layer: Layer) -> WeightShapes:
+def weight_shapes_of(layers: Iterable[Layer]) -> WeightShapes:
+    """Every parameter of these layers, keyed ``layer/param``, in their order."""
     return {
-        f"{child.name}/{param}": shape
-        for child in layer.children
-        for param, shape in layer_weight_shapes(child).items()
+        f"{layer.name}/{param}": shape
+        for layer in layers
+        for param, shape in layer_weight_shapes(layer).items()
     }
+
+
+def _residual_shapes(layer: Layer) -> WeightShapes:
+    return weight_shapes_of(layer.children)
 
 
 def _conv_shapes(layer: Layer) -> WeightShapes:

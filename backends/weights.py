@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from neural_attn.backends.neutral import WeightShapes, layer_weight_shapes
+from neural_attn.backends.neutral import WeightShapes, layer_weight_shapes, weight_shapes_of
 from neural_attn.dsl.ir import Network
 
 __all__ = [
@@ -47,11 +47,7 @@ __all__ = [
 
 def weight_shapes(network: Network) -> WeightShapes:
     """Every parameter of the network, keyed ``layer/param``, in layer order."""
-    return {
-        f"{layer.name}/{param}": shape
-        for layer in network.layers
-        for param, shape in layer_weight_shapes(layer).items()
-    }
+    return weight_shapes_of(network.layers)
 
 
 def parameter_count(network: Network) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 from neural_attn.backends import neutral
 from neural_attn.backends.codegen import Call, mark_padding
-from neural_attn.backends.neutral import ParamMap
+from neural_attn.backends.neutral import ParamMap, no_parameters
 from neural_attn.dsl.ir import Layer
 
 # How neutral arrays become torch tensors (`weights.to_torch`): a kernel (in, out) becomes a
@@ -25,16 +25,12 @@ from neural_attn.dsl.ir import Layer
 LINEAR, CONV, GRU = "linear", "conv", "gru"
 
 
-def _none(block: Any) -> dict[str, Any]:
-    return {}
-
-
 @dataclass(frozen=True)
 class Entry:
     """How one layer type is built: a constructor name, its keywords, its parameter map."""
 
     constructor: str
-    parameters: ParamMap = _none
+    parameters: ParamMap = no_parameters
     width: str | None = None  # the keyword that takes the input's last axis, if any
     rename: Mapping[str, str] = field(default_factory=dict)  # neutral argument -> keyword
     layout: str = LINEAR

@@ -15,12 +15,8 @@ from typing import Any
 
 from neural_attn.backends import neutral
 from neural_attn.backends.codegen import Call, mark_padding
-from neural_attn.backends.neutral import ParamMap
+from neural_attn.backends.neutral import ParamMap, no_parameters
 from neural_attn.dsl.ir import Layer
-
-
-def _none(block: Any) -> dict[str, Any]:
-    return {}
 
 
 @dataclass(frozen=True)
@@ -28,7 +24,7 @@ class Entry:
     """How one layer type is built: a constructor name and its parameter map."""
 
     constructor: str
-    parameters: ParamMap = _none
+    parameters: ParamMap = no_parameters
 
 
 def _dense(block: Any) -> dict[str, Any]:
