@@ -85,7 +85,7 @@ GLOBAL_MIN_NORMALIZED_ENTROPY = 0.9
 LOCAL_MIN_WINDOW_MASS = 0.7
 LOCAL_MIN_DIAGONAL_STRENGTH = 2.0
 LOCAL_MAX_NORMALIZED_ENTROPY = 0.5
-PREFIX_SUFFIX_MIN_EDGE_MASS = 0.6
+PREFIX_SUFFIX_MIN_EDGE_MASS = 0.5
 SPARSE_MAX_NORMALIZED_ENTROPY = 0.5
 
 # float16 on the wire and float32 softmax can leave values a hair below 0; further is an error.
@@ -177,7 +177,8 @@ def analyze_attention_patterns(attention: Any) -> LayerMetrics:
       1. ``k == 1``: ``"mixed"`` (one key leaves nothing to tell apart);
       2. ``"global"``: ``H >= 0.9`` (close to uniform);
       3. ``"prefix_suffix"``: ``k >= 4 * e`` (the edges are at most half the keys) and
-         edge mass ``>= 0.6`` (vertical bands on the first / last keys);
+         edge mass ``>= 0.5`` (vertical bands on the first / last keys: at least half of a
+         row's weight on them, as BERT's heads that rest on ``[CLS]`` and ``[SEP]``);
       4. ``"local"``: window mass ``>= 0.7``, or diagonal strength ``>= max(2, k / 2)`` (on
          average at least half of a row's mass on its own position) with ``H <= 0.5``;
       5. ``"sparse"``: ``H <= 0.5`` (focused, but on spots off the diagonal and the edges);
