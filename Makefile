@@ -72,7 +72,10 @@ types: $(PY)
 check: setup lint format-check types proto-check test
 
 # Benchmarks (issue 7's targets): prints a table, writes bench/results.json. Measures, never asserts.
-bench: setup
+# Section 5 compares the pretrained MiniLM with transformers and its page with bertviz's
+# head_view (bertviz without its dependencies: the rest of what it needs is in the dev extra).
+bench: setup pretrained
+	$(PY) -m pip install -q --no-deps bertviz==1.4.1
 	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:

@@ -11,6 +11,7 @@ Sections (each runnable alone as `python bench/bench_*.py`):
     2 bench_overhead.py  served ÷ in-process forward (project and plain-framework) at 128, 1,024
     3 bench_wire.py      512 MiB through ExtractAttention vs a bare gRPC stream
     4 bench_layers.py    12 layers in one pass vs 12 x one layer vs one sub-model per layer
+    5 bench_pretrained.py  MiniLM-L6: served ÷ transformers at 128, 512; the page vs bertviz
 
 Where CUDA is present (torch.cuda.is_available()) sections 0, 2, 3 and 4 run again with the
 models on the GPU, and their rows are kept apart in the table and in results.json.
@@ -35,12 +36,13 @@ SECTIONS = {
     "2": "bench_overhead.py",
     "3": "bench_wire.py",
     "4": "bench_layers.py",
+    "5": "bench_pretrained.py",
 }
 GPU_SECTIONS = ("0", "2", "3", "4")  # section 1's CLI picks the GPU itself (device auto)
-ORDER = ("1", "2", "3", "4", "0")  # the long CLI first, on a quiet machine
+ORDER = ("1", "2", "3", "4", "5", "0")  # the long CLI first, on a quiet machine
 # Sections timing both frameworks run once per backend, each in a fresh process: a process that
 # has run TensorFlow can slow PyTorch's next passes (thread pools fighting over the cores).
-PER_BACKEND = ("0", "2", "4")
+PER_BACKEND = ("0", "2", "4", "5")
 BACKENDS = ("pytorch", "tensorflow")
 
 
