@@ -53,6 +53,11 @@ EXACT_VALUES_FILE = "attention_weights.npz"
 MAX_PAGE_ITEMS = 8
 # ...while their data stays under this many bytes; otherwise only the chosen item.
 MAX_ITEMS_BYTES = 16 * 2**20
+# The drawn matrices of one page (base64 text) stay under this many bytes, so that the page
+# with plotly.js stays under 15 MB: a longer or deeper model is pooled further for the page
+# alone (figures and the npz are not), so 6 layers x 12 heads at 512 tokens still make a page
+# a browser opens at once (bertviz writes 869 MB there).
+PAGE_DATA_BYTES = 13 * 10**6
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -167,15 +172,40 @@ def _pooling_note(name: str, pooling: render._Pooling, heads: int) -> str:
     return html.escape(text + f". Exact values: {EXACT_VALUES_FILE}.")
 
 
-def _display_shape(attention: Any, given: render._Pooling | None) -> tuple[int, int, int]:
-    """(heads, rows, columns) of a layer as drawn, from its shape alone."""
+def _display_shape(
+    attention: Any, given: render._Pooling | None, size: int = render.DISPLAY_SIZE
+) -> tuple[int, int, int]:
+    """(heads, rows, columns) of a layer as drawn at display size `size`, from its shape alone."""
     shape = np.shape(attention)
     heads = int(shape[-3]) if len(shape) >= 3 else 1
     if given is not None:
         return (heads, *given.shape)
     q, k = (int(n) for n in shape[-2:])
-    size = render.DISPLAY_SIZE
     return heads, -(-q // render._blocks(q, size)), -(-k // render._blocks(k, size))
+
+
+def _page_bytes(
+    attention_by_layer: Mapping[str, Any], pooling: Mapping[str, Any] | None, size: int
+) -> int:
+    """Base64 bytes of one batch item's drawn matrices (each head and the mean) at `size`."""
+    cells = 0
+    for name, attention in attention_by_layer.items():
+        heads, rows, cols = _display_shape(attention, render._given_pooling(pooling, name), size)
+        cells += (heads + 1) * rows * cols
+    return -(-cells * 2 // 3) * 4
+
+
+def _page_size(
+    attention_by_layer: Mapping[str, Any], pooling: Mapping[str, Any] | None, items: int
+) -> int:
+    """The display size of the page: DISPLAY_SIZE, or smaller until its data fits
+    PAGE_DATA_BYTES (more positions per pooled cell, one step at a time)."""
+    longest = max(int(n) for a in attention_by_layer.values() for n in np.shape(a)[-2:])
+    block, size = render._blocks(longest, render.DISPLAY_SIZE), render.DISPLAY_SIZE
+    while size > 1 and items * _page_bytes(attention_by_layer, pooling, size) > PAGE_DATA_BYTES:
+        block += 1
+        size = -(-longest // block)
+    return size
 
 
 def _page_items(
@@ -184,10 +214,7 @@ def _page_items(
     """Batch items to put on the page: all of a small batch if they fit, else the chosen."""
     first = next(iter(attention_by_layer.values()))
     batch = int(np.shape(first)[0]) if np.ndim(first) == 4 else 1
-    per_item = 0
-    for name, attention in attention_by_layer.items():
-        heads, rows, cols = _display_shape(attention, render._given_pooling(pooling, name))
-        per_item += (heads + 1) * rows * cols * 2
+    per_item = _page_bytes(attention_by_layer, pooling, render.DISPLAY_SIZE) * 3 // 4
     if 1 < batch <= MAX_PAGE_ITEMS and batch * per_item <= MAX_ITEMS_BYTES:
         return list(range(batch))
     return [batch_index]
@@ -200,17 +227,19 @@ def _layer_data(
     items: list[int],
     tokens: Sequence[str] | None,
     given: render._Pooling | None,
+    size: int,
 ) -> tuple[dict[str, Any], render._Pooling | None]:
-    """One layer's entry of the page data, and how it was pooled (None: exact)."""
+    """One layer's entry of the page data at display size `size`, and how it was pooled
+    (None: exact)."""
     views_by_item = []
     drawn: render._Pooling | None = None
     heads = rows = cols = 0
     for b in items:
         item = render._item(attention, batch_index=b, name=name, pooling=given)
         heads = item.shape[0]
-        mean, drawn = render._mean_view(item, given)
+        mean, drawn = render._mean_view(item, given, size)
         rows, cols = mean.shape
-        head_views = [render._head_view(item, h, given)[0] for h in range(heads)]
+        head_views = [render._head_view(item, h, given, size)[0] for h in range(heads)]
         mask = render._masked_cells(head_views)
         matrices = [(f"mean of {heads} heads", mean)]
         matrices += [(f"head {h}", matrix) for h, matrix in enumerate(head_views)]
@@ -326,9 +355,16 @@ def page_html(
     if batch_index not in items:  # the chosen item must exist even when all are shown
         name, first = next(iter(attention_by_layer.items()))
         render._item(first, batch_index=batch_index, name=name)
+    size = _page_size(attention_by_layer, pooling, len(items))
     layers: list[dict[str, Any]] = []
     tables: list[str] = []
     notes: list[str] = []
+    if size < render.DISPLAY_SIZE:
+        notes.append(
+            f"<li>To keep the page under {PAGE_DATA_BYTES // 10**6} MB of attention, every head "
+            f"is drawn with at most {size} positions an axis; draw fewer layers (--layer) for "
+            "finer views.</li>"
+        )
     for name, attention in attention_by_layer.items():
         server_pooling = render._given_pooling(pooling, name)
         layer, drawn = _layer_data(
@@ -337,6 +373,7 @@ def page_html(
             items=items,
             tokens=tokens,
             given=server_pooling,
+            size=size,
         )
         if drawn is not None and (drawn.pooled or drawn.windowed):
             notes.append(f"<li>{_pooling_note(name, drawn, layer['heads'])}</li>")

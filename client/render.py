@@ -256,16 +256,18 @@ def _item(
 
 
 def _head_view(
-    item: np.ndarray, head: int, given: _Pooling | None
+    item: np.ndarray, head: int, given: _Pooling | None, size: int = DISPLAY_SIZE
 ) -> tuple[np.ndarray, _Pooling | None]:
-    """One head as drawn: max-pooled above DISPLAY_SIZE unless the server pooled it."""
+    """One head as drawn: max-pooled above `size` unless the server pooled it."""
     if given is not None:
         return item[head], given
-    matrix, info = pool_for_display(item[head])
+    matrix, info = pool_for_display(item[head], size)
     return matrix, _local_pooling(info)
 
 
-def _mean_view(item: np.ndarray, given: _Pooling | None) -> tuple[np.ndarray, _Pooling | None]:
+def _mean_view(
+    item: np.ndarray, given: _Pooling | None, size: int = DISPLAY_SIZE
+) -> tuple[np.ndarray, _Pooling | None]:
     """The mean over heads as drawn: the max-pooled mean, summed a block of rows at a time.
 
     Data the server pooled is averaged as it came (the mean of pooled heads).
@@ -273,7 +275,7 @@ def _mean_view(item: np.ndarray, given: _Pooling | None) -> tuple[np.ndarray, _P
     heads, q, k = item.shape
     if given is not None:
         return item.mean(axis=0, dtype=np.float64), given
-    query_block, key_block = _blocks(q, DISPLAY_SIZE), _blocks(k, DISPLAY_SIZE)
+    query_block, key_block = _blocks(q, size), _blocks(k, size)
     if query_block == key_block == 1:
         return item.mean(axis=0, dtype=np.float64), None
     # Whole query blocks per chunk, so each chunk pools on its own.

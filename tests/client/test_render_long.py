@@ -222,3 +222,33 @@ def test_data_pooled_on_the_server_is_drawn_as_given(tmp_path: Path) -> None:
     assert layer["display_shape"] == [250, 250] and layer["x"][-1] == "996–999"
     with pytest.raises(InvalidInputError, match="its pooling says 250x250"):
         plot_heatmaps({"enc": exact}, pooling=reduction)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs a headless chromium")
+def test_deep_page_pools_to_its_budget_and_draws(tmp_path: Path) -> None:
+    """6 layers x 12 heads at 512 tokens (MiniLM's size): exact, the page would be 55 MB; it
+    is pooled for the page alone to fit PAGE_DATA_BYTES, says so, keeps a sharp cell, draws."""
+    from neural_attn.client._html import PAGE_DATA_BYTES
+
+    n = 512
+    layer = np.zeros((1, 12, n, n), dtype=np.float32)
+    layer[:, :, np.arange(n), np.arange(n)] = 1.0
+    layer[0, 5, 300] = 0.0
+    layer[0, 5, 300, 7] = 1.0  # one query of head 5 looks far back
+    layers = {f"transformer_encoder_{i}": layer for i in range(6)}
+    path = create_interactive_html(layers, output_path=tmp_path / "page.html")
+    assert path.stat().st_size <= 15e6
+    text = path.read_text(encoding="utf-8")
+    assert f"under {PAGE_DATA_BYTES // 10**6} MB of attention" in text
+    data = _data(text)
+    rows, cols = data["layers"][0]["display_shape"]
+    assert rows == cols < n and data["layers"][0]["pooling"]["mode"] == "max"
+    block = data["layers"][0]["pooling"]["query_block"]
+    head = np.frombuffer(base64.b64decode(data["layers"][2]["items"][0]["views"][6]["data"]), "<f2")
+    head = np.nan_to_num(head.reshape(rows, cols))
+    assert head[300 // block, 7 // block] == 1.0  # the far-away cell survives, at full height
+    dom = chromium_dom(f"{path.resolve().as_uri()}#layer=2&view=6", tmp_path / "profile")
+    status = view_status(dom)
+    assert status["drawn"] == "1" and status["shape"] == f"{rows}x{cols}"
+    assert float(status["max"]) == 1.0
