@@ -189,7 +189,9 @@ def _batch_norm_shapes(layer: Layer) -> WeightShapes:
 _CONV = NeutralType(("filters", "kernel_size", "strides", "padding", "activation"), _conv_shapes)
 _POOL = NeutralType(("pool_size", "strides", "padding"))
 _DENSE = NeutralType(("units", "activation", "use_bias"), _dense_shapes)
-_ENCODER = NeutralType(("num_heads", "ff_dim", "dropout", "activation"), _encoder_shapes)
+_ENCODER = NeutralType(
+    ("num_heads", "ff_dim", "dropout", "activation", "norm_first", "epsilon"), _encoder_shapes
+)
 
 NEUTRAL: dict[str, NeutralType] = {
     "Embedding": NeutralType(

@@ -275,6 +275,9 @@ def _spec(type_name: str, shape: ShapeFn, *params: Param, has_body: bool = False
 
 
 _ACT = Param("activation", "activation", None)
+# The encoder's and decoder's LayerNorms: after each residual sum (post-norm, the default) or
+# before each sub-layer (norm_first, GPT-2's pre-norm), with their epsilon (BERT 1e-12, GPT-2 1e-5).
+_BLOCK_NORM = (Param("norm_first", "bool", False), Param("epsilon", "pos_float", 1e-6))
 _SPECS = [
     _spec(
         "Embedding",
@@ -292,6 +295,7 @@ _SPECS = [
         Param("num_layers", "pos_int", 1),
         Param("activation", "activation", "relu"),
         Param("use_attention_mask", "bool", False),
+        *_BLOCK_NORM,
     ),
     _spec(
         "TransformerDecoder",
@@ -301,6 +305,7 @@ _SPECS = [
         Param("dropout", "rate", 0.1),
         Param("num_layers", "pos_int", 1),
         Param("activation", "activation", "relu"),
+        *_BLOCK_NORM,
     ),
     _spec(
         "PositionalEncoding",

@@ -83,8 +83,10 @@ class _Where:
 def parse(source: str, *, filename: str = "<string>") -> Program:
     """Parse Neural DSL text into a ``Program`` (syntax only, nothing resolved).
 
-    Time is linear in the length of the text (about a second per MiB).
+    Time is linear in the length of the text (about a second per MiB). A UTF-8 byte-order
+    mark at the start (Windows editors write one) is not part of the program.
     """
+    source = source.removeprefix("\ufeff")
     with _collector_paused():
         try:
             tree = _lark().parse(source)

@@ -25,7 +25,8 @@ __all__ = [
 ACTIVATIONS = (
     "linear",
     "relu",
-    "gelu",
+    "gelu",  # exact, with erf (BERT's "gelu")
+    "gelu_tanh",  # the tanh approximation (GPT-2's "gelu_new")
     "tanh",
     "sigmoid",
     "softmax",

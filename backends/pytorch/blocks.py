@@ -9,9 +9,12 @@ need_weights=False and the fused SDPA path never materializes them.
 
 TransformerEncoder block (the documented architecture, identical in the TensorFlow backend):
     a, p = SelfAttention(x)          # p: [batch, head, q, k]
-    x = LayerNorm_1(x + Dropout(a))  # epsilon 1e-6
+    x = LayerNorm_1(x + Dropout(a))  # epsilon: the block's, 1e-6 by default
     f = Linear(d)(act(Linear(ff_dim)(x)))
-    x = LayerNorm_2(x + Dropout(f))  # epsilon 1e-6
+    x = LayerNorm_2(x + Dropout(f))
+With norm_first (pre-norm, GPT-2's order) the norms come before each sub-layer instead:
+    a, p = SelfAttention(LayerNorm_1(x)); x = x + Dropout(a)
+    x = x + Dropout(Linear(d)(act(Linear(ff_dim)(LayerNorm_2(x)))))
 
 TransformerDecoder block (decoder-only): the same block with causal self-attention, so query i
 attends to keys 0..i only and the probabilities above the diagonal are exactly 0.
@@ -26,13 +29,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-ENCODER_NORM_EPSILON = 1e-6
+ENCODER_NORM_EPSILON = 1e-6  # the blocks' default epsilon
 
 ACTIVATIONS = {
     None: lambda x: x,
     "linear": lambda x: x,
     "relu": F.relu,
-    "gelu": F.gelu,
+    "gelu": F.gelu,  # exact (erf)
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's "gelu_new"
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
     "softmax": lambda x: torch.softmax(x, dim=-1),
@@ -134,19 +138,26 @@ class TransformerEncoderBlock(nn.Module):
         activation="relu",
         causal=False,
         mask_padding=False,
+        norm_first=False,
+        epsilon=ENCODER_NORM_EPSILON,
     ):
         super().__init__()
+        self.norm_first = norm_first
         self.attention = SelfAttention(
             d_model, num_heads, d_model // num_heads, dropout, causal, mask_padding=mask_padding
         )
         self.attention_dropout = nn.Dropout(dropout)
-        self.attention_norm = nn.LayerNorm(d_model, eps=ENCODER_NORM_EPSILON)
+        self.attention_norm = nn.LayerNorm(d_model, eps=epsilon)
         self.ffn_1 = Dense(d_model, ff_dim, activation)
         self.ffn_2 = Dense(ff_dim, d_model)
         self.ffn_dropout = nn.Dropout(dropout)
-        self.ffn_norm = nn.LayerNorm(d_model, eps=ENCODER_NORM_EPSILON)
+        self.ffn_norm = nn.LayerNorm(d_model, eps=epsilon)
 
     def forward(self, x, key_mask=None):
+        if self.norm_first:
+            a, probs = self.attention(self.attention_norm(x), key_mask)
+            x = x + self.attention_dropout(a)
+            return x + self.ffn_dropout(self.ffn_2(self.ffn_1(self.ffn_norm(x)))), probs
         a, probs = self.attention(x, key_mask)
         x = self.attention_norm(x + self.attention_dropout(a))
         x = self.ffn_norm(x + self.ffn_dropout(self.ffn_2(self.ffn_1(x))))
@@ -157,9 +168,19 @@ class TransformerDecoderBlock(TransformerEncoderBlock):
     """Decoder-only block: the encoder block with causal self-attention."""
 
     def __init__(
-        self, d_model, num_heads, ff_dim, dropout=0.1, activation="relu", mask_padding=False
+        self,
+        d_model,
+        num_heads,
+        ff_dim,
+        dropout=0.1,
+        activation="relu",
+        mask_padding=False,
+        norm_first=False,
+        epsilon=ENCODER_NORM_EPSILON,
     ):
-        super().__init__(d_model, num_heads, ff_dim, dropout, activation, True, mask_padding)
+        super().__init__(
+            d_model, num_heads, ff_dim, dropout, activation, True, mask_padding, norm_first, epsilon
+        )
 
 
 class Activation(nn.Module):

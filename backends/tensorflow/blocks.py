@@ -5,9 +5,12 @@ verbatim into `compiled_model_tensorflow.py`, so the model a user reads is the m
 
 TransformerEncoder block (the documented architecture, identical in the PyTorch backend):
     a, p = SelfAttention(x)          # p: softmax(Q K^T / sqrt(key_dim)), [batch, head, q, k]
-    x = LayerNorm_1(x + Dropout(a))  # epsilon 1e-6
+    x = LayerNorm_1(x + Dropout(a))  # epsilon: the block's, 1e-6 by default
     f = Dense(d)(act(Dense(ff_dim)(x)))
-    x = LayerNorm_2(x + Dropout(f))  # epsilon 1e-6
+    x = LayerNorm_2(x + Dropout(f))
+With norm_first (pre-norm, GPT-2's order) the norms come before each sub-layer instead:
+    a, p = SelfAttention(LayerNorm_1(x)); x = x + Dropout(a)
+    x = x + Dropout(Dense(d)(act(Dense(ff_dim)(LayerNorm_2(x)))))
 
 TransformerDecoder block (decoder-only): the same block with causal self-attention, so query i
 attends to keys 0..i only and the probabilities above the diagonal are exactly 0.
@@ -21,7 +24,17 @@ import math
 import keras
 import numpy as np
 
-ENCODER_NORM_EPSILON = 1e-6
+ENCODER_NORM_EPSILON = 1e-6  # the blocks' default epsilon
+
+
+def gelu_tanh(x):
+    """GPT-2's GELU ("gelu_new"), the tanh approximation; Keras's "gelu" is the exact one."""
+    return keras.activations.gelu(x, approximate=True)
+
+
+def activation(name):
+    """The Keras activation for a .neural activation name: Keras's own, or gelu_tanh."""
+    return gelu_tanh if name == "gelu_tanh" else name
 
 
 class SelfAttention(keras.layers.Layer):
@@ -100,6 +113,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
         activation="relu",
         causal=False,
         mask_padding=False,
+        norm_first=False,
+        epsilon=ENCODER_NORM_EPSILON,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -109,6 +124,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.activation = activation
         self.causal = causal
         self.mask_padding = mask_padding
+        self.norm_first = norm_first
+        self.epsilon = epsilon
 
     def build(self, input_shape):
         d_model = input_shape[-1]
@@ -122,14 +139,14 @@ class TransformerEncoderBlock(keras.layers.Layer):
         )
         self.attention_dropout = keras.layers.Dropout(self.dropout)
         self.attention_norm = keras.layers.LayerNormalization(
-            epsilon=ENCODER_NORM_EPSILON, name="attention_norm"
+            epsilon=self.epsilon, name="attention_norm"
         )
-        self.ffn_1 = keras.layers.Dense(self.ff_dim, activation=self.activation, name="ffn_1")
+        self.ffn_1 = keras.layers.Dense(
+            self.ff_dim, activation=activation(self.activation), name="ffn_1"
+        )
         self.ffn_2 = keras.layers.Dense(d_model, name="ffn_2")
         self.ffn_dropout = keras.layers.Dropout(self.dropout)
-        self.ffn_norm = keras.layers.LayerNormalization(
-            epsilon=ENCODER_NORM_EPSILON, name="ffn_norm"
-        )
+        self.ffn_norm = keras.layers.LayerNormalization(epsilon=self.epsilon, name="ffn_norm")
         self.attention.build(input_shape)
         self.attention_norm.build(input_shape)
         self.ffn_1.build(input_shape)
@@ -138,6 +155,17 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, x, key_mask=None, training=False, return_attention_scores=False):
+        if self.norm_first:
+            a, probs = self.attention(
+                self.attention_norm(x),
+                key_mask=key_mask,
+                training=training,
+                return_attention_scores=True,
+            )
+            x = x + self.attention_dropout(a, training=training)
+            f = self.ffn_2(self.ffn_1(self.ffn_norm(x)))
+            x = x + self.ffn_dropout(f, training=training)
+            return (x, probs) if return_attention_scores else x
         a, probs = self.attention(
             x, key_mask=key_mask, training=training, return_attention_scores=True
         )
@@ -158,6 +186,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
             activation=self.activation,
             causal=self.causal,
             mask_padding=self.mask_padding,
+            norm_first=self.norm_first,
+            epsilon=self.epsilon,
         )
         return config
 

@@ -107,6 +107,10 @@ def _call(layer: Layer) -> Call:
     if layer.children:
         kwargs["layers"] = [_call(child) for child in layer.children]
     kwargs.update(neutral.arguments(layer))
+    if kwargs.get("activation") == "gelu_tanh" and not found.constructor.startswith("Transformer"):
+        # Keras has no name for GPT-2's GELU: Keras layers get the function (blocks.gelu_tanh);
+        # the encoder blocks resolve their activation name themselves.
+        kwargs["activation"] = Call("activation", {"name": "gelu_tanh"})
     kwargs["name"] = layer.name
     return Call(found.constructor, kwargs)
 

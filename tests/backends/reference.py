@@ -60,20 +60,49 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -
     return (x - mean) / np.sqrt(var + eps) * gamma + beta
 
 
+def gelu(x: np.ndarray) -> np.ndarray:
+    """The exact GELU, x * Phi(x), with erf from math (numpy has none)."""
+    import math
+
+    return x * 0.5 * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))."""
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+ACTIVATIONS = {"relu": lambda x: np.maximum(x, 0.0), "gelu": gelu, "gelu_tanh": gelu_tanh}
+
+
 def encoder(
-    x: np.ndarray, w: dict[str, np.ndarray], prefix: str, *, causal: bool = False
+    x: np.ndarray,
+    w: dict[str, np.ndarray],
+    prefix: str,
+    *,
+    causal: bool = False,
+    activation: str = "relu",
+    norm_first: bool = False,
+    epsilon: float = 1e-6,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The documented post-norm block with a ReLU feed-forward; returns (output, probs).
+    """The documented block (post-norm, or pre-norm with `norm_first`); returns (output, probs).
 
     With causal=True it is the TransformerDecoder block."""
+
+    def norm(x: np.ndarray, name: str) -> np.ndarray:
+        return layer_norm(x, w[f"{prefix}{name}/gamma"], w[f"{prefix}{name}/beta"], epsilon)
+
+    def ffn(x: np.ndarray) -> np.ndarray:
+        f = ACTIVATIONS[activation](x @ w[prefix + "ffn_1/kernel"] + w[prefix + "ffn_1/bias"])
+        return f @ w[prefix + "ffn_2/kernel"] + w[prefix + "ffn_2/bias"]
+
+    if norm_first:
+        a, probs = attention(norm(x, "attention_norm"), w, prefix + "attention/", causal=causal)
+        x = x + a
+        return x + ffn(norm(x, "ffn_norm")), probs
     a, probs = attention(x, w, prefix + "attention/", causal=causal)
-    x = layer_norm(
-        x + a, w[prefix + "attention_norm/gamma"], w[prefix + "attention_norm/beta"], 1e-6
-    )
-    f = np.maximum(x @ w[prefix + "ffn_1/kernel"] + w[prefix + "ffn_1/bias"], 0.0)
-    f = f @ w[prefix + "ffn_2/kernel"] + w[prefix + "ffn_2/bias"]
-    x = layer_norm(x + f, w[prefix + "ffn_norm/gamma"], w[prefix + "ffn_norm/beta"], 1e-6)
-    return x, probs
+    x = norm(x + a, "attention_norm")
+    return norm(x + ffn(x), "ffn_norm"), probs
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

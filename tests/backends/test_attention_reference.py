@@ -79,3 +79,73 @@ def test_same_seed_same_model_in_both_backends(network):
     assert (
         tf_model.parameter_count() == pt_model.parameter_count() == sum(v.size for v in a.values())
     )
+
+
+def _rerandomized(network, seed: int) -> dict[str, np.ndarray]:
+    """Every parameter drawn again: gains near 1, biases and kernels well away from 0, so a
+    swapped gain and bias or a norm in the wrong place changes the numbers."""
+    from neural_attn.backends.weights import weight_shapes
+
+    rng = np.random.default_rng(seed)
+    return {
+        key: (
+            1.0 + 0.2 * rng.standard_normal(shape)
+            if key.endswith("gamma")
+            else 0.1 + 0.3 * rng.standard_normal(shape)
+        ).astype(np.float32)
+        for key, shape in weight_shapes(network).items()
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("block", ["TransformerEncoder", "TransformerDecoder"])
+@pytest.mark.parametrize(
+    ("norm_first", "epsilon", "activation"),
+    [
+        (False, 1e-12, "gelu"),
+        (True, 1e-5, "gelu_tanh"),
+        (True, 1e-12, "gelu"),
+        (False, 1e-5, "gelu_tanh"),
+        (True, 0.25, "gelu"),  # an epsilon large enough that ignoring it would show
+    ],
+)
+def test_block_norm_order_epsilon_and_gelu_match_numpy(
+    backend, block, norm_first, epsilon, activation
+):
+    """BERT's block (post-norm, epsilon 1e-12, exact GELU) and GPT-2's (pre-norm, 1e-5, tanh
+    GELU, causal) and their crossings, against the numpy block, with learned positions."""
+    source = f"""
+network Block {{
+  input: (None,)
+  layers:
+    Embedding(input_dim=30, output_dim=24)
+    PositionalEncoding(max_len=64, kind="learned")
+    {block}(num_heads=4, ff_dim=40, num_layers=2, activation="{activation}",
+            norm_first={str(norm_first).lower()}, epsilon={epsilon})
+    LayerNormalization(epsilon={epsilon})
+}}
+"""
+    network = compile_source(source, filename="block.neural")
+    weights = _rerandomized(network, seed=3)
+    model = get_backend(backend).build(network, seed=0)
+    model.set_weights(weights)
+    ids = np.random.default_rng(1).integers(0, 30, size=(2, 19))
+    names = [layer.name for layer in network.attention_layers]
+    _, served = model.forward(ids, capture=names)
+
+    w = {k: v.astype(np.float64) for k, v in weights.items()}
+    x = w["embedding_0/embeddings"][ids] + w["positional_encoding_0/embeddings"][:19]
+    causal = block == "TransformerDecoder"
+    for name in names:
+        x, expected = encoder(
+            x,
+            w,
+            f"{name}/",
+            causal=causal,
+            activation=activation,
+            norm_first=norm_first,
+            epsilon=epsilon,
+        )
+        np.testing.assert_allclose(served[name], expected, atol=1e-5, err_msg=name)
+        if causal:
+            assert np.all(served[name][..., np.triu(np.ones((19, 19), dtype=bool), 1)] == 0.0)

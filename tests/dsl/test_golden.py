@@ -43,5 +43,7 @@ def test_basic_transformer_reads_as_documented():
         "num_layers": 1,
         "activation": "relu",
         "use_attention_mask": False,
+        "norm_first": False,
+        "epsilon": 1e-6,
     }
     assert network.output_shape == (5,)

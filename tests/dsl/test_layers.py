@@ -25,6 +25,8 @@ def signature(type_name):
                 ("num_layers", 1),
                 ("activation", "relu"),
                 ("use_attention_mask", False),
+                ("norm_first", False),
+                ("epsilon", 1e-6),
             ],
         ),
         (
@@ -72,3 +74,31 @@ def test_snake_case_names(type_name, snake):
 def test_signature_text():
     assert LAYER_SPECS["Dense"].signature() == "Dense(units, activation=None, use_bias=True)"
     assert 'activation="relu"' in LAYER_SPECS["TransformerEncoder"].signature()
+
+
+def test_block_norm_and_gelu_tanh_parse_and_bad_values_are_refused():
+    from neural_attn.dsl import compile_source
+    from neural_attn.errors import DSLError
+
+    head = "network N {\n  input: (None, 8)\n  layers:\n    "
+    ok = compile_source(
+        head + 'TransformerDecoder(num_heads=2, ff_dim=8, activation="gelu_tanh", '
+        "norm_first=true, epsilon=1e-12)\n}\n"
+    )
+    layer = ok.layer("transformer_decoder_0")
+    assert (layer["norm_first"], layer["epsilon"], layer["activation"]) == (
+        True,
+        1e-12,
+        "gelu_tanh",
+    )
+    # A BOM (a Windows editor's) is not part of the program: positions stay right.
+    first = compile_source("\ufeff" + head + "Dense(4)\n}\n").layers[0].pos
+    assert (first.line, first.column) == (4, 5)
+    for bad, says in (
+        ("epsilon=-1", "epsilon"),
+        ("norm_first=3", "norm_first"),
+        ('activation="gelu_tan"', "gelu_tanh"),  # the suggestion
+    ):
+        with pytest.raises(DSLError) as info:
+            compile_source(head + f"TransformerEncoder(num_heads=2, ff_dim=8, {bad})\n}}\n")
+        assert says in str(info.value) and "<string>:4:" in str(info.value), str(info.value)
