@@ -158,6 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     from neural_attn.client._analysis_cli import register
 
     register(sub, _model_options)  # analyze, similarity, ablate, profile, compare
+    from neural_attn.client._import_cli import register as register_import
+
+    register_import(sub)
     return p
 
 

@@ -1,0 +1,486 @@
+"""A Hugging Face checkpoint becomes a readable `.neural` file and neutral weights (issue 16).
+
+    neural-attn-client import CKPT_DIR -o OUT_DIR
+
+Reads ``config.json`` and ``model.safetensors`` (or the shards a ``model.safetensors.index.json``
+names) with numpy alone, maps the tensors of one family onto the neutral names of the blocks the
+`.neural` file declares (`backends/weights.py`: Keras layouts), and writes ``OUT_DIR/model.neural``,
+``OUT_DIR/model.safetensors``, the tokenizer files and ``OUT_DIR/import_report.json``.
+
+Families (`FAMILIES`): BERT (BertModel, BertFor*, sentence-transformers folders, MiniLM),
+RoBERTa, DistilBERT (post-norm encoders) and GPT-2 (pre-norm causal decoder with a final norm).
+A configuration a mapping cannot represent exactly is refused by name, with what to do instead;
+nothing is ever imported approximately. Heads outside attention (pooler, LM and classifier
+heads) are dropped and named in the file's header and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neural_attn.client import _safetensors
+from neural_attn.errors import InvalidInputError
+
+__all__ = ["FAMILIES", "ImportReport", "import_checkpoint"]
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+)
+# Buffers some checkpoints save beside the weights (position ids, GPT-2's causal mask): not
+# weights, never reported as dropped.
+_BUFFERS = (".position_ids", ".attn.bias", ".attn.masked_bias")
+# transformers' activation names -> ours; any other is refused.
+_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",  # the same tanh formula, written differently
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+    "tanh": "tanh",
+}
+
+
+@dataclass
+class ImportReport:
+    """What `import_checkpoint` did: the files, and each checkpoint tensor's neutral name."""
+
+    source: str
+    family: str
+    architecture: str
+    network: str
+    max_positions: int
+    vocab_size: int
+    files: list[str] = field(default_factory=list)
+    mapping: list[dict[str, str]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [
+            f"imported {self.source} ({self.architecture}, {self.family}) as `{self.network}`: "
+            f"{len(self.mapping)} tensors, {self.max_positions} positions, vocabulary "
+            f"{self.vocab_size}",
+            *(f"  note: {n}" for n in self.notes),
+        ]
+        if self.dropped:
+            lines.append(f"  dropped: {', '.join(_grouped(self.dropped))}")
+        lines += [f"  wrote {f}" for f in self.files]
+        return "\n".join(lines)
+
+
+def _grouped(names: list[str]) -> list[str]:
+    """`pooler.dense.weight`, `pooler.dense.bias` -> `pooler.dense.*`."""
+    groups: dict[str, int] = {}
+    for name in names:
+        head = name.rsplit(".", 1)[0] + ".*" if "." in name else name
+        groups[head] = groups.get(head, 0) + 1
+    return list(groups)
+
+
+# ------------------------------------------------------------------------- reading
+
+
+def _refuse(source: Path, why: str, instead: str) -> InvalidInputError:
+    return InvalidInputError(f"cannot import {source}: {why}; {instead}")
+
+
+def _config(source: Path) -> dict[str, Any]:
+    path = source / "config.json"
+    if not source.is_dir():
+        raise InvalidInputError(f"{source} is not a folder (give the checkpoint's folder)")
+    if not path.is_file():
+        raise _refuse(source, "it has no config.json", "give a folder in the Hugging Face layout")
+    try:
+        config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise _refuse(source, f"config.json is not JSON ({exc})", "fix or re-save it") from None
+    return config
+
+
+def _tensors(source: Path) -> dict[str, np.ndarray]:
+    single, index = source / "model.safetensors", source / "model.safetensors.index.json"
+    if single.is_file():
+        return _safetensors.read(single)
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        tensors: dict[str, np.ndarray] = {}
+        for shard in shards:
+            tensors.update(_safetensors.read(source / shard))
+        return tensors
+    pickled = [
+        n
+        for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+        if (source / n).is_file()
+    ]
+    if pickled:
+        raise _refuse(
+            source,
+            f"its weights are only in {pickled[0]} (pickled or framework-specific files are "
+            "never read)",
+            "re-save it with transformers: `AutoModel.from_pretrained(path)."
+            "save_pretrained(path, safe_serialization=True)` writes model.safetensors",
+        )
+    raise _refuse(source, "it has no model.safetensors", "give a folder with safetensors weights")
+
+
+class _Source:
+    """The checkpoint's tensors under one prefix (`bert.`, `transformer.`, or none); records
+    which were used so the rest can be named as dropped."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], prefix: str) -> None:
+        self.tensors, self.prefix = tensors, prefix
+        self.used: set[str] = set()
+
+    def __call__(self, name: str, *alternatives: str) -> np.ndarray:
+        for candidate in (name, *alternatives):
+            key = self.prefix + candidate
+            if key in self.tensors:
+                self.used.add(key)
+                return np.asarray(self.tensors[key], dtype=np.float32)
+        raise InvalidInputError(f"the checkpoint has no tensor {self.prefix + name}")
+
+    def has(self, name: str) -> bool:
+        return self.prefix + name in self.tensors
+
+
+def _prefixed(tensors: dict[str, np.ndarray], probe: str, prefixes: tuple[str, ...]) -> _Source:
+    for prefix in ("", *prefixes):
+        if prefix + probe in tensors:
+            return _Source(tensors, prefix)
+    raise InvalidInputError(f"the checkpoint has no {probe} (under {', '.join(prefixes)} or none)")
+
+
+# ------------------------------------------------------------------------- families
+
+
+@dataclass
+class _Mapped:
+    """One family's result: the .neural layers, the neutral weights and what was said."""
+
+    layers: list[str]
+    weights: dict[str, np.ndarray]
+    mapping: list[dict[str, str]]
+    max_positions: int
+    vocab_size: int
+    used: set[str]  # the checkpoint tensors the mapping read; the others are dropped
+    notes: list[str] = field(default_factory=list)
+
+
+def _activation(source: Path, name: str) -> str:
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise _refuse(
+            source,
+            f"its activation {name!r} has no exact counterpart in the DSL",
+            f"the DSL has {', '.join(sorted(set(_ACTIVATIONS.values())))}",
+        ) from None
+
+
+def _heads(source: Path, width: int, heads: int) -> int:
+    if width % heads:
+        raise _refuse(source, f"its width {width} is not a multiple of {heads} heads", "check it")
+    return width // heads
+
+
+class _Writer:
+    """Collects neutral weights and the report's mapping rows."""
+
+    def __init__(self) -> None:
+        self.weights: dict[str, np.ndarray] = {}
+        self.mapping: list[dict[str, str]] = []
+
+    def put(self, key: str, value: np.ndarray, source: str, how: str = "as is") -> None:
+        self.weights[key] = np.ascontiguousarray(value, dtype=np.float32)
+        self.mapping.append({"from": source, "to": key, "how": how})
+
+    def norm(self, key: str, get: _Source, name: str) -> None:
+        self.put(f"{key}/gamma", get(f"{name}.weight", f"{name}.gamma"), f"{name}.weight")
+        self.put(f"{key}/beta", get(f"{name}.bias", f"{name}.beta"), f"{name}.bias")
+
+    def linear(self, key: str, get: _Source, name: str) -> None:
+        """A torch Linear (out, in) as a Keras kernel (in, out)."""
+        self.put(f"{key}/kernel", get(f"{name}.weight").T, f"{name}.weight", "transposed")
+        self.put(f"{key}/bias", get(f"{name}.bias"), f"{name}.bias")
+
+    def attention(
+        self, key: str, heads: int, parts: dict[str, tuple[np.ndarray, np.ndarray, str, str]]
+    ) -> None:
+        """q/k/v/output from kernels already (in, out) and their biases."""
+        for part, (kernel, bias, origin, how) in parts.items():
+            d_in, d_out = kernel.shape
+            if part == "output":
+                self.put(f"{key}/output_kernel", kernel.reshape(heads, -1, d_out), origin, how)
+                self.put(f"{key}/output_bias", bias, origin.replace("weight", "bias"))
+            else:
+                self.put(f"{key}/{part}_kernel", kernel.reshape(d_in, heads, -1), origin, how)
+                self.put(
+                    f"{key}/{part}_bias", bias.reshape(heads, -1), origin.replace("weight", "bias")
+                )
+
+
+def _torch_attention(get: _Source, names: dict[str, str]) -> dict[str, Any]:
+    return {
+        part: (
+            get(f"{name}.weight").T,
+            get(f"{name}.bias"),
+            f"{name}.weight",
+            "transposed, split by head",
+        )
+        for part, name in names.items()
+    }
+
+
+def _bert_like(source: Path, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> _Mapped:
+    family = config["model_type"]
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        raise _refuse(
+            source,
+            f"position_embedding_type={config['position_embedding_type']!r} (relative positions)",
+            "only absolute learned positions map exactly onto PositionalEncoding",
+        )
+    if config.get("is_decoder") or config.get("add_cross_attention"):
+        raise _refuse(source, "it is a decoder with cross-attention", "import the encoder alone")
+    if config.get("rope_scaling") or config.get("rotary_dim"):
+        raise _refuse(source, "it uses rotary positions", "rotary positions are not in the DSL")
+    width, heads, depth = (
+        config["hidden_size"],
+        config["num_attention_heads"],
+        config["num_hidden_layers"],
+    )
+    _heads(source, width, heads)
+    eps = float(config.get("layer_norm_eps", 1e-12))
+    act = _activation(source, config.get("hidden_act", "gelu"))
+    get = _prefixed(tensors, "embeddings.word_embeddings.weight", ("bert.", "roberta.", "model."))
+    out = _Writer()
+    words = get("embeddings.word_embeddings.weight")
+    out.put("embedding_0/embeddings", words, "embeddings.word_embeddings.weight")
+    positions = get("embeddings.position_embeddings.weight")
+    notes = []
+    how = "as is"
+    if family in ("roberta", "xlm-roberta"):
+        # RoBERTa numbers positions from padding_idx + 1 (for input without padding).
+        skip = int(config.get("pad_token_id", 1)) + 1
+        positions = positions[skip:]
+        how = f"rows {skip}.. (RoBERTa counts positions from pad_token_id + 1)"
+        notes.append(
+            f"positions start at row {skip} as RoBERTa counts them; exact for input without "
+            "padding tokens"
+        )
+    if get.has("embeddings.token_type_embeddings.weight"):
+        types = get("embeddings.token_type_embeddings.weight")
+        positions = positions + types[0]
+        how += "; + token_type_embeddings[0]"
+        if types.shape[0] > 1:
+            notes.append(
+                "token type 0 is folded into the positions: one segment only, sentence pairs "
+                "(token type 1) are not represented"
+            )
+    out.put(
+        "positional_encoding_0/embeddings", positions, "embeddings.position_embeddings.weight", how
+    )
+    out.norm("layer_normalization_0", get, "embeddings.LayerNorm")
+    for i in range(depth):
+        key, base = f"transformer_encoder_{i}", f"encoder.layer.{i}."
+        names = {p: f"{base}attention.self.{p}" for p in ("query", "key", "value")}
+        names["output"] = f"{base}attention.output.dense"
+        out.attention(f"{key}/attention", heads, _torch_attention(get, names))
+        out.norm(f"{key}/attention_norm", get, f"{base}attention.output.LayerNorm")
+        out.linear(f"{key}/ffn_1", get, f"{base}intermediate.dense")
+        out.linear(f"{key}/ffn_2", get, f"{base}output.dense")
+        out.norm(f"{key}/ffn_norm", get, f"{base}output.LayerNorm")
+    layers = [
+        f"Embedding(input_dim={words.shape[0]}, output_dim={width})",
+        f'PositionalEncoding(max_len={positions.shape[0]}, kind="learned")',
+        f"LayerNormalization(epsilon={eps!r})",
+        f"TransformerEncoder(num_heads={heads}, ff_dim={config['intermediate_size']}, "
+        f"dropout={float(config.get('hidden_dropout_prob', 0.1))!r}, num_layers={depth}, "
+        f'activation="{act}", epsilon={eps!r})',
+    ]
+    return _Mapped(
+        layers, out.weights, out.mapping, positions.shape[0], words.shape[0], get.used, notes
+    )
+
+
+def _distilbert(source: Path, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> _Mapped:
+    width, heads, depth = config["dim"], config["n_heads"], config["n_layers"]
+    _heads(source, width, heads)
+    act = _activation(source, config.get("activation", "gelu"))
+    get = _prefixed(tensors, "embeddings.word_embeddings.weight", ("distilbert.",))
+    out = _Writer()
+    words = get("embeddings.word_embeddings.weight")
+    out.put("embedding_0/embeddings", words, "embeddings.word_embeddings.weight")
+    positions = get("embeddings.position_embeddings.weight")
+    out.put("positional_encoding_0/embeddings", positions, "embeddings.position_embeddings.weight")
+    out.norm("layer_normalization_0", get, "embeddings.LayerNorm")
+    for i in range(depth):
+        key, base = f"transformer_encoder_{i}", f"transformer.layer.{i}."
+        names = {"query": "q_lin", "key": "k_lin", "value": "v_lin", "output": "out_lin"}
+        out.attention(
+            f"{key}/attention",
+            heads,
+            _torch_attention(get, {p: f"{base}attention.{n}" for p, n in names.items()}),
+        )
+        out.norm(f"{key}/attention_norm", get, f"{base}sa_layer_norm")
+        out.linear(f"{key}/ffn_1", get, f"{base}ffn.lin1")
+        out.linear(f"{key}/ffn_2", get, f"{base}ffn.lin2")
+        out.norm(f"{key}/ffn_norm", get, f"{base}output_layer_norm")
+    layers = [
+        f"Embedding(input_dim={words.shape[0]}, output_dim={width})",
+        f'PositionalEncoding(max_len={positions.shape[0]}, kind="learned")',
+        "LayerNormalization(epsilon=1e-12)",
+        f"TransformerEncoder(num_heads={heads}, ff_dim={config['hidden_dim']}, "
+        f"dropout={float(config.get('dropout', 0.1))!r}, num_layers={depth}, "
+        f'activation="{act}", epsilon=1e-12)',
+    ]
+    return _Mapped(layers, out.weights, out.mapping, positions.shape[0], words.shape[0], get.used)
+
+
+def _gpt2(source: Path, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> _Mapped:
+    if config.get("add_cross_attention"):
+        raise _refuse(source, "it has cross-attention", "import a decoder-only GPT-2")
+    if config.get("scale_attn_by_inverse_layer_idx"):
+        raise _refuse(
+            source,
+            "scale_attn_by_inverse_layer_idx=true (scores scaled by 1 / layer)",
+            "the DSL's attention scales by 1 / sqrt(key_dim) only",
+        )
+    if not config.get("scale_attn_weights", True):
+        raise _refuse(source, "scale_attn_weights=false", "the DSL always scales by sqrt(key_dim)")
+    width, heads, depth = config["n_embd"], config["n_head"], config["n_layer"]
+    _heads(source, width, heads)
+    eps = float(config.get("layer_norm_epsilon", 1e-5))
+    act = _activation(source, config.get("activation_function", "gelu_new"))
+    ff = config.get("n_inner") or 4 * width
+    get = _prefixed(tensors, "wte.weight", ("transformer.",))
+    out = _Writer()
+    words = get("wte.weight")
+    out.put("embedding_0/embeddings", words, "wte.weight")
+    positions = get("wpe.weight")
+    out.put("positional_encoding_0/embeddings", positions, "wpe.weight")
+    for i in range(depth):
+        key, base = f"transformer_decoder_{i}", f"h.{i}."
+        # GPT-2's Conv1D weights are already (in, out); c_attn holds q, k and v side by side.
+        qkv_w, qkv_b = get(f"{base}attn.c_attn.weight"), get(f"{base}attn.c_attn.bias")
+        origin = f"{base}attn.c_attn.weight"
+        parts = {
+            part: (
+                qkv_w[:, j * width : (j + 1) * width],
+                qkv_b[j * width : (j + 1) * width],
+                origin,
+                f"columns {j * width}..{(j + 1) * width - 1}, split by head",
+            )
+            for j, part in enumerate(("query", "key", "value"))
+        }
+        parts["output"] = (
+            get(f"{base}attn.c_proj.weight"),
+            get(f"{base}attn.c_proj.bias"),
+            f"{base}attn.c_proj.weight",
+            "split by head",
+        )
+        out.attention(f"{key}/attention", heads, parts)
+        out.norm(f"{key}/attention_norm", get, f"{base}ln_1")
+        out.put(f"{key}/ffn_1/kernel", get(f"{base}mlp.c_fc.weight"), f"{base}mlp.c_fc.weight")
+        out.put(f"{key}/ffn_1/bias", get(f"{base}mlp.c_fc.bias"), f"{base}mlp.c_fc.bias")
+        out.put(f"{key}/ffn_2/kernel", get(f"{base}mlp.c_proj.weight"), f"{base}mlp.c_proj.weight")
+        out.put(f"{key}/ffn_2/bias", get(f"{base}mlp.c_proj.bias"), f"{base}mlp.c_proj.bias")
+        out.norm(f"{key}/ffn_norm", get, f"{base}ln_2")
+    out.norm("layer_normalization_0", get, "ln_f")
+    layers = [
+        f"Embedding(input_dim={words.shape[0]}, output_dim={width})",
+        f'PositionalEncoding(max_len={positions.shape[0]}, kind="learned")',
+        f"TransformerDecoder(num_heads={heads}, ff_dim={ff}, "
+        f"dropout={float(config.get('resid_pdrop', 0.1))!r}, num_layers={depth}, "
+        f'activation="{act}", norm_first=true, epsilon={eps!r})',
+        f"LayerNormalization(epsilon={eps!r})",
+    ]
+    return _Mapped(layers, out.weights, out.mapping, positions.shape[0], words.shape[0], get.used)
+
+
+Family = Callable[[Path, dict[str, Any], dict[str, np.ndarray]], _Mapped]
+FAMILIES: dict[str, Family] = {
+    "bert": _bert_like,
+    "roberta": _bert_like,
+    "distilbert": _distilbert,
+    "gpt2": _gpt2,
+}
+
+
+# ------------------------------------------------------------------------- writing
+
+
+def _network_name(config: dict[str, Any], family: str) -> str:
+    origin = str(config.get("_name_or_path") or family).rstrip("/").rsplit("/", 1)[-1]
+    words = [w for w in re.split(r"[^0-9A-Za-z]+", origin) if w]
+    name = "".join(w[:1].upper() + w[1:] for w in words) or family.capitalize()
+    return name if name[0].isalpha() else f"Model{name}"
+
+
+def _neural_text(report: ImportReport, layers: list[str]) -> str:
+    header = [
+        f"# Imported by `neural-attn-client import` from {report.source}",
+        f"# ({report.architecture}, model_type {report.family}); weights: model.safetensors.",
+        *(f"# Note: {n}." for n in report.notes),
+    ]
+    if report.dropped:
+        header.append(
+            "# Dropped (attention does not depend on them): " + ", ".join(_grouped(report.dropped))
+        )
+    body = "\n".join(f"    {layer}" for layer in layers)
+    return "\n".join(header) + (
+        f"\nnetwork {report.network} {{\n  input: (None,)\n  layers:\n{body}\n}}\n"
+    )
+
+
+def import_checkpoint(source: str | Path, output: str | Path) -> ImportReport:
+    """Import the checkpoint folder `source` into `output` (created); see the module docstring."""
+    source, output = Path(source), Path(output)
+    config = _config(source)
+    family = str(config.get("model_type", ""))
+    if family not in FAMILIES:
+        raise _refuse(
+            source,
+            f"model_type {family!r} is not a family we map",
+            f"supported: {', '.join(FAMILIES)} (BERT incl. MiniLM and sentence-transformers, "
+            "RoBERTa, DistilBERT, GPT-2 incl. DistilGPT2)",
+        )
+    tensors = _tensors(source)
+    mapped = FAMILIES[family](source, config, tensors)
+    report = ImportReport(
+        source=str(source),
+        family=family,
+        architecture=", ".join(config.get("architectures") or [family]),
+        network=_network_name(config, family),
+        max_positions=mapped.max_positions,
+        vocab_size=mapped.vocab_size,
+        mapping=mapped.mapping,
+        dropped=sorted(n for n in tensors if n not in mapped.used and not n.endswith(_BUFFERS)),
+        notes=mapped.notes,
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "model.neural").write_text(_neural_text(report, mapped.layers), encoding="utf-8")
+    _safetensors.write(output / "model.safetensors", mapped.weights)
+    report.files = ["model.neural", "model.safetensors"]
+    for name in (*TOKENIZER_FILES, "config.json"):
+        if (source / name).is_file() and (source / name).resolve() != (output / name).resolve():
+            shutil.copyfile(source / name, output / name)
+            report.files.append(name)
+    report.files.append("import_report.json")
+    (output / "import_report.json").write_text(json.dumps(asdict(report), indent=1) + "\n")
+    return report
