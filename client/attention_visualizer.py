@@ -21,7 +21,12 @@ from neural_attn.client._embedded import server_target
 from neural_attn.client._figures import PDF_BOOK, parse_formats, save_figure, write_pdf_book
 from neural_attn.client._progress import StreamProgress, expected_bytes
 from neural_attn.client._sinks import ArraySink, NpzSink
-from neural_attn.client._tokenize import Vocabulary, check_ids, embedding_range
+from neural_attn.client._tokenize import (
+    PretrainedTokenizer,
+    Vocabulary,
+    check_ids,
+    embedding_range,
+)
 from neural_attn.client._tokenize import tokenize as split_text
 from neural_attn.errors import InvalidInputError
 
@@ -209,13 +214,14 @@ class AttentionVisualizer:
         output_path: str | os.PathLike[str] | None = None,
         *,
         text: str | None = None,
-        tokenize: Vocabulary | str | os.PathLike[str] | None = None,
+        tokenize: Vocabulary | PretrainedTokenizer | str | os.PathLike[str] | None = None,
     ) -> VisualizationResult:
         """Heatmaps of one layer (or all), one head (or the mean of heads).
 
-        `text` with `tokenize` (a `Vocabulary` or a vocab.txt path) replaces `input_data`
-        and `tokens` for a model that starts with `Embedding`. Returns {"attention_weights",
-        "analysis", "figure", "output_path", "tokens"}, which a notebook shows inline.
+        `text` with `tokenize` (a `Vocabulary`, a vocab.txt path, a checkpoint's tokenizer
+        folder or a `PretrainedTokenizer`) replaces `input_data` and `tokens` for a model that
+        starts with `Embedding`. Returns {"attention_weights", "analysis", "figure",
+        "output_path", "tokens"}, which a notebook shows inline.
         """
         model = self._current()
         input_data, tokens = _text_input(model, input_data, tokens, text, tokenize)
@@ -252,7 +258,7 @@ class AttentionVisualizer:
         npz_window: tuple[tuple[int, int], tuple[int, int]] | None = None,
         display_size: int = render.DISPLAY_SIZE,
         text: str | None = None,
-        tokenize: Vocabulary | str | os.PathLike[str] | None = None,
+        tokenize: Vocabulary | PretrainedTokenizer | str | os.PathLike[str] | None = None,
         figure_formats: Sequence[str] | str = ("png",),
         dpi: int = render.PNG_DPI,
     ) -> VisualizationResult:
@@ -272,7 +278,8 @@ class AttentionVisualizer:
         `dtype="float16"` halves what travels and what the npz takes; `npz_window=((q0, q1),
         (k0, k1))` keeps only that query range x key range in the npz (a stop of 0: the end).
 
-        `text` with `tokenize` (a `Vocabulary` or a vocab.txt path) replaces `input_data` and
+        `text` with `tokenize` (a `Vocabulary`, a vocab.txt path, a checkpoint's tokenizer
+        folder or a `PretrainedTokenizer`) replaces `input_data` and
         `tokens` for a model that starts with `Embedding`. `figure_formats` ("png", "svg",
         "pdf", or several) writes each figure in each format, at `dpi`; with "pdf" every figure
         is also a page of attention_figures.pdf.
@@ -493,7 +500,7 @@ def _text_input(
     data: np.ndarray | None,
     tokens: Sequence[str] | None,
     text: str | None,
-    vocabulary: Vocabulary | str | os.PathLike[str] | None,
+    vocabulary: Vocabulary | PretrainedTokenizer | str | os.PathLike[str] | None,
 ) -> tuple[np.ndarray | None, Sequence[str] | None]:
     """Token ids and labels from `text`, for a model that starts with `Embedding`."""
     if text is None:
@@ -510,6 +517,11 @@ def _text_input(
             f"`{compiled.network_name}` does not start with an Embedding layer, so it takes no "
             "token ids; give its input with input data instead of text"
         )
-    split = split_text(text, vocabulary)
+    if not isinstance(vocabulary, Vocabulary | PretrainedTokenizer) and Path(vocabulary).is_dir():
+        vocabulary = PretrainedTokenizer.load(vocabulary)  # a checkpoint's tokenizer folder
+    if isinstance(vocabulary, PretrainedTokenizer):
+        split = vocabulary.encode(text)
+    else:
+        split = split_text(text, vocabulary)
     check_ids(split, *found)
     return split.as_batch(), list(split.labels)

@@ -3,7 +3,8 @@
     neural-attn-client visualize model.neural --attention [--backend tensorflow|pytorch]
         [--data input.npy] [--tokens "The,cat,sat"] [--layer NAME] [--head N]
         [--server host:port] [--output-dir DIR] [--dtype float16] [--window Q0:Q1,K0:K1] [--no-npz]
-        [--text "The cat sat" --vocab vocab.txt] [--figure-format png,svg,pdf] [--dpi N]
+        [--text "The cat sat" --vocab vocab.txt | --tokenizer DIR] [--figure-format png,svg,pdf]
+        [--dpi N]
         [--format table|json] [--quiet]
 
 Without --server (or $NEURAL_ATTN_SERVER) an embedded server runs in this process.
@@ -127,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--vocab", help="vocab.txt for --text: one token a line, its id the line number")
     v.add_argument(
+        "--tokenizer",
+        help="a checkpoint's own tokenizer for --text: the folder `import` wrote (tokenizer.json "
+        "through the tokenizers library, or WordPiece vocab.txt), or one of those files; ids "
+        "and special tokens as transformers' AutoTokenizer makes them",
+    )
+    v.add_argument(
         "--figure-format",
         action="append",
         metavar="png|svg|pdf",
@@ -226,6 +233,13 @@ def _visualize(args: argparse.Namespace) -> int:
         _check_file(args.weights)
     if args.vocab:
         _check_file(args.vocab)
+    if args.vocab and args.tokenizer:
+        raise SystemExit("error: give --vocab or --tokenizer, not both")
+    tokenize = args.vocab
+    if args.tokenizer:
+        from neural_attn.client._tokenize import PretrainedTokenizer
+
+        tokenize = PretrainedTokenizer.load(args.tokenizer)
     tokens = [t.strip() for t in args.tokens.split(",")] if args.tokens else None
     viz = _visualizer(args)
     if not args.attention:
@@ -246,7 +260,7 @@ def _visualize(args: argparse.Namespace) -> int:
         write_npz=not args.no_npz,
         npz_window=args.window,
         text=args.text,
-        tokenize=args.vocab,
+        tokenize=tokenize,
         figure_formats=args.figure_format or ("png",),
         dpi=args.dpi,
     )
