@@ -82,3 +82,29 @@ def hf_attention(path: Path, ids: np.ndarray) -> list[np.ndarray]:
     with torch.no_grad():
         out = model(torch.as_tensor(ids), output_attentions=True)
     return [a.numpy() for a in out.attentions]
+
+
+def roberta(path: Path) -> Path:
+    """A 2-layer RoBERTa (positions counted from pad_token_id + 1)."""
+    from transformers import RobertaConfig, RobertaModel
+
+    config = RobertaConfig(
+        vocab_size=120,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=66,
+        type_vocab_size=1,
+    )
+    return save(RobertaModel(config), path, seed=2)
+
+
+def distilbert(path: Path) -> Path:
+    """A 2-layer DistilBERT."""
+    from transformers import DistilBertConfig, DistilBertModel
+
+    config = DistilBertConfig(
+        vocab_size=120, dim=48, n_layers=2, n_heads=4, hidden_dim=96, max_position_embeddings=64
+    )
+    return save(DistilBertModel(config), path, seed=3)
