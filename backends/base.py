@@ -339,7 +339,16 @@ class Backend(ABC):
     name: str
 
     @abstractmethod
-    def build(self, network: Network, *, seed: int, device: str = "auto") -> BuiltModel: ...
+    def build(
+        self,
+        network: Network,
+        *,
+        seed: int,
+        device: str = "auto",
+        weights: dict[str, np.ndarray] | None = None,
+    ) -> BuiltModel:
+        """The model with `weights` (neutral, checked to fit), else the seeded initial ones:
+        those are never drawn when trained weights are given (seconds at 100M parameters)."""
 
     @abstractmethod
     def read_weights(

@@ -186,13 +186,11 @@ class Engine:
                 else None
             )
             try:
-                model = impl.build(net, seed=seed, device=self.config.device)
+                model = impl.build(net, seed=seed, device=self.config.device, weights=trained)
             except RecursionError:  # the DSL bounds nesting; this is the net under it
                 raise ResourceLimitError(
                     f"network `{net.name}` nests too deeply for this server to build"
                 ) from None
-            if trained is not None:
-                model.set_weights(trained)
             return CompiledModel(model_id, net, model, seed, digest)
 
         return self.cache.get_or_build(model_id, build)

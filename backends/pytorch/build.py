@@ -84,7 +84,14 @@ class PyTorchModel(BuiltModel):
     attention_path = "explicit softmax(QK^T/sqrt(d_k)) in pytorch.blocks.SelfAttention (no SDPA)"
     gates_attention = True  # _gates: a pre-hook on every SelfAttention
 
-    def __init__(self, network: Network, *, seed: int, device: str) -> None:
+    def __init__(
+        self,
+        network: Network,
+        *,
+        seed: int,
+        device: str,
+        weights: dict[str, np.ndarray] | None = None,
+    ) -> None:
         padding = padding_masked_layers(network)
         namespace = _namespace()
         self.network = network
@@ -100,7 +107,7 @@ class PyTorchModel(BuiltModel):
             .to(device)
             .eval()
         )
-        self.set_weights(initial_weights(network, seed))
+        self.set_weights(initial_weights(network, seed) if weights is None else weights)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -212,8 +219,15 @@ class PyTorchBackend(Backend):
     name = "pytorch"
 
     @_on_pass_thread
-    def build(self, network: Network, *, seed: int, device: str = "auto") -> BuiltModel:
-        return PyTorchModel(network, seed=seed, device=self.resolve_device(device))
+    def build(
+        self,
+        network: Network,
+        *,
+        seed: int,
+        device: str = "auto",
+        weights: dict[str, np.ndarray] | None = None,
+    ) -> BuiltModel:
+        return PyTorchModel(network, seed=seed, device=self.resolve_device(device), weights=weights)
 
     def gpu_available(self) -> bool:
         return torch.cuda.is_available()

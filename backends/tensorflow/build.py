@@ -49,7 +49,14 @@ class TensorFlowModel(BuiltModel):
     attention_path = "keras.layers.MultiHeadAttention(return_attention_scores=True)"
     gates_attention = True  # blocks.apply calls capture.gate() before every attention block
 
-    def __init__(self, network: Network, *, seed: int, device: str) -> None:
+    def __init__(
+        self,
+        network: Network,
+        *,
+        seed: int,
+        device: str,
+        weights: dict[str, np.ndarray] | None = None,
+    ) -> None:
         padding = padding_masked_layers(network)
         self.network = network
         self.device = device
@@ -60,7 +67,7 @@ class TensorFlowModel(BuiltModel):
                 name=network.name,
             )
             self.model(sample_input(network, seed=seed, length=2))  # builds every variable
-        self.set_weights(initial_weights(network, seed))
+        self.set_weights(initial_weights(network, seed) if weights is None else weights)
 
     @property
     def _tf_device(self) -> str:
@@ -194,8 +201,17 @@ def _pool_partial_blocks(probs: tf.Tensor, bq: int, bk: int, mode: str) -> tf.Te
 class TensorFlowBackend(Backend):
     name = "tensorflow"
 
-    def build(self, network: Network, *, seed: int, device: str = "auto") -> BuiltModel:
-        return TensorFlowModel(network, seed=seed, device=self.resolve_device(device))
+    def build(
+        self,
+        network: Network,
+        *,
+        seed: int,
+        device: str = "auto",
+        weights: dict[str, np.ndarray] | None = None,
+    ) -> BuiltModel:
+        return TensorFlowModel(
+            network, seed=seed, device=self.resolve_device(device), weights=weights
+        )
 
     def gpu_available(self) -> bool:
         return bool(tf.config.list_physical_devices("GPU"))

@@ -149,3 +149,20 @@ network Block {{
         np.testing.assert_allclose(served[name], expected, atol=1e-5, err_msg=name)
         if causal:
             assert np.all(served[name][..., np.triu(np.ones((19, 19), dtype=bool), 1)] == 0.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_trained_weights_skip_the_seeded_draw(network, backend, monkeypatch):
+    """Given trained weights, a build never draws the seeded ones (seconds at 100M params)."""
+    import importlib
+
+    module = importlib.import_module(f"neural_attn.backends.{backend}.build")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("initial_weights drawn although trained weights were given")
+
+    weights = _rerandomized(network, seed=5)
+    monkeypatch.setattr(module, "initial_weights", refuse)
+    model = get_backend(backend).build(network, seed=0, weights=weights)
+    got = model.get_weights()
+    assert all(np.array_equal(got[k], v) for k, v in weights.items())
