@@ -22,6 +22,7 @@ from neural_attn.client._sinks import ArraySink, LayerHeader, LayerSink, Pooling
 from neural_attn.errors import (
     InvalidInputError,
     ModelNotFoundError,
+    ResourceLimitError,
     ServerUnavailableError,
 )
 from neural_attn.v1 import attention_pb2 as pb
@@ -224,6 +225,7 @@ class AttentionClient(HeadAnalysisMixin):
             target, embedded = server_target()
         self.target = target or os.environ.get("NEURAL_ATTN_SERVER") or "the given channel"
         self._own_channel = channel is None
+        self._max_message_bytes = max_message_bytes
         if channel is None:
             address = _conn.normalize_target(self.target)
             options = _conn.channel_options(max_message_bytes)
@@ -340,12 +342,23 @@ class AttentionClient(HeadAnalysisMixin):
             request.weights.CopyFrom(pb.Weights(content=weights, format=fmt))
         elif weights is not None:
             path = Path(weights)
+            self._check_inline(path)
             request.weights.CopyFrom(
                 pb.Weights(content=path.read_bytes(), filename=path.name, format=fmt)
             )
         elif server_weights is not None:
             request.weights.CopyFrom(pb.Weights(path=server_weights, format=fmt))
         return request
+
+    def _check_inline(self, path: Path) -> None:
+        """Refuse, before reading it, a weights file no request can carry."""
+        size = path.stat().st_size
+        if size > self._max_message_bytes - 2**20:  # room for the source and the rest
+            raise ResourceLimitError(
+                f"the weights file {path.name} is {size / 2**20:,.0f} MiB; a request carries "
+                f"at most {self._max_message_bytes / 2**20:,.0f} MiB. Put it under the "
+                "server's --weights-dir and name it with --server-weights (server_weights=)"
+            )
 
     def compile(
         self,

@@ -23,8 +23,10 @@ def _run(args: argparse.Namespace) -> int:
 
     report = import_checkpoint(args.checkpoint, args.output)
     print(report.summary())
+    has_tokenizer = any(f in report.files for f in ("tokenizer.json", "vocab.txt"))
+    given = f'--tokenizer {args.output} --text "..."' if has_tokenizer else "--data ids.npy"
     print(
         f"next: neural-attn-client visualize {args.output}/model.neural --weights "
-        f"{args.output}/model.safetensors --tokenizer {args.output} --text \"...\" --attention"
+        f"{args.output}/model.safetensors {given} --attention"
     )
     return 0

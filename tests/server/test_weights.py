@@ -291,3 +291,18 @@ def test_the_cli_writes_safetensors_by_the_output_name(server_target, network, t
     assert sorted(arrays) == sorted(seeded)
     for key in seeded:
         np.testing.assert_allclose(arrays[key], seeded[key], atol=1e-7, err_msg=key)
+
+
+def test_an_inline_file_past_the_request_limit_is_refused_before_sending(
+    server_target: str, tmp_path: Path
+) -> None:
+    from neural_attn.client import AttentionClient
+    from neural_attn.errors import ResourceLimitError
+
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(b"\0" * (9 * 2**20))
+    source = "network N {\n  input: (4, 8)\n  layers:\n    Dense(4)\n}\n"
+    with AttentionClient(server_target, max_message_bytes=8 * 2**20) as client:
+        with pytest.raises(ResourceLimitError, match="--server-weights"):
+            client.compile(source, weights=big)
+        assert client.compile(source).model_id  # nothing else broke
