@@ -106,3 +106,20 @@ def test_gpt2_scaled_by_layer_is_refused(tmp_path: Path) -> None:
     source = gpt2(tmp_path / "gpt2", scale_attn_by_inverse_layer_idx=True)
     with pytest.raises(InvalidInputError, match="scale_attn_by_inverse_layer_idx"):
         import_checkpoint(source, tmp_path / "out")
+
+
+def test_import_runs_in_the_thin_client(tmp_path: Path) -> None:
+    """The import itself loads no framework, no transformers and no lark."""
+    import subprocess
+    import sys
+
+    source = bert(tmp_path / "bert")
+    code = (
+        "import sys; from neural_attn.client._checkpoint import import_checkpoint;"
+        f"import_checkpoint({str(source)!r}, {str(tmp_path / 'out')!r});"
+        "heavy = [m for m in ('torch', 'tensorflow', 'keras', 'lark', 'transformers', "
+        "'safetensors') if m in sys.modules]; print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+    assert (tmp_path / "out" / "model.safetensors").is_file()
