@@ -10,6 +10,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -28,6 +29,12 @@ def main() -> None:
         # the attention as numpy, as a caller of the service gets it
         [a.numpy() for a in out.attentions]
 
+    median, reps = median_time(once, budget)
+    print(json.dumps({"median_s": median, "reps": reps}))
+
+
+def median_time(once: Callable[[], None], budget: float) -> tuple[float, int]:
+    """(median seconds, repetitions) of warm calls: one warm-up, then 3 to 40 within `budget`."""
     once()
     times: list[float] = []
     start = time.perf_counter()
@@ -35,7 +42,7 @@ def main() -> None:
         t = time.perf_counter()
         once()
         times.append(time.perf_counter() - t)
-    print(json.dumps({"median_s": statistics.median(times), "reps": len(times)}))
+    return statistics.median(times), len(times)
 
 
 def bench_ids(vocab: int, seq: int) -> np.ndarray:

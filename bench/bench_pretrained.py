@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 from _common import BENCH, ROOT, Row, describe, failed_row, ratio_row, section_main, served
-from _hf_floor import bench_ids
+from _hf_floor import bench_ids, median_time
 
 SECTION = "5"
 PAGE_TOKENS = 512
@@ -53,14 +52,7 @@ def _served_median(client, model, ids, budget: float) -> tuple[float, int]:
         got = [a for _, a in client.extract_attention(model, ids)]
         assert len(got) == 6, len(got)
 
-    once()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < budget and len(times) < 40):
-        t = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), len(times)
+    return median_time(once, budget)
 
 
 def _served_rows(args, checkpoint: Path, imported: Path) -> list[Row]:
