@@ -161,3 +161,42 @@ def test_nested_calls_render_as_readable_code():
     with torch.inference_mode():
         out = model(torch.from_numpy(np.zeros((1, 5, 8), np.float32)))
     assert tuple(out.shape) == (1, 5, 4)
+
+
+BLOCK_OPTIONS = """
+network Options {
+  input: (None, 8)
+  layers:
+    TransformerDecoder(2, 16, norm_first=true, epsilon=1e-12, activation="gelu_tanh")
+    TransformerEncoder(2, 16, epsilon=1e-5, activation="gelu")
+    Dense(8, activation="gelu_tanh")
+    LayerNormalization(epsilon=1e-5)
+}
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_generated_code_builds_the_served_model_with_block_options(backend):
+    """norm_first, epsilon and gelu_tanh reach the generated file: its model, given the served
+    model's weights, computes the served model's output."""
+    net = compile_source(BLOCK_OPTIONS)
+    impl = {"tensorflow": tensorflow_backend, "pytorch": pytorch_backend}[backend].BACKEND
+    served = impl.build(net, seed=3, device="cpu")
+    code = GENERATORS[backend](net)
+    assert "norm_first=True" in code and "epsilon=1e-12" in code and "gelu_tanh" in code
+    namespace: dict = {"__name__": "generated"}
+    exec(compile(code, "compiled_model.py", "exec"), namespace)
+    model = namespace["create_model"]()
+    x = np.random.default_rng(0).standard_normal((1, 5, 8)).astype(np.float32)
+    if backend == "pytorch":
+        import torch
+
+        model.load_state_dict(served.model.state_dict())
+        with torch.no_grad():
+            got = model(torch.from_numpy(x)).numpy()
+            want = served.model(torch.from_numpy(x)).numpy()
+    else:
+        model.set_weights(served.model.get_weights())
+        got = np.asarray(model(x))
+        want = np.asarray(served.model(x))
+    np.testing.assert_allclose(got, want, atol=1e-6)
