@@ -23,6 +23,7 @@ from neural_attn.client._progress import StreamProgress, expected_bytes
 from neural_attn.client._sinks import ArraySink, NpzSink
 from neural_attn.client._tokenize import (
     PretrainedTokenizer,
+    Tokens,
     Vocabulary,
     check_ids,
     embedding_range,
@@ -224,7 +225,7 @@ class AttentionVisualizer:
         "output_path", "tokens"}, which a notebook shows inline.
         """
         model = self._current()
-        input_data, tokens = _text_input(model, input_data, tokens, text, tokenize)
+        input_data, tokens, _ = _text_input(model, input_data, tokens, text, tokenize)
         weights = self._extract(
             model,
             input_data,
@@ -286,7 +287,7 @@ class AttentionVisualizer:
         """
         formats = parse_formats(figure_formats)
         compiled = self.compile(str(dsl_file), backend)
-        input_data, tokens = _text_input(compiled, input_data, tokens, text, tokenize)
+        input_data, tokens, split = _text_input(compiled, input_data, tokens, text, tokenize)
         _check_tokens(compiled, input_data, tokens)
         layers = [layer_name] if layer_name else None
         length = len(tokens) if tokens else 0
@@ -406,6 +407,7 @@ class AttentionVisualizer:
             path = out / "attention_rollout.npy"
             np.save(path, np.asarray(rollout))
             written("rollout", path)
+        raw_tokens = None if split is None else list(split.pieces or split.labels)
         path = out / "analysis.json"
         path.write_text(
             json.dumps(
@@ -415,6 +417,10 @@ class AttentionVisualizer:
                     "backend": compiled.backend,
                     "device": compiled.device,
                     "tokens": None if tokens is None else list(tokens),
+                    # from text: the ids sent and the tokenizer's own strings (AutoTokenizer's
+                    # convert_ids_to_tokens for --tokenizer); "tokens" are the axis labels
+                    "token_ids": None if split is None else list(split.ids),
+                    "tokenizer_tokens": raw_tokens,
                     "layers": analysis["layers"],
                     "rollout": "attention_rollout.npy" if rollout is not None else None,
                     "attention_weights": npz.name if write_npz else None,
@@ -433,6 +439,8 @@ class AttentionVisualizer:
             model=compiled,
             figure=figure,
             tokens=None if tokens is None else list(tokens),
+            token_ids=None if split is None else list(split.ids),
+            tokenizer_tokens=raw_tokens,
             summary=render.format_console_summary(
                 # the exact shapes (figures may be pooled), as views that take no memory
                 {
@@ -501,12 +509,13 @@ def _text_input(
     tokens: Sequence[str] | None,
     text: str | None,
     vocabulary: Vocabulary | PretrainedTokenizer | str | os.PathLike[str] | None,
-) -> tuple[np.ndarray | None, Sequence[str] | None]:
-    """Token ids and labels from `text`, for a model that starts with `Embedding`."""
+) -> tuple[np.ndarray | None, Sequence[str] | None, Tokens | None]:
+    """Token ids and labels from `text` (and the Tokens), for a model that starts with
+    `Embedding`."""
     if text is None:
         if vocabulary is not None:
             raise InvalidInputError("a vocabulary was given without text to tokenize")
-        return data, tokens
+        return data, tokens, None
     if data is not None or tokens:
         raise InvalidInputError("give text, or input data and tokens, not both")
     if vocabulary is None:
@@ -524,4 +533,4 @@ def _text_input(
     else:
         split = split_text(text, vocabulary)
     check_ids(split, *found)
-    return split.as_batch(), list(split.labels)
+    return split.as_batch(), list(split.labels), split

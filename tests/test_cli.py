@@ -307,3 +307,52 @@ def test_text_needs_known_ids_and_the_layer_table_stays(tmp_path):
     )
     layers = json.loads(as_json.stdout)["layers"]
     assert [la["name"] for la in layers if la["attention"]] == ["multi_head_attention_0"]
+
+
+TOKENIZED = """
+network Tokenized {
+  input: (None,)
+  layers:
+    Embedding(input_dim=30522, output_dim=16)
+    PositionalEncoding(max_len=512, kind="learned")
+    TransformerEncoder(num_heads=2, ff_dim=32)
+}
+"""
+
+
+def test_visualize_with_a_checkpoint_tokenizer_labels_and_refuses_long_text(tmp_path):
+    sys.path.insert(0, str(ROOT / "examples" / "pretrained"))
+    from fetch_minilm import minilm_dir
+    from transformers import AutoTokenizer
+
+    folder = minilm_dir()
+    model = tmp_path / "tokenized.neural"
+    model.write_text(TOKENIZED, encoding="utf-8")
+    text = "[CLS] The quick brown fox jumps over the lazy dog. [SEP]"
+    run = _run(
+        "visualize", str(model), "--attention", "--backend", "pytorch", "--quiet",
+        "--tokenizer", str(folder), "--text", text, "--output-dir", "out",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    hf = AutoTokenizer.from_pretrained(folder)
+    ids = hf(text)["input_ids"]
+    # the written [CLS] and [SEP] stay whole (not "[", "cl", "##s", "]") and, as transformers
+    # does, the checkpoint's own [CLS] ... [SEP] are added around them: 10 words + 4
+    assert len(ids) == 14 and ids[:2] == [101, 101] and ids[-2:] == [102, 102]
+    written = json.loads((tmp_path / "out" / "analysis.json").read_text(encoding="utf-8"))
+    assert written["token_ids"] == ids
+    assert written["tokenizer_tokens"] == hf.convert_ids_to_tokens(ids) == written["tokens"]
+    with np.load(tmp_path / "out" / "attention_weights.npz") as npz:
+        (layer,) = npz.files
+        assert npz[layer].shape == (1, 2, 14, 14)
+
+    long = _run(
+        "visualize", str(model), "--attention", "--backend", "pytorch", "--quiet",
+        "--tokenizer", str(folder), "--text", "word " * 700, "--output-dir", "long",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert long.returncode == 1
+    assert "the text is 702 tokens but the model takes at most 512 positions" in long.stderr
+    assert "shorten it" in long.stderr
+    assert not (tmp_path / "long" / "analysis.json").exists()
