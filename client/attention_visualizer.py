@@ -526,8 +526,10 @@ def _text_input(
             f"`{compiled.network_name}` does not start with an Embedding layer, so it takes no "
             "token ids; give its input with input data instead of text"
         )
-    if not isinstance(vocabulary, Vocabulary | PretrainedTokenizer) and Path(vocabulary).is_dir():
-        vocabulary = PretrainedTokenizer.load(vocabulary)  # a checkpoint's tokenizer folder
+    if not isinstance(vocabulary, Vocabulary | PretrainedTokenizer) and (
+        Path(vocabulary).is_dir() or Path(vocabulary).suffix.lower() == ".json"
+    ):  # a checkpoint's tokenizer folder or its tokenizer.json (else a plain vocabulary)
+        vocabulary = PretrainedTokenizer.load(vocabulary)
     if isinstance(vocabulary, PretrainedTokenizer):
         split = vocabulary.encode(text)
     else:

@@ -91,3 +91,28 @@ def test_the_sdk_takes_text_and_shows_the_result_inline(client, tmp_path: Path) 
         AttentionVisualizer(
             examples / "basic_transformer.neural", "pytorch", client=client
         ).visualize(None, text=text, tokenize=examples / "toy_vocab.txt")
+
+
+def test_roberta_byte_level_adds_its_specials_as_autotokenizer(tmp_path: Path) -> None:
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("transformers")
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoTokenizer, RobertaTokenizerFast
+
+    from neural_attn.client._tokenize import PretrainedTokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    corpus = ["The quick brown fox jumps over the lazy dog.\nhello world, café"] * 50
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe.train_from_iterator(corpus, vocab_size=400, special_tokens=specials)
+    RobertaTokenizerFast(tokenizer_object=bpe._tokenizer).save_pretrained(tmp_path)
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    ours = PretrainedTokenizer.load(tmp_path / "tokenizer.json")  # the file itself, too
+    for text in ("The quick fox", "hello\nworld, café!", " lazy  dog "):
+        ids = hf(text)["input_ids"]
+        got = ours.encode(text)
+        assert list(got.ids) == ids, text
+        assert list(got.pieces) == hf.convert_ids_to_tokens(ids), text
+        assert got.pieces[0] == "<s>" and got.pieces[-1] == "</s>"
+        assert got.labels[0] == "<s>" and got.labels[-1] == "</s>"
+        assert all("Ġ" not in label and "Ċ" not in label for label in got.labels)
