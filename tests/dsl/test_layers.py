@@ -91,9 +91,6 @@ def test_block_norm_and_gelu_tanh_parse_and_bad_values_are_refused():
         1e-12,
         "gelu_tanh",
     )
-    # A BOM (a Windows editor's) is not part of the program: positions stay right.
-    first = compile_source("\ufeff" + head + "Dense(4)\n}\n").layers[0].pos
-    assert (first.line, first.column) == (4, 5)
     for bad, says in (
         ("epsilon=-1", "epsilon"),
         ("norm_first=3", "norm_first"),
