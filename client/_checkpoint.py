@@ -296,26 +296,81 @@ def _bert_like(source: Path, config: dict[str, Any], tensors: dict[str, np.ndarr
         "positional_encoding_0/embeddings", positions, "embeddings.position_embeddings.weight", how
     )
     out.norm("layer_normalization_0", get, "embeddings.LayerNorm")
-    for i in range(depth):
-        key, base = f"transformer_encoder_{i}", f"encoder.layer.{i}."
-        names = {p: f"{base}attention.self.{p}" for p in ("query", "key", "value")}
-        names["output"] = f"{base}attention.output.dense"
-        out.attention(f"{key}/attention", heads, _torch_attention(get, names))
-        out.norm(f"{key}/attention_norm", get, f"{base}attention.output.LayerNorm")
-        out.linear(f"{key}/ffn_1", get, f"{base}intermediate.dense")
-        out.linear(f"{key}/ffn_2", get, f"{base}output.dense")
-        out.norm(f"{key}/ffn_norm", get, f"{base}output.LayerNorm")
-    layers = [
-        f"Embedding(input_dim={words.shape[0]}, output_dim={width})",
-        f'PositionalEncoding(max_len={positions.shape[0]}, kind="learned")',
-        f"LayerNormalization(epsilon={eps!r})",
-        f"TransformerEncoder(num_heads={heads}, ff_dim={config['intermediate_size']}, "
-        f"dropout={float(config.get('hidden_dropout_prob', 0.1))!r}, num_layers={depth}, "
-        f'activation="{act}", epsilon={eps!r})',
-    ]
+    _encoder_stack(out, get, "encoder.layer.", depth, heads, _BERT_LAYER)
+    layers = _encoder_layers(
+        words.shape[0],
+        width,
+        positions.shape[0],
+        heads,
+        config["intermediate_size"],
+        float(config.get("hidden_dropout_prob", 0.1)),
+        depth,
+        act,
+        eps,
+    )
     return _Mapped(
         layers, out.weights, out.mapping, positions.shape[0], words.shape[0], get.used, notes
     )
+
+
+# One encoder layer's sub-modules (under `{stack}{i}.`) for each neutral part of the block.
+_BERT_LAYER = {
+    "query": "attention.self.query",
+    "key": "attention.self.key",
+    "value": "attention.self.value",
+    "output": "attention.output.dense",
+    "attention_norm": "attention.output.LayerNorm",
+    "ffn_1": "intermediate.dense",
+    "ffn_2": "output.dense",
+    "ffn_norm": "output.LayerNorm",
+}
+_DISTILBERT_LAYER = {
+    "query": "attention.q_lin",
+    "key": "attention.k_lin",
+    "value": "attention.v_lin",
+    "output": "attention.out_lin",
+    "attention_norm": "sa_layer_norm",
+    "ffn_1": "ffn.lin1",
+    "ffn_2": "ffn.lin2",
+    "ffn_norm": "output_layer_norm",
+}
+
+
+def _encoder_stack(
+    out: _Writer, get: _Source, stack: str, depth: int, heads: int, parts: dict[str, str]
+) -> None:
+    """The post-norm encoder layers of a torch checkpoint (torch Linear layouts) as
+    transformer_encoder_0.. ; `parts` names each neutral part's sub-module in one layer."""
+    for i in range(depth):
+        key, base = f"transformer_encoder_{i}", f"{stack}{i}."
+        names = {p: base + parts[p] for p in ("query", "key", "value", "output")}
+        out.attention(f"{key}/attention", heads, _torch_attention(get, names))
+        out.norm(f"{key}/attention_norm", get, base + parts["attention_norm"])
+        out.linear(f"{key}/ffn_1", get, base + parts["ffn_1"])
+        out.linear(f"{key}/ffn_2", get, base + parts["ffn_2"])
+        out.norm(f"{key}/ffn_norm", get, base + parts["ffn_norm"])
+
+
+def _encoder_layers(
+    vocab: int,
+    width: int,
+    positions: int,
+    heads: int,
+    ff: int,
+    dropout: float,
+    depth: int,
+    act: str,
+    eps: float,
+) -> list[str]:
+    """The .neural layers of a BERT-like encoder: embeddings, learned positions, their norm,
+    then the post-norm blocks."""
+    return [
+        f"Embedding(input_dim={vocab}, output_dim={width})",
+        f'PositionalEncoding(max_len={positions}, kind="learned")',
+        f"LayerNormalization(epsilon={eps!r})",
+        f"TransformerEncoder(num_heads={heads}, ff_dim={ff}, dropout={dropout!r}, "
+        f'num_layers={depth}, activation="{act}", epsilon={eps!r})',
+    ]
 
 
 def _distilbert(source: Path, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> _Mapped:
@@ -329,26 +384,18 @@ def _distilbert(source: Path, config: dict[str, Any], tensors: dict[str, np.ndar
     positions = get("embeddings.position_embeddings.weight")
     out.put("positional_encoding_0/embeddings", positions, "embeddings.position_embeddings.weight")
     out.norm("layer_normalization_0", get, "embeddings.LayerNorm")
-    for i in range(depth):
-        key, base = f"transformer_encoder_{i}", f"transformer.layer.{i}."
-        names = {"query": "q_lin", "key": "k_lin", "value": "v_lin", "output": "out_lin"}
-        out.attention(
-            f"{key}/attention",
-            heads,
-            _torch_attention(get, {p: f"{base}attention.{n}" for p, n in names.items()}),
-        )
-        out.norm(f"{key}/attention_norm", get, f"{base}sa_layer_norm")
-        out.linear(f"{key}/ffn_1", get, f"{base}ffn.lin1")
-        out.linear(f"{key}/ffn_2", get, f"{base}ffn.lin2")
-        out.norm(f"{key}/ffn_norm", get, f"{base}output_layer_norm")
-    layers = [
-        f"Embedding(input_dim={words.shape[0]}, output_dim={width})",
-        f'PositionalEncoding(max_len={positions.shape[0]}, kind="learned")',
-        "LayerNormalization(epsilon=1e-12)",
-        f"TransformerEncoder(num_heads={heads}, ff_dim={config['hidden_dim']}, "
-        f"dropout={float(config.get('dropout', 0.1))!r}, num_layers={depth}, "
-        f'activation="{act}", epsilon=1e-12)',
-    ]
+    _encoder_stack(out, get, "transformer.layer.", depth, heads, _DISTILBERT_LAYER)
+    layers = _encoder_layers(
+        words.shape[0],
+        width,
+        positions.shape[0],
+        heads,
+        config["hidden_dim"],
+        float(config.get("dropout", 0.1)),
+        depth,
+        act,
+        1e-12,
+    )
     return _Mapped(layers, out.weights, out.mapping, positions.shape[0], words.shape[0], get.used)
 
 
