@@ -210,8 +210,13 @@ class _Capture:
         self.take = take
         self.gate = gate
 
+        self._taken: set[str] = set()
+
     def __setitem__(self, name: str, probs: Any) -> None:
-        if name in self.wanted:
+        """A backend may hand a layer over early (from inside its block) and again when the
+        block returns: only the first reaches `take`."""
+        if name in self.wanted and name not in self._taken:
+            self._taken.add(name)
             self.take(name, probs)
 
 

@@ -12,7 +12,7 @@ context manager that removes it in ``finally``:
 - PyTorch: a forward pre-hook on ``SelfAttention.output`` (input ``[batch, query, heads *
   key_dim]``);
 - Keras: ``MultiHeadAttention._output_dense`` (input ``[batch, query, heads, key_dim]``) is
-  wrapped for the duration, in eager mode.
+  wrapped for the duration, the block's call run eagerly (not the backend's compiled one).
 
 Hooks change the model object, so use them on a model of your own (`private_copy`), never on
 one that other requests share.
@@ -45,7 +45,7 @@ def head_mask(model: BuiltModel, masks: Mapping[str, np.ndarray]) -> Iterator[No
     undo = []
     try:
         for name, mask in masks.items():
-            undo.append(install(_attention_block(model, name), np.asarray(mask, np.float32)))
+            undo.append(install(*_attention_block(model, name), np.asarray(mask, np.float32)))
         yield
     finally:
         for remove in reversed(undo):
@@ -70,19 +70,20 @@ def _blocks(model: BuiltModel) -> Iterator[tuple[str, Any]]:
             stack.extend(getattr(block, "body", ()))
 
 
-def _attention_block(model: BuiltModel, name: str) -> Any:
+def _attention_block(model: BuiltModel, name: str) -> tuple[Any, Any]:
+    """(the layer named `name`, its attention module: itself or the one an encoder block holds)."""
     for block_name, block in _blocks(model):
         if block_name == name:
-            inner = getattr(block, "attention", block)  # an encoder block holds its attention
+            inner = getattr(block, "attention", block)
             if model.backend == "pytorch" and hasattr(inner, "output"):
-                return inner
+                return block, inner
             if model.backend != "pytorch" and hasattr(inner, "mha"):
-                return inner
+                return block, inner
             break
     raise InvalidInputError(f"`{name}` is not an attention layer of this model")
 
 
-def _torch_hook(attention: Any, mask: np.ndarray) -> Any:
+def _torch_hook(_block: Any, attention: Any, mask: np.ndarray) -> Any:
     import torch
 
     heads, key_dim = attention.num_heads, attention.key_dim
@@ -98,9 +99,15 @@ def _torch_hook(attention: Any, mask: np.ndarray) -> Any:
     return handle.remove
 
 
-def _keras_wrap(attention: Any, mask: np.ndarray) -> Any:
+def _keras_wrap(block: Any, attention: Any, mask: np.ndarray) -> Any:
     import keras
 
+    # The backend compiles each block's call (a tf.function): a graph traced before the mask
+    # would never see it, and one traced with it would keep it. The block runs eagerly while
+    # masked and gets its compiled call back after.
+    compiled = block.call
+    if hasattr(compiled, "python_function"):
+        block.call = compiled.python_function
     mha = attention.mha
     original = mha._output_dense
     weights = keras.ops.convert_to_tensor(mask[:, None, :, None])
@@ -111,4 +118,9 @@ def _keras_wrap(attention: Any, mask: np.ndarray) -> Any:
 
     # object.__setattr__: a plain function is not a layer for Keras to track.
     object.__setattr__(mha, "_output_dense", masked)
-    return lambda: object.__setattr__(mha, "_output_dense", original)
+
+    def undo() -> None:
+        object.__setattr__(mha, "_output_dense", original)
+        block.call = compiled
+
+    return undo

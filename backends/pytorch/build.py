@@ -58,20 +58,37 @@ def _namespace() -> dict[str, Any]:
     return names
 
 
+def _attention_modules(layers: torch.nn.ModuleDict) -> Iterator[tuple[str, blocks.SelfAttention]]:
+    """(layer name, its SelfAttention) for every attention layer, inside residual blocks too."""
+    for name, block in layers.items():
+        if isinstance(block, blocks.SelfAttention):
+            yield name, block
+        elif isinstance(block, blocks.TransformerEncoderBlock):
+            yield name, block.attention
+        elif isinstance(block, blocks.Residual):
+            yield from _attention_modules(block.layers)
+
+
 @contextmanager
-def _gates(model: torch.nn.Module, capture: Any) -> Iterator[None]:
-    """Call `capture.gate()` right before every attention block computes, for this pass only
-    (hooks are removed whatever happens: a failed pass leaves none behind)."""
+def _gates(model: blocks.NeuralNet, capture: Any) -> Iterator[None]:
+    """Hooks for this pass only (removed whatever happens: a failed pass leaves none behind).
+
+    Each layer's probabilities reach `capture` the moment its SelfAttention returns, not when
+    its block does, and `capture.gate()` runs right before the next scores are computed (after
+    the value projection): so a stream's consumer sends one layer while the pass computes the
+    rest of that block and the next one's projections, and one layer's attention still exists
+    at a time.
+    """
     gate = getattr(capture, "gate", None)
-    handles = (
-        [
-            module.register_forward_pre_hook(lambda *_: gate())
-            for module in model.modules()
-            if isinstance(module, blocks.SelfAttention)
-        ]
-        if gate is not None
-        else []
-    )
+    handles = []
+    for name, attention in _attention_modules(model.blocks):
+
+        def emit(_module: Any, _args: Any, out: Any, name: str = name) -> None:
+            capture[name] = out[1]
+
+        handles.append(attention.register_forward_hook(emit))
+        if gate is not None:
+            handles.append(attention.value.register_forward_hook(lambda *_: gate()))
     try:
         yield
     finally:
@@ -82,7 +99,7 @@ def _gates(model: torch.nn.Module, capture: Any) -> Iterator[None]:
 class PyTorchModel(BuiltModel):
     backend = "pytorch"
     attention_path = "explicit softmax(QK^T/sqrt(d_k)) in pytorch.blocks.SelfAttention (no SDPA)"
-    gates_attention = True  # _gates: a pre-hook on every SelfAttention
+    gates_attention = True  # _gates: a hook after every SelfAttention's value projection
 
     def __init__(
         self,

@@ -54,11 +54,13 @@ def test_four_times_the_text_takes_at_most_six_times_the_time(make, count):
 
 def test_an_error_at_the_end_of_a_long_file_is_found_in_linear_time():
     source = _lines(4_000)[: -len("}\n")] + "    Dense(1, units=2, units=3)\n}\n"
-    start = time.process_time()
-    with pytest.raises(DSLSyntaxError, match="`units` is given twice in the arguments of `Dense`"):
-        parse(source)
-    took = time.process_time() - start
-    assert took <= 6 * _cpu_seconds(_lines(1_000)) + 0.05
+    best = float("inf")
+    for _ in range(2):  # best of two, as _cpu_seconds (one run alone once met a GC pause)
+        start = time.process_time()
+        with pytest.raises(DSLSyntaxError, match="`units` is given twice in the arguments"):
+            parse(source)
+        best = min(best, time.process_time() - start)
+    assert best <= 6 * _cpu_seconds(_lines(1_000)) + 0.05
 
 
 def test_the_dropped_tokens_are_exactly_the_grammars_unnamed_literals():
