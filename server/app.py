@@ -28,6 +28,7 @@ from neural_attn.v1 import attention_pb2_grpc as pb_grpc
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AttentionService"].full_name
 
 log = logging.getLogger("neural_attn.server")
+LIGHT_WORKERS = 4  # pool threads kept for calls that never count against max_workers
 
 
 @dataclass
@@ -39,6 +40,12 @@ class ServingApp:
     health: health.HealthServicer
     interceptor: ServiceInterceptor
     tls: bool
+    servicer: AttentionServicer
+
+    def warm(self) -> None:
+        """Do before serving what the first calls would otherwise wait for: the backends'
+        imports (GetServerInfo's answer), so a server that says SERVING answers at once."""
+        self.servicer.server_info()
 
     @property
     def metrics(self) -> Metrics:
@@ -113,17 +120,25 @@ def build_server(
     config = config or ServerConfig()
     credentials = server_credentials(config)
     metrics = Metrics()
-    interceptor = ServiceInterceptor(config.auth_token, metrics=metrics)
+    interceptor = ServiceInterceptor(
+        config.auth_token,
+        metrics=metrics,
+        capacity=config.max_workers,
+        stream_idle_s=config.stream_idle_ms / 1000,
+    )
     server = grpc.server(
+        # Threads beyond the capacity: health, reflection, GetServerInfo and the refusals of
+        # calls over it always find one.
         futures.ThreadPoolExecutor(
-            max_workers=config.max_workers, thread_name_prefix="neural-attn"
+            max_workers=config.max_workers + LIGHT_WORKERS, thread_name_prefix="neural-attn"
         ),
         interceptors=[interceptor],
         options=_options(config),
     )
     engine = Engine(config)
     engine.cache = metrics.watch_cache(engine.cache)
-    pb_grpc.add_AttentionServiceServicer_to_server(AttentionServicer(engine), server)
+    servicer = AttentionServicer(engine)
+    pb_grpc.add_AttentionServiceServicer_to_server(servicer, server)
 
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE_NAME):
@@ -140,7 +155,9 @@ def build_server(
         bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"could not bind {address}")
-    return ServingApp(server, bound, health_servicer, interceptor, credentials is not None)
+    return ServingApp(
+        server, bound, health_servicer, interceptor, credentials is not None, servicer
+    )
 
 
 def create_server(

@@ -29,7 +29,10 @@ class ServerConfig:
     max_layers: int = MAX_LAYERS  # layers a network may expand to; the DSL's own default
     weights_dir: str | None = None  # where Weights.path names files; None: inline weights only
     max_weights_bytes: int = 2048 * MIB
-    max_workers: int = 8
+    max_workers: int = 8  # calls at work at once; beyond, RESOURCE_EXHAUSTED with a retry hint
+    # A stream waiting on its client (a response not read, a request not sent) this long is
+    # cancelled, freeing its worker; server work never counts. 0: never.
+    stream_idle_ms: int = 60_000
     auth_token: str | None = None  # when set, calls need "authorization: Bearer <token>"
     tls_cert: str | None = None  # PEM certificate chain; with tls_key the server speaks TLS only
     tls_key: str | None = None  # PEM private key of tls_cert

@@ -1,7 +1,13 @@
 """One interceptor around every AttentionService call: admission, errors, and what it shows.
 
 - Admission: while draining, new calls are refused with UNAVAILABLE (the SDK's retry policy sends
-  them elsewhere); without the bearer token, UNAUTHENTICATED (constant-time comparison).
+  them elsewhere); without the bearer token, UNAUTHENTICATED (constant-time comparison); beyond
+  the server's capacity (`max_workers` calls at work, GetServerInfo aside), RESOURCE_EXHAUSTED at
+  once with a retry hint, never a queue: the pool keeps threads beyond the capacity, so health,
+  reflection and GetServerInfo are answered whatever the other calls do.
+- Idle streams: a call that has waited on its client (a response the client does not read, a
+  request it does not send) for longer than `stream_idle_s` is cancelled (CANCELLED), which
+  frees its worker; time the server spends working never counts.
 - Errors: servicer methods raise `NeuralAttnError`s and never touch `context.abort` themselves;
   any other exception is a bug of ours and becomes INTERNAL with a message that says so (the
   traceback is logged here, never sent).
@@ -16,6 +22,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +33,7 @@ from neural_attn.errors import (
     ERROR_KIND_KEY,
     AuthenticationError,
     NeuralAttnError,
+    ResourceLimitError,
     ServerUnavailableError,
 )
 from neural_attn.server.observability import (
@@ -40,6 +48,9 @@ from neural_attn.server.observability import (
 log = logging.getLogger("neural_attn.server")
 
 _OURS = "/neural_attn.v1."
+_LIGHT = frozenset({"GetServerInfo"})  # answered at once: never counted against the capacity
+RETRY_AFTER_KEY = "retry-after-ms"  # trailing metadata of a refusal for lack of capacity
+RETRY_AFTER_MS = 1000
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
@@ -51,11 +62,42 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         *,
         metrics: Metrics | None = None,
         calls: CallRegistry | None = None,
+        capacity: int = 0,
+        stream_idle_s: float = 0.0,
     ) -> None:
         self._token = auth_token
         self.metrics = metrics if metrics is not None else Metrics()
         self.calls = calls if calls is not None else CallRegistry()
         self.draining = threading.Event()
+        self.capacity = capacity  # 0: no limit
+        self._slots = threading.BoundedSemaphore(capacity) if capacity > 0 else None
+        self.stream_idle_s = stream_idle_s
+        if stream_idle_s > 0:
+            threading.Thread(target=self._watch_idle, name="idle-watchdog", daemon=True).start()
+
+    def _take_slot(self, call: Call) -> None:
+        if self._slots is None or call.method in _LIGHT:
+            return
+        if not self._slots.acquire(blocking=False):
+            call.busy = True
+            raise ResourceLimitError(
+                f"the server is busy: all {self.capacity} of its workers are serving calls; "
+                f"retry in about {RETRY_AFTER_MS / 1000:g} s (trailing metadata "
+                f"{RETRY_AFTER_KEY}), or at another replica"
+            )
+        call.holds_slot = True
+
+    def _watch_idle(self) -> None:
+        """Cancel calls that have waited on their client for longer than the idle limit."""
+        period = min(1.0, self.stream_idle_s / 4)
+        while True:
+            time.sleep(period)
+            now = time.monotonic()
+            for call in self.calls.snapshot():
+                since = call.waiting_since
+                if since is not None and now - since > self.stream_idle_s and call.context:
+                    call.idle_cut = True
+                    call.context.cancel()
 
     def _admit(self, metadata: Any) -> None:
         if self.draining.is_set():
@@ -78,18 +120,30 @@ class ServiceInterceptor(grpc.ServerInterceptor):
     def _begin(self, method: str, request: Any, context: grpc.ServicerContext) -> Call:
         metadata = context.invocation_metadata()
         call = Call(method, request_id_from(metadata), context.peer())
+        call.context = context
         call.received_bytes = request.ByteSize() if hasattr(request, "ByteSize") else 0
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         self.calls.add(call)
         self.metrics.in_flight.labels(method).inc()
         return call
 
+    def _admitted(self, call: Call, context: grpc.ServicerContext) -> None:
+        self._admit(context.invocation_metadata())
+        self._take_slot(call)
+
     def _end(self, call: Call, context: grpc.ServicerContext) -> None:
-        if call.code == "OK" and not context.is_active():
+        if call.holds_slot:
+            assert self._slots is not None
+            self._slots.release()
+            call.holds_slot = False
+        if call.idle_cut:
+            call.code, call.error_kind = "CANCELLED", "IdleStream"
+        elif call.code == "OK" and not context.is_active():
             remaining = context.time_remaining()
             call.code = (
                 "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
             )
+        call.context = None
         m = self.metrics
         m.in_flight.labels(call.method).dec()
         m.requests.labels(call.method, call.code).inc()
@@ -101,6 +155,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         log_call(call)
 
     def _abort(self, context: grpc.ServicerContext, exc: Exception, call: Call) -> None:
+        if call.idle_cut or (isinstance(exc, grpc.RpcError) and not context.is_active()):
+            return  # the call was cancelled (by its client or the idle watchdog): it is over
         if not isinstance(exc, NeuralAttnError):
             if context.code() is not None:
                 raise exc  # context.abort was already called; its status stands
@@ -119,6 +175,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         trailing = [(REQUEST_ID_KEY, call.request_id)]
         if exc_kind:
             trailing.append((ERROR_KIND_KEY, exc_kind))
+        if call.busy:
+            trailing.append((RETRY_AFTER_KEY, str(RETRY_AFTER_MS)))
         context.set_trailing_metadata(tuple(trailing))
         context.abort(status, message)
 
@@ -126,7 +184,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
             call = self._begin(method, request, context)
             try:
-                self._admit(context.invocation_metadata())
+                self._admitted(call, context)
+                if not hasattr(request, "ByteSize"):  # a client stream
+                    request = self._requests(request, call)
                 response = behavior(request, context)
                 call.sent_messages, call.sent_bytes = 1, response.ByteSize()
                 return response
@@ -143,17 +203,35 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             call = self._begin(method, request, context)
             try:
-                self._admit(context.invocation_metadata())
+                self._admitted(call, context)
+                if not hasattr(request, "ByteSize"):  # a client stream
+                    request = self._requests(request, call)
                 for message in behavior(request, context):
                     call.sent_messages += 1
                     call.sent_bytes += message.ByteSize()
+                    call.waiting_since = time.monotonic()  # until the client takes it
                     yield message
+                    call.waiting_since = None
             except Exception as exc:  # noqa: BLE001
                 self._abort(context, exc, call)
             finally:
                 self._end(call, context)
 
         return wrapped
+
+    @staticmethod
+    def _requests(requests: Iterator[Any], call: Call) -> Iterator[Any]:
+        """A client stream's messages, counted, the wait for each one timed for the watchdog."""
+        while True:
+            call.waiting_since = time.monotonic()
+            try:
+                message = next(requests)
+            except StopIteration:
+                return
+            finally:
+                call.waiting_since = None
+            call.received_bytes += message.ByteSize()
+            yield message
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
@@ -162,6 +240,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method.rsplit("/", 1)[-1]
         if handler.unary_unary:
             return handler._replace(unary_unary=self._unary(method, handler.unary_unary))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=self._unary(method, handler.stream_unary))
         if handler.unary_stream:
             return handler._replace(
                 unary_stream=self._stream(method, handler.unary_stream),

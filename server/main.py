@@ -84,7 +84,8 @@ _HELP = {
     "port": "gRPC port (0: any free port)",
     "grace": "seconds in-flight calls get to finish after SIGTERM before they are cut",
     "metrics_port": "serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
-    "metrics_host": "address of the metrics endpoint (default: the --host address)",
+    "metrics_host": "address of the metrics endpoint (default: the --host address when given, "
+    "else loopback)",
     "log_format": "text lines, or one JSON object per line",
     "log_level": "least severe log level written",
 }
@@ -364,13 +365,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stopper)
     signal.signal(signal.SIGINT, stopper)
     if run.metrics_port is not None:
-        metrics_host = run.metrics_host or host
+        # Plain HTTP with no token check: it follows only an address the operator chose, never
+        # the every-interface default a token alone gives the gRPC port.
+        metrics_host = run.metrics_host or run.host or "127.0.0.1"
         try:
             metrics_port = serve_metrics(app.metrics, host=metrics_host, port=run.metrics_port)
         except OSError as exc:
             log.error("cannot serve metrics on %s:%d: %s", metrics_host, run.metrics_port, exc)
             return 2
         log.info("metrics on http://%s:%d/metrics", metrics_host, metrics_port)
+    app.warm()
     app.server.start()
     log.info(
         "serving neural_attn.v1.AttentionService on %s:%d (%s, %s)",

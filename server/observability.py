@@ -163,6 +163,13 @@ class Call:
     sent_messages: int = 0
     code: str = "OK"
     error_kind: str = ""
+    # Since when the call has been waiting on its client (a response it cannot send, a request
+    # that has not come); None while the server works. The idle watchdog reads it.
+    waiting_since: float | None = None
+    holds_slot: bool = False  # admitted against the server's capacity (released at the end)
+    idle_cut: bool = False  # cancelled by the idle watchdog
+    busy: bool = False  # refused for lack of capacity
+    context: Any = None  # the call's grpc.ServicerContext while it runs
 
     def age(self) -> float:
         return time.monotonic() - self.started

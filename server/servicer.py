@@ -47,6 +47,13 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.config = engine.config
+        self._info: pb.ServerInfo | None = None
+
+    def server_info(self) -> pb.ServerInfo:
+        """What GetServerInfo answers; made once (it imports every backend to ask it: seconds)."""
+        if self._info is None:
+            self._info = convert.server_info(self.config)
+        return self._info
 
     def _compile(self, request: pb.CompileRequest) -> tuple[CompiledModel, bool]:
         return self.engine.compile(
@@ -195,7 +202,7 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
     def GetServerInfo(
         self, request: pb.ServerInfoRequest, context: grpc.ServicerContext
     ) -> pb.ServerInfo:
-        return convert.server_info(self.config)
+        return self.server_info()
 
     # -- head analyses (issue 10): the work is in server/analyses.py ---------------------------
     def AnalyzeHeads(

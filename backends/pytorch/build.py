@@ -69,37 +69,48 @@ def _attention_modules(layers: torch.nn.ModuleDict) -> Iterator[tuple[str, block
             yield from _attention_modules(block.layers)
 
 
-@contextmanager
-def _gates(model: blocks.NeuralNet, capture: Any) -> Iterator[None]:
-    """Hooks for this pass only (removed whatever happens: a failed pass leaves none behind).
+class _PassHooks:
+    """Hooks on every SelfAttention of one model, installed once, that serve whichever pass
+    runs on the calling thread: passes of one model run side by side (a stream whose reader
+    stalls holds its own pass, never another caller's), each with its own `capture`.
 
-    Each layer's probabilities reach `capture` the moment its SelfAttention returns, not when
-    its block does, and `capture.gate()` runs right before the next scores are computed (after
-    the value projection): so a stream's consumer sends one layer while the pass computes the
-    rest of that block and the next one's projections, and one layer's attention still exists
-    at a time.
+    Each layer's probabilities reach the pass's `capture` the moment its SelfAttention returns,
+    not when its block does, and `capture.gate()` runs right before the next scores are
+    computed (after the value projection): so a stream's consumer sends one layer while the
+    pass computes the rest of that block and the next one's projections, and one layer's
+    attention still exists at a time.
     """
-    gate = getattr(capture, "gate", None)
-    handles = []
-    for name, attention in _attention_modules(model.blocks):
 
-        def emit(_module: Any, _args: Any, out: Any, name: str = name) -> None:
+    def __init__(self, model: blocks.NeuralNet) -> None:
+        self._local = threading.local()
+        for name, attention in _attention_modules(model.blocks):
+            attention.register_forward_hook(functools.partial(self._emit, name))
+            attention.value.register_forward_hook(self._gate)
+
+    @contextmanager
+    def serving(self, capture: Any) -> Iterator[None]:
+        """Route the hooks to `capture` for a pass run on this thread inside the block."""
+        self._local.capture = capture
+        try:
+            yield
+        finally:
+            self._local.capture = None
+
+    def _emit(self, name: str, _module: Any, _args: Any, out: Any) -> None:
+        capture = getattr(self._local, "capture", None)
+        if capture is not None:
             capture[name] = out[1]
 
-        handles.append(attention.register_forward_hook(emit))
+    def _gate(self, *_: Any) -> None:
+        gate = getattr(getattr(self._local, "capture", None), "gate", None)
         if gate is not None:
-            handles.append(attention.value.register_forward_hook(lambda *_: gate()))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+            gate()
 
 
 class PyTorchModel(BuiltModel):
     backend = "pytorch"
     attention_path = "explicit softmax(QK^T/sqrt(d_k)) in pytorch.blocks.SelfAttention (no SDPA)"
-    gates_attention = True  # _gates: a hook after every SelfAttention's value projection
+    gates_attention = True  # _PassHooks: after every SelfAttention's value projection
 
     def __init__(
         self,
@@ -113,7 +124,6 @@ class PyTorchModel(BuiltModel):
         namespace = _namespace()
         self.network = network
         self.device = device
-        self._lock = threading.Lock()
         self.model = (
             blocks.NeuralNet(
                 [
@@ -124,6 +134,7 @@ class PyTorchModel(BuiltModel):
             .to(device)
             .eval()
         )
+        self._hooks = _PassHooks(self.model)
         self.set_weights(initial_weights(network, seed) if weights is None else weights)
 
     def parameter_count(self) -> int:
@@ -136,7 +147,7 @@ class PyTorchModel(BuiltModel):
         should_stop: Callable[[], bool] | None,
     ) -> torch.Tensor | None:
         x = torch.from_numpy(prepared.array).to(self.device)
-        with self._lock, torch.inference_mode(), _gates(self.model, capture):
+        with torch.inference_mode(), self._hooks.serving(capture):
             return self.model.run(x, capture=capture, start=prepared.start, should_stop=should_stop)
 
     def _to_numpy(self, tensor: torch.Tensor, reduction: Reduction | None = None) -> np.ndarray:

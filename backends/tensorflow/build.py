@@ -8,8 +8,11 @@ asked for).
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,40 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # transformers' and the PyTorch backend's to 1e-5 (tests/test_pretrained.py, test_parity.py).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-import keras  # noqa: E402
+# What TensorFlow's C++ prints to fd 2 as it loads, past TF_CPP_MIN_LOG_LEVEL: notices that
+# would break a log of one JSON object per line (the server's --log-format json).
+_LOAD_NOTICES = re.compile(
+    r"absl::InitializeLog|oneDNN custom operations are on|cpu_feature_guard|"
+    r"To enable the following instructions|rebuild TensorFlow with the appropriate compiler"
+)
+
+
+@contextmanager
+def _load_notices_dropped() -> Iterator[None]:
+    """Capture fd 2 while TensorFlow loads; write back every line but its load notices."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not _LOAD_NOTICES.search(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+with _load_notices_dropped():
+    import keras
+    import tensorflow as tf
+
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from neural_attn.backends.base import (  # noqa: E402
     Backend,
@@ -78,7 +112,6 @@ class TensorFlowModel(BuiltModel):
         padding = padding_masked_layers(network)
         self.network = network
         self.device = device
-        self._lock = threading.Lock()
         with tf.device(self._tf_device):
             self.model = blocks.NeuralModel(
                 [instantiate(constructor(layer, padding), _NAMESPACE) for layer in network.layers],
@@ -101,7 +134,8 @@ class TensorFlowModel(BuiltModel):
         capture: Any,
         should_stop: Callable[[], bool] | None,
     ) -> tf.Tensor | None:
-        with self._lock, tf.device(self._tf_device):
+        # No lock: passes of one model run side by side, each with its own capture and gate.
+        with tf.device(self._tf_device):
             return self.model.run(
                 tf.convert_to_tensor(prepared.array),
                 capture=capture,

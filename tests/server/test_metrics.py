@@ -7,6 +7,7 @@ import json
 import re
 
 import grpc
+import numpy as np
 import pytest
 from serverproc import SMALL, metric
 
@@ -82,3 +83,27 @@ def test_one_json_log_line_per_request_with_the_clients_request_id(start_server)
     assert ok["duration_ms"] > 0 and ok["response_bytes"] > 0 and ok["peer"].startswith("ipv4:")
     assert (failed["request_id"], failed["code"]) == (generated, "INVALID_ARGUMENT")
     assert failed["error_kind"].startswith("DSL")
+
+
+def test_a_token_alone_never_opens_the_metrics_endpoint_to_other_hosts(start_server, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("t0k3n-" + "x" * 20)
+    # A token and no --host: gRPC listens on every interface, plain HTTP metrics stay loopback.
+    server = start_server(
+        "--port", "0", "--token-file", str(token_file), "--metrics-port", "0"
+    ).wait_started()
+    assert "serving neural_attn.v1.AttentionService on 0.0.0.0:" in server.log()
+    assert server.metrics_url.startswith("http://127.0.0.1:"), server.log()
+    # An address the operator chose is followed.
+    chosen = start_server("--port", "0", "--host", "0.0.0.0", "--metrics-port", "0")
+    assert chosen.wait_started().metrics_url.startswith("http://0.0.0.0:")
+
+
+def test_profile_request_bytes_are_counted(start_server):
+    server = start_server("--port", "0", "--metrics-port", "0").wait_serving()
+    batch = np.ones((2, 10, 16), np.float32)
+    with AttentionClient(server.target, timeout=120) as client:
+        model = client.compile(SMALL, backend="pytorch")
+        client.profile_heads(model, [batch, batch, batch])
+    sent = metric(server.metrics(), "neural_attn_request_bytes_total", method="ProfileHeads")
+    assert sent >= 3 * batch.nbytes, sent
