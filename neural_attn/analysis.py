@@ -9,17 +9,20 @@ Memory stays bounded for long sequences: metrics are summed one head at a time, 
 head one block of query rows at a time (about ``_BLOCK_BYTES`` of float64 per buffer), so a
 float16/float32 layer (or a read-only memmap of one) is never copied whole to float64.
 ``Rollout`` keeps the running ``n x n`` product and one head mean, not a list of layers.
+A ``should_stop`` callable, where a function takes one, is asked once per block (tens of ms of
+work): when it answers True the work ends with `CancelledError` (a server's call was cancelled
+or ran past its deadline).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict
 
 import numpy as np
 
-from neural_attn.errors import InvalidInputError
+from neural_attn.errors import CancelledError, InvalidInputError
 
 __all__ = [
     "DISTRIBUTION_STATS",
@@ -28,13 +31,26 @@ __all__ = [
     "PATTERN_LABELS",
     "LayerMetrics",
     "Rollout",
+    "StopCheck",
     "analyze_attention_patterns",
     "attention_rollout",
+    "check_stop",
     "layer_metrics",
     "summarize_layers",
 ]
 
 PATTERN_LABELS = ("local", "global", "prefix_suffix", "sparse", "mixed")
+
+# Asked between blocks of work; True ends the work (a cancelled call, a passed deadline).
+StopCheck = Callable[[], bool] | None
+
+
+def check_stop(should_stop: StopCheck) -> None:
+    """Raise `CancelledError` when `should_stop` says the work is no longer wanted."""
+    if should_stop is not None and should_stop():
+        raise CancelledError(
+            "the call was cancelled or ran past its deadline; the analysis stopped"
+        )
 
 
 class Distribution(TypedDict):
@@ -151,7 +167,7 @@ def _block_rows(k: int) -> int:
     return max(1, _BLOCK_BYTES // (8 * k))
 
 
-def analyze_attention_patterns(attention: Any) -> LayerMetrics:
+def analyze_attention_patterns(attention: Any, *, should_stop: StopCheck = None) -> LayerMetrics:
     """Per-head metrics of one attention layer, averaged over the batch.
 
     ``attention`` is ``(batch, heads, q, k)``, ``(heads, q, k)`` or ``(q, k)`` (one head).
@@ -184,26 +200,26 @@ def analyze_attention_patterns(attention: Any) -> LayerMetrics:
       5. ``"sparse"``: ``H <= 0.5`` (focused, but on spots off the diagonal and the edges);
       6. ``"mixed"`` otherwise.
     """
-    return _analyze(_as_probabilities(attention))
+    return _analyze(_as_probabilities(attention), should_stop=should_stop)
 
 
-def layer_metrics(attention: Any) -> LayerMetrics:
+def layer_metrics(attention: Any, *, should_stop: StopCheck = None) -> LayerMetrics:
     """One layer's entry of ``summarize_layers(...)["layers"]``: the metrics plus ``"shape"``.
 
     ``attention`` is one layer's ``(batch, heads, q, k)`` array (float16 or float32, a
     read-only memmap included); it is read one head and block of query rows at a time.
     """
     arr = _as_probabilities(attention)
-    metrics = _analyze(arr)
+    metrics = _analyze(arr, should_stop=should_stop)
     metrics["shape"] = [int(n) for n in arr.shape]
     return metrics
 
 
-def _analyze(arr: np.ndarray) -> LayerMetrics:
+def _analyze(arr: np.ndarray, *, should_stop: StopCheck = None) -> LayerMetrics:
     """analyze_attention_patterns on an array _as_probabilities has checked."""
     arr = _to_4d(arr)
     batch, heads, _, k = arr.shape
-    per_head = [[_head_metrics(arr[b, h]) for h in range(heads)] for b in range(batch)]
+    per_head = [[_head_metrics(arr[b, h], should_stop) for h in range(heads)] for b in range(batch)]
     m = {
         name: np.mean([[numbers[name] for numbers in item] for item in per_head], axis=0)
         for name in per_head[0][0]
@@ -246,7 +262,7 @@ def _analyze(arr: np.ndarray) -> LayerMetrics:
     }
 
 
-def _head_metrics(head: np.ndarray) -> dict[str, float]:
+def _head_metrics(head: np.ndarray, should_stop: StopCheck = None) -> dict[str, float]:
     """The numbers of one head's ``(q, k)`` matrix, summed in float64 block by block of rows.
 
     Extra memory is two float64 buffers and one boolean buffer of a block, whatever ``q``.
@@ -267,6 +283,7 @@ def _head_metrics(head: np.ndarray) -> dict[str, float]:
     shift: float | None = None
     deviation = squared_deviation = 0.0
     for start in range(0, q, rows):
+        check_stop(should_stop)
         stop = min(q, start + rows)
         p = block[: stop - start]
         np.copyto(p, head[start:stop])

@@ -18,19 +18,30 @@ Attention is ``[batch, head, query_pos, key_pos]`` softmax probabilities.
 - **Profiles** (`Profile`): per head, the distribution over samples of every metric (mean,
   std, quantiles) and the share of each pattern label, folded in a batch at a time.
 - **Comparison** (`compare_layer`): matched heads of two runs, metric deltas (b - a) and JS.
+
+Every function that loops over heads, pairs or blocks takes ``should_stop`` (see
+`neural_attn.analysis`): asked about every block of ``_BLOCK_VALUES`` values, so a cancelled
+call stops within tens of milliseconds. `similarity_cost` says, from shapes alone, what a
+similarity will compare, so a server can refuse it before any work.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from neural_attn.analysis import PATTERN_LABELS, analyze_attention_patterns, layer_metrics
+from neural_attn.analysis import (
+    PATTERN_LABELS,
+    StopCheck,
+    analyze_attention_patterns,
+    check_stop,
+    layer_metrics,
+)
 from neural_attn.errors import InvalidInputError
 
 __all__ = [
@@ -48,6 +59,7 @@ __all__ = [
     "per_item_metrics",
     "redundant_groups",
     "similarity",
+    "similarity_cost",
 ]
 
 # Two heads whose rows put 90% and 100% of their mass on the same key are at 0.23; a head that
@@ -71,7 +83,12 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 # Samples kept per (head, metric) for quantiles: exact up to this many, a uniform reservoir
 # sample beyond (the memory of a profile never grows with the data set).
 RESERVOIR_SIZE = 4096
-_ROWS_PER_BLOCK = 4096
+# Values of one block of row-wise work (float64: 8 MiB a buffer): tens of ms, whatever the length.
+_BLOCK_VALUES = 1 << 20
+
+
+def _block_rows(k: int) -> int:
+    return max(1, _BLOCK_VALUES // max(k, 1))
 
 
 def row_tolerance(dtype: np.dtype[Any]) -> float:
@@ -97,15 +114,34 @@ class Mask:
             out.append(f"positions {', '.join(str(p) for p in self.positions)}")
         return out
 
+    def resolved(self, lengths: Collection[int]) -> Mask:
+        """This mask for sequences of `lengths` (the key lengths it will meet): every position
+        checked against the shortest, duplicates collapsed, sorted. With one length, negative
+        positions become the ones they count back to (-1 and length - 1 are one position);
+        with several they stay negative (each length has its own last position), after the
+        others."""
+        if not self.positions or not lengths:
+            return self
+        shortest = min(lengths)
+        outside = sorted({p for p in self.positions if not -shortest <= p < shortest})
+        if outside:
+            more = f" (and {len(outside) - 1:,} more)" if len(outside) > 1 else ""
+            raise InvalidInputError(
+                f"masked position {outside[0]}{more} is outside a sequence of {shortest} "
+                f"positions: positions run from 0 to {shortest - 1} (or -{shortest} to -1 "
+                "from the end)"
+            )
+        if len(set(lengths)) == 1:
+            positions = sorted({p % shortest for p in self.positions})
+        else:
+            positions = sorted(set(self.positions), key=lambda p: (p < 0, p))
+        return replace(self, positions=tuple(positions))
+
     def keep(self, batch: int, length: int, token_ids: np.ndarray | None) -> np.ndarray:
         """Bool (batch, length): the positions each item keeps."""
         keep = np.ones((batch, length), dtype=bool)
-        for p in self.positions:
-            if not -length <= p < length:
-                raise InvalidInputError(
-                    f"masked position {p} is outside a sequence of {length} positions"
-                )
-            keep[:, p] = False
+        if self.positions:
+            keep[:, list(self.resolved([length]).positions)] = False
         if self.padding_id is not None:
             if token_ids is None:
                 raise InvalidInputError(
@@ -141,13 +177,18 @@ def _masked_item(item: np.ndarray, keep: np.ndarray | None) -> np.ndarray | None
 
 
 def per_item_metrics(
-    attention: np.ndarray, keep: np.ndarray | None = None
+    attention: np.ndarray, keep: np.ndarray | None = None, *, should_stop: StopCheck = None
 ) -> Iterator[dict[str, Any] | None]:
     """analyze_attention_patterns of each item (heads, q, k), masked by `keep` (batch, length);
     None for an item the mask leaves empty."""
     for b in range(attention.shape[0]):
+        check_stop(should_stop)
         item = _masked_item(attention[b], None if keep is None else keep[b])
-        yield None if item is None else dict(analyze_attention_patterns(item))
+        yield (
+            None
+            if item is None
+            else dict(analyze_attention_patterns(item, should_stop=should_stop))
+        )
 
 
 def _empty_metrics(heads: int) -> dict[str, Any]:
@@ -182,7 +223,9 @@ def flat_metrics(metrics: Mapping[str, Any], head: int) -> dict[str, float]:
     }
 
 
-def masked_layer_metrics(attention: np.ndarray, keep: np.ndarray | None = None) -> dict[str, Any]:
+def masked_layer_metrics(
+    attention: np.ndarray, keep: np.ndarray | None = None, *, should_stop: StopCheck = None
+) -> dict[str, Any]:
     """layer_metrics of (batch, heads, q, k), with masked positions removed when `keep` is given.
 
     Unmasked, it is exactly `layer_metrics`. Masked items that keep the same shape are stacked
@@ -191,19 +234,22 @@ def masked_layer_metrics(attention: np.ndarray, keep: np.ndarray | None = None) 
     """
     shape = [int(n) for n in attention.shape]
     if keep is None:
-        return dict(layer_metrics(attention))
-    items = [
-        item
-        for b in range(attention.shape[0])
-        if (item := _masked_item(attention[b], keep[b])) is not None
-    ]
+        return dict(layer_metrics(attention, should_stop=should_stop))
+    items = []
+    for b in range(attention.shape[0]):
+        check_stop(should_stop)
+        if (item := _masked_item(attention[b], keep[b])) is not None:
+            items.append(item)
     heads = shape[1]
     if not items:
         metrics = _empty_metrics(heads)
     elif len({item.shape for item in items}) == 1:
-        metrics = dict(layer_metrics(np.stack(items)))
+        metrics = dict(layer_metrics(np.stack(items), should_stop=should_stop))
     else:
-        metrics = _average([dict(analyze_attention_patterns(item)) for item in items], heads)
+        metrics = _average(
+            [dict(analyze_attention_patterns(item, should_stop=should_stop)) for item in items],
+            heads,
+        )
     metrics["shape"] = shape
     metrics["items_analyzed"] = len(items)
     return metrics
@@ -252,13 +298,15 @@ class Sanity:
     finite: bool = True
     tolerance: float = 1e-3
 
-    def add(self, attention: np.ndarray) -> None:
+    def add(self, attention: np.ndarray, *, should_stop: StopCheck = None) -> None:
         arr = np.asarray(attention)
         self.dtype = str(arr.dtype)
         self.tolerance = max(self.tolerance, row_tolerance(arr.dtype))
         rows = arr.reshape(-1, arr.shape[-1]) if arr.size else arr.reshape(0, 1)
-        for start in range(0, rows.shape[0], _ROWS_PER_BLOCK):
-            block = np.asarray(rows[start : start + _ROWS_PER_BLOCK], dtype=np.float64)
+        step = _block_rows(rows.shape[1])
+        for start in range(0, rows.shape[0], step):
+            check_stop(should_stop)
+            block = np.asarray(rows[start : start + step], dtype=np.float64)
             if not np.isfinite(block).all():
                 self.finite = False
                 block = np.nan_to_num(block, nan=0.0, posinf=0.0, neginf=0.0)
@@ -299,16 +347,21 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.clip(js, 0.0, 1.0)
 
 
-def _distance_sums(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
+def _distance_sums(
+    a: np.ndarray, b: np.ndarray, should_stop: StopCheck = None
+) -> tuple[float, float, int]:
     """Sums over rows with mass in both of JS distance and divergence, and the row count.
     `a`, `b`: (..., q, k) of one head each, the same shape."""
     ra = a.reshape(-1, a.shape[-1])
     rb = b.reshape(-1, b.shape[-1])
     distance = divergence = 0.0
     count = 0
-    for start in range(0, ra.shape[0], _ROWS_PER_BLOCK):
-        pa = np.asarray(ra[start : start + _ROWS_PER_BLOCK], dtype=np.float64)
-        pb = np.asarray(rb[start : start + _ROWS_PER_BLOCK], dtype=np.float64)
+    step = _block_rows(ra.shape[1])
+    for start in range(0, ra.shape[0], step):
+        if start:  # the caller asks before each head pair; blocks after the first ask here
+            check_stop(should_stop)
+        pa = np.asarray(ra[start : start + step], dtype=np.float64)
+        pb = np.asarray(rb[start : start + step], dtype=np.float64)
         sa, sb = pa.sum(axis=-1), pb.sum(axis=-1)
         both = (sa > 0) & (sb > 0)
         if not both.any():
@@ -320,26 +373,53 @@ def _distance_sums(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
     return distance, divergence, count
 
 
-def head_distance(a: np.ndarray, b: np.ndarray) -> float:
+def head_distance(a: np.ndarray, b: np.ndarray, *, should_stop: StopCheck = None) -> float:
     """Mean JS distance between two heads' rows; (q, k) or (batch, q, k), the same shape."""
     if a.shape != b.shape:
         raise InvalidInputError(f"heads of shapes {a.shape} and {b.shape} cannot be compared")
-    distance, _, count = _distance_sums(a, b)
+    distance, _, count = _distance_sums(a, b, should_stop)
     return distance / count if count else 0.0
 
 
-def mask_heads(attention: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+def mask_heads(
+    attention: np.ndarray, keep: np.ndarray | None, *, should_stop: StopCheck = None
+) -> np.ndarray:
     """(batch, heads, q, k) with masked keys zeroed and rows renormalized (masked queries
-    zeroed): the same shape, so heads of different layers still line up."""
+    zeroed): the same shape, so heads of different layers still line up. Made a block of
+    rows of one head at a time."""
     if keep is None:
         return attention
-    arr = np.asarray(attention, dtype=np.float64)
-    q, k = arr.shape[-2:]
-    arr = arr * keep[:, None, None, :k]
-    if q == k:
-        arr = arr * keep[:, None, :q, None]
-    sums = arr.sum(axis=-1, keepdims=True)
-    return np.divide(arr, sums, out=np.zeros_like(arr), where=sums > 0)
+    batch, heads, q, k = attention.shape
+    out = np.zeros(attention.shape, dtype=np.float64)
+    step = _block_rows(k)
+    for b in range(batch):
+        keys = keep[b, :k]
+        for h in range(heads):
+            for start in range(0, q, step):
+                check_stop(should_stop)
+                rows = np.asarray(attention[b, h, start : start + step], dtype=np.float64)
+                rows = rows * keys
+                if q == k:
+                    rows *= keep[b, start : start + step, None]
+                sums = rows.sum(axis=-1, keepdims=True)
+                np.divide(rows, sums, out=out[b, h, start : start + step], where=sums > 0)
+    return out
+
+
+def similarity_cost(layer_shapes: Sequence[tuple[int, int, int, int]]) -> tuple[int, int]:
+    """(pairs, values) that `similarity` of layers of these (batch, heads, q, k) shapes
+    compares: the pairs of heads of one (batch, q, k) shape (others are not comparable), and
+    over those pairs the values of one head (pairs x values per head). Known from the shapes,
+    before any attention exists."""
+    counts: Counter[tuple[int, int, int]] = Counter()
+    for batch, heads, q, k in layer_shapes:
+        counts[(int(batch), int(q), int(k))] += int(heads)
+    pairs = values = 0
+    for shape, n in counts.items():
+        together = n * (n - 1) // 2
+        pairs += together
+        values += together * math.prod(shape)
+    return pairs, values
 
 
 def similarity(
@@ -347,6 +427,7 @@ def similarity(
     *,
     keep: np.ndarray | None = None,
     threshold: float = DEFAULT_REDUNDANCY_THRESHOLD,
+    should_stop: StopCheck = None,
 ) -> dict[str, Any]:
     """JS distance between every pair of heads, within and across layers, and redundant groups.
 
@@ -360,7 +441,7 @@ def similarity(
         )
     heads: list[tuple[str, int, np.ndarray]] = []
     for name, attention in layers.items():
-        arr = mask_heads(np.asarray(attention), keep)
+        arr = mask_heads(np.asarray(attention), keep, should_stop=should_stop)
         heads.extend((name, h, arr[:, h]) for h in range(arr.shape[1]))
     n = len(heads)
     matrix = np.zeros((n, n))
@@ -368,7 +449,11 @@ def similarity(
     for i in range(n):
         for j in range(i + 1, n):
             a, b = heads[i][2], heads[j][2]
-            d = head_distance(a, b) if a.shape == b.shape else -1.0
+            if a.shape != b.shape:
+                d = -1.0
+            else:
+                check_stop(should_stop)
+                d = head_distance(a, b, should_stop=should_stop)
             matrix[i, j] = matrix[j, i] = d
             if d >= 0:
                 pairs.append(
@@ -444,7 +529,8 @@ class Profile:
     ``add(layer, attention, keep)`` per batch (any number of batches); memory is bounded by
     heads x metrics x RESERVOIR_SIZE, whatever the number of samples. ``std`` is the population
     standard deviation; quantiles are numpy's linear ones, exact while a head has at most
-    RESERVOIR_SIZE samples and estimated from a uniform sample beyond.
+    RESERVOIR_SIZE samples and estimated from a uniform sample beyond. Every head seen is in
+    the result: one whose every sample the mask left empty has 0 samples and all-zero numbers.
     """
 
     def __init__(self, *, seed: int = 0) -> None:
@@ -454,17 +540,26 @@ class Profile:
         self._skipped: Counter[str] = Counter()
         self.samples = 0
 
-    def add(self, layer: str, attention: np.ndarray, keep: np.ndarray | None = None) -> None:
-        for metrics in per_item_metrics(attention, keep):
+    def add(
+        self,
+        layer: str,
+        attention: np.ndarray,
+        keep: np.ndarray | None = None,
+        *,
+        should_stop: StopCheck = None,
+    ) -> None:
+        for h in range(attention.shape[1]):
+            self._stats.setdefault((layer, h), {name: _Stat() for name in METRICS})
+            self._labels.setdefault((layer, h), Counter())
+        for metrics in per_item_metrics(attention, keep, should_stop=should_stop):
             if metrics is None:
                 self._skipped[layer] += 1
                 continue
             for h in range(metrics["num_heads"]):
-                key = (layer, h)
-                stats = self._stats.setdefault(key, {name: _Stat() for name in METRICS})
+                stats = self._stats[(layer, h)]
                 for name, value in flat_metrics(metrics, h).items():
                     stats[name].add(value, self._rng)
-                self._labels.setdefault(key, Counter())[metrics["pattern_per_head"][h]] += 1
+                self._labels[(layer, h)][metrics["pattern_per_head"][h]] += 1
 
     def result(self) -> dict[str, Any]:
         """``{"layers": {layer: [{"head", "samples", "metrics": {name: {"mean", "std",
@@ -480,7 +575,9 @@ class Profile:
                     "head": head,
                     "samples": count,
                     "metrics": {name: stat.result() for name, stat in stats.items()},
-                    "labels": {label: labels[label] / count for label in PATTERN_LABELS},
+                    "labels": {
+                        label: labels[label] / count if count else 0.0 for label in PATTERN_LABELS
+                    },
                 }
             )
         return {
@@ -497,6 +594,7 @@ def compare_layer(
     b: np.ndarray,
     *,
     keep: np.ndarray | None = None,
+    should_stop: StopCheck = None,
 ) -> list[dict[str, Any]]:
     """Per head of one layer seen in two runs (same inputs): metric deltas b - a and JS.
 
@@ -507,11 +605,14 @@ def compare_layer(
         raise InvalidInputError(
             f"`{name}` has attention of shape {a.shape} in one model and {b.shape} in the other"
         )
-    ma, mb = masked_layer_metrics(a, keep), masked_layer_metrics(b, keep)
-    xa, xb = mask_heads(a, keep), mask_heads(b, keep)
+    ma = masked_layer_metrics(a, keep, should_stop=should_stop)
+    mb = masked_layer_metrics(b, keep, should_stop=should_stop)
+    xa = mask_heads(a, keep, should_stop=should_stop)
+    xb = mask_heads(b, keep, should_stop=should_stop)
     rows = []
     for h in range(a.shape[1]):
-        distance, divergence, count = _distance_sums(xa[:, h], xb[:, h])
+        check_stop(should_stop)
+        distance, divergence, count = _distance_sums(xa[:, h], xb[:, h], should_stop)
         fa, fb = flat_metrics(ma, h), flat_metrics(mb, h)
         rows.append(
             {

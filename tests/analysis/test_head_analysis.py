@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
 
 from neural_attn.analysis import analyze_attention_patterns, layer_metrics
-from neural_attn.errors import InvalidInputError
+from neural_attn.errors import CancelledError, InvalidInputError
 from neural_attn.head_analysis import (
     METRICS,
     QUANTILES,
@@ -19,9 +20,11 @@ from neural_attn.head_analysis import (
     flat_metrics,
     head_distance,
     js_divergence,
+    mask_heads,
     masked_layer_metrics,
     per_item_metrics,
     similarity,
+    similarity_cost,
 )
 
 
@@ -185,3 +188,69 @@ def test_compare_with_itself_is_zero_and_planted_change_is_ranked():
     assert (rows[0]["label_a"], rows[0]["label_b"]) == ("local", "global")
     with pytest.raises(InvalidInputError):
         compare_layer("l", a, a[:, :1])
+
+
+# -- bounded and cancellable (issue 17) ---------------------------------------------------------
+class _StopAfter:
+    """A should_stop that says yes from its `n`-th question on, counting the questions."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.asked = 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.asked >= self.n
+
+
+def test_similarity_of_2000_heads_stops_when_asked_within_a_few_pairs():
+    stop = _StopAfter(5)
+    started = time.monotonic()
+    with pytest.raises(CancelledError, match="analysis stopped"):
+        similarity({"l": np.ones((1, 2000, 1, 1))}, should_stop=stop)
+    assert stop.asked == 5 and time.monotonic() - started < 1  # 1,999,000 pairs: 78 s
+
+
+def test_one_long_head_is_stopped_between_blocks_of_rows():
+    n = 4096  # blocks of 512 rows (the metrics) or 256 (JS, sanity, masks): many per head
+    head = np.full((1, 1, n, n), 1.0 / n, dtype=np.float32)
+    for run in (
+        lambda stop: layer_metrics(head, should_stop=stop),
+        lambda stop: head_distance(head[0], head[0], should_stop=stop),
+        lambda stop: Sanity().add(head, should_stop=stop),
+        lambda stop: mask_heads(head, np.ones((1, n), bool), should_stop=stop),
+        lambda stop: Profile().add("l", head, should_stop=stop),
+    ):
+        stop = _StopAfter(2)
+        with pytest.raises(CancelledError):
+            run(stop)
+        assert stop.asked == 2
+
+
+def test_similarity_cost_counts_comparable_pairs_and_their_values_from_shapes():
+    # 3 heads of (1, 4, 4) and 2 of (2, 4, 4): 3 + 1 pairs; 3 x 16 + 1 x 32 values.
+    assert similarity_cost([(1, 3, 4, 4), (2, 2, 4, 4)]) == (4, 80)
+    assert similarity_cost([(1, 2000, 1, 1)]) == (1_999_000, 1_999_000)
+    assert similarity_cost([]) == (0, 0)
+
+
+def test_mask_positions_resolve_against_the_length_collapsed_and_sorted():
+    mask = Mask(positions=(5, 0, -1, 0, -6))
+    assert mask.resolved([6]).positions == (0, 5)
+    assert mask.resolved([6]).describe() == ["positions 0, 5"]
+    # Several lengths: negative positions stay what they count back from, after the others.
+    assert mask.resolved([6, 8]).positions == (0, 5, -6, -1)
+    with pytest.raises(InvalidInputError, match=r"masked position 5 \(and 1 more\) is outside"):
+        Mask(positions=(5, 7, 0)).resolved([5])
+    assert Mask().resolved([3]) == Mask()
+
+
+def test_a_profile_with_every_sample_masked_away_has_every_head_at_zero():
+    attention = np.full((2, 3, 4, 4), 0.25)
+    profile = Profile()
+    profile.add("l", attention, Mask(positions=(0, 1, 2, 3)).keep(2, 4, None))
+    rows = profile.result()["layers"]["l"]
+    assert [r["head"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert row["samples"] == 0 and set(row["labels"].values()) == {0.0}
+        assert all(stat["mean"] == stat["std"] == 0.0 for stat in row["metrics"].values())
