@@ -4,11 +4,20 @@ CompareCheckpoints): messages in, `neural_attn.head_analysis` over engine passes
 Errors are raised (our error classes carry their status); the servicer's methods only delegate.
 Every result carries a Provenance: source, backend, attention implementation, what was masked,
 and the sanity of the attention the metrics read.
+
+Every call's work is bounded before it starts, from shapes alone: the heads it reads
+(max_analysis_heads; HeadSimilarity's pairs grow with their square: max_similarity_heads and
+max_similarity_values), the layers it names (max_layers), the attention it holds at once
+(max_held_attention_elements), the mask positions (the sequence length) and a profile's items
+(max_profile_items). Long loops ask `_checker` about every block of work, so a cancelled call
+or one past its deadline stops within tens of milliseconds.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -16,7 +25,12 @@ import numpy as np
 
 from neural_attn import wire
 from neural_attn.backends.head_masks import head_mask, private_copy
-from neural_attn.errors import InvalidInputError
+from neural_attn.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    ResourceLimitError,
+    excerpt,
+)
 from neural_attn.head_analysis import (
     DEFAULT_REDUNDANCY_THRESHOLD,
     METRICS,
@@ -28,9 +42,10 @@ from neural_attn.head_analysis import (
     mask_heads,
     masked_layer_metrics,
     similarity,
+    similarity_cost,
 )
 from neural_attn.server import convert
-from neural_attn.server.engine import CompiledModel
+from neural_attn.server.engine import CompiledModel, ExtractPlan
 from neural_attn.v1 import attention_pb2 as pb
 
 if TYPE_CHECKING:
@@ -41,26 +56,114 @@ ABLATION_ITEMS_PER_PASS = 64
 PROFILE_BATCH = 32
 
 
+# (layer name, (batch, heads, query, key)): what a call will read, known before it runs.
+Shapes = list[tuple[str, tuple[int, int, int, int]]]
+
+
 def _stopper(context: grpc.ServicerContext) -> Callable[[], bool]:
-    return lambda: not context.is_active()
+    """For passes, asked between layers: True once the call is cancelled or past its deadline."""
+
+    def should_stop() -> bool:
+        remaining = context.time_remaining()
+        return not context.is_active() or (remaining is not None and remaining <= 0)
+
+    return should_stop
 
 
-def mask_of(message: pb.AnalysisMask) -> Mask:
+def _checker(context: grpc.ServicerContext) -> Callable[[], bool]:
+    """For the analyses' loops, asked between blocks of work: as `_stopper`, but past the
+    deadline it raises DeadlineExceededError, so the log line and the metrics say which."""
+    stopped = _stopper(context)
+
+    def should_stop() -> bool:
+        if not stopped():
+            return False
+        remaining = context.time_remaining()
+        # gRPC cancels a call at its deadline a few ms before the clock here says it passed.
+        if remaining is not None and remaining < 0.05:
+            raise DeadlineExceededError(
+                "the call ran past its deadline; the analysis stopped (give it a longer "
+                "deadline, or ask for less: fewer layers, heads or items)"
+            )
+        return True
+
+    return should_stop
+
+
+def mask_of(message: pb.AnalysisMask, *, max_length: int) -> Mask:
+    """The request's mask, its positions once each; more positions than the longest sequence
+    this server runs (`max_length`) are refused from their count. They are checked against the
+    sequence once its length is known (`Mask.resolved`)."""
+    count = len(message.positions)
+    if count > max_length:
+        raise ResourceLimitError(
+            f"the mask names {count:,} positions; a sequence on this server has at most "
+            f"{max_length:,} (max_sequence_length): name each position once"
+        )
     return Mask(
         padding_id=int(message.padding_id) if message.mask_padding else None,
-        positions=tuple(int(p) for p in message.positions),
+        positions=tuple(sorted({int(p) for p in message.positions})),
     )
 
 
-def _keep(mask: Mask, attention: np.ndarray, token_ids: np.ndarray | None) -> np.ndarray | None:
+@dataclass(frozen=True)
+class _Ids:
+    """What a padding mask would read its token ids from (the input, or sent token_ids)."""
+
+    data: np.ndarray | None
+    what: str
+
+    def for_mask(self, mask: Mask) -> np.ndarray | None:
+        """The (batch, seq) integer ids when `mask` masks padding (else None); anything else
+        is refused here, before any work, the same way for every source of ids."""
+        if mask.padding_id is None:
+            return None
+        ids = self.data
+        if ids is None:
+            raise InvalidInputError(
+                "mask_padding needs token ids: with sent attention, send token_ids "
+                "((batch, seq) integer ids)"
+            )
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise InvalidInputError(
+                f"mask_padding needs token ids: {self.what} is not (batch, seq) integer ids "
+                f"(it is {ids.dtype} of shape {tuple(ids.shape)})"
+            )
+        return ids
+
+
+def _keep(mask: Mask, attention: np.ndarray, ids: np.ndarray | None) -> np.ndarray | None:
+    """Bool (batch, key length) of the positions `mask` keeps; None when it masks nothing."""
     if not mask.active:
         return None
-    ids = token_ids if token_ids is not None and token_ids.ndim == 2 else None
-    if mask.padding_id is not None and ids is None:
-        raise InvalidInputError(
-            "mask_padding needs token ids: the input is not (batch, seq) integer ids"
-        )
     return mask.keep(attention.shape[0], attention.shape[-1], ids)
+
+
+def _shape4(shape: Iterable[int]) -> tuple[int, int, int, int]:
+    batch, heads, q, k = (int(n) for n in shape)
+    return batch, heads, q, k
+
+
+def _key_lengths(shapes: Shapes) -> set[int]:
+    return {shape[3] for _, shape in shapes}
+
+
+def _sent_shapes(message: pb.AttentionSet) -> Shapes:
+    """The shapes of sent attention as the message states them (checked when decoded)."""
+    return [
+        (named.name, _shape4(named.tensor.shape))
+        for named in message.layers
+        if len(named.tensor.shape) == 4
+    ]
+
+
+def _plan_shapes(plan: ExtractPlan) -> Shapes:
+    """The (batch, heads, query, key) of each layer a planned pass yields."""
+    out: Shapes = []
+    for _, layer in plan.layers:
+        batch, heads, q, k = plan.source_shape(layer)
+        out.append((layer.name, (batch, 1 if plan.head is not None else heads, q, k)))
+    return out
 
 
 def provenance(
@@ -90,10 +193,6 @@ def provenance(
     return message
 
 
-def _ids(data: np.ndarray) -> np.ndarray | None:
-    return data if np.issubdtype(data.dtype, np.integer) else None
-
-
 class HeadAnalyses:
     """The head-analysis RPCs of one servicer (its engine, model resolution and limits)."""
 
@@ -102,18 +201,87 @@ class HeadAnalyses:
         self.engine = servicer.engine
         self.config = servicer.engine.config
 
+    # -- limits, checked from shapes before any work -------------------------------------------
+    def _mask(self, message: pb.AnalysisMask) -> Mask:
+        return mask_of(message, max_length=self.config.max_sequence_length)
+
+    def _check_layer_count(self, count: int, what: str) -> None:
+        limit = self.config.max_layers
+        if count > limit:
+            raise ResourceLimitError(
+                f"{what} has {count:,} layers; this server reads at most {limit:,} in one "
+                "call (max_layers)"
+            )
+
+    def _check_heads(self, shapes: Shapes, *, rpc: str, hint: str) -> None:
+        heads = sum(shape[1] for _, shape in shapes)
+        limit = self.config.max_analysis_heads
+        if heads > limit:
+            raise ResourceLimitError(
+                f"{rpc} would read {heads:,} heads ({len(shapes):,} layers); this server "
+                f"analyses at most {limit:,} heads in one call (max_analysis_heads): {hint}"
+            )
+
+    def _check_held(self, shapes: Shapes, *, rpc: str, hint: str) -> None:
+        held = sum(math.prod(shape) for _, shape in shapes)
+        limit = self.config.max_held_attention_elements
+        if held > limit:
+            raise ResourceLimitError(
+                f"{rpc} holds the attention of every layer it reads at once: {held:,} values; "
+                f"this server holds at most {limit:,} (max_held_attention_elements): {hint}"
+            )
+
+    def _check_similarity(self, shapes: Shapes, *, hint: str) -> None:
+        """Heads (the answer is n x n), pairs x values (the work), held values (the memory)."""
+        heads = sum(shape[1] for _, shape in shapes)
+        limit = self.config.max_similarity_heads
+        if heads > limit:
+            raise ResourceLimitError(
+                f"HeadSimilarity would compare {heads:,} heads ({heads * (heads - 1) // 2:,} "
+                f"pairs, an answer of {heads:,} x {heads:,} distances); this server compares at "
+                f"most {limit:,} heads in one call (max_similarity_heads): {hint}"
+            )
+        pairs, values = similarity_cost([shape for _, shape in shapes])
+        limit = self.config.max_similarity_values
+        if values > limit:
+            raise ResourceLimitError(
+                f"HeadSimilarity would compare {pairs:,} pairs of heads, {values:,} values "
+                f"(pairs x values per head); this server compares at most {limit:,} in one call "
+                f"(max_similarity_values): {hint}, or a shorter input"
+            )
+        self._check_held(shapes, rpc="HeadSimilarity", hint=hint)
+
+    def _resolve_mask(self, mask: Mask, shapes: Shapes) -> Mask:
+        """The mask's positions checked against the layers' lengths, collapsed and sorted."""
+        return mask.resolved(_key_lengths(shapes))
+
     # -- attention for AnalyzeHeads and HeadSimilarity -----------------------------------------
     def _layers(
-        self, request: pb.HeadsRequest, context: grpc.ServicerContext
-    ) -> tuple[CompiledModel | None, Iterator[tuple[str, np.ndarray]], np.ndarray | None, int]:
-        """(model or None, (name, attention) per layer, token ids, first head)."""
+        self, request: pb.HeadsRequest, context: grpc.ServicerContext, *, rpc: str
+    ) -> tuple[CompiledModel | None, Shapes, Iterator[tuple[str, np.ndarray]], _Ids, int]:
+        """(model or None, the shapes it will read, (name, attention) per layer, token ids,
+        first head). The shapes are known before anything runs; the layers are computed as
+        they are read. `rpc` words the refusals (HeadSimilarity bounds more than the heads)."""
         which = request.WhichOneof("source")
         if which == "attention":
-            arrays = convert.attention_set(
-                request.attention, max_elements=self.config.max_attention_elements
-            )
-            ids = wire.from_proto(request.token_ids) if request.HasField("token_ids") else None
-            return None, iter(arrays.items()), ids, 0
+            sent = request.attention
+            self._check_layer_count(len(sent.layers), "the attention sent")
+            hint = "send fewer layers or heads"
+            stated = _sent_shapes(sent)
+            if rpc == "HeadSimilarity":
+                self._check_similarity(stated, hint=hint)
+            else:
+                self._check_heads(stated, rpc=rpc, hint=hint)
+            arrays = convert.attention_set(sent, max_elements=self.config.max_attention_elements)
+            ids = None
+            if request.HasField("token_ids"):
+                ids = convert.input_array(
+                    request.token_ids,
+                    max_elements=self.config.max_input_elements,
+                    what="token_ids",
+                )
+            shapes: Shapes = [(name, _shape4(arr.shape)) for name, arr in arrays.items()]
+            return None, shapes, iter(arrays.items()), _Ids(ids, "token_ids"), 0
         if which != "extract":
             raise InvalidInputError("a heads request needs attention tensors or an extract request")
         extract = request.extract
@@ -121,8 +289,15 @@ class HeadAnalyses:
             raise InvalidInputError(
                 "head analyses read the exact attention: leave out window and pooling"
             )
+        self._check_layer_count(len(extract.layer_names), "layer_names")
         entry = self.servicer._resolve(extract)
         plan = self.servicer._plan(extract, entry)
+        shapes = _plan_shapes(plan)
+        hint = "ask for fewer layers (layer_names) or one head (head)"
+        if rpc == "HeadSimilarity":
+            self._check_similarity(shapes, hint=hint)
+        else:
+            self._check_heads(shapes, rpc=rpc, hint=hint)
 
         def layers() -> Iterator[tuple[str, np.ndarray]]:
             stream = self.engine.stream(entry, plan, should_stop=_stopper(context))
@@ -133,18 +308,23 @@ class HeadAnalyses:
             finally:
                 stream.close()
 
-        return entry, layers(), _ids(plan.data), plan.head or 0
+        return entry, shapes, layers(), _Ids(plan.data, "the input"), plan.head or 0
 
     def analyze(self, request: pb.HeadsRequest, context: grpc.ServicerContext) -> pb.HeadsAnalysis:
-        mask = mask_of(request.mask)
-        entry, layers, ids, first_head = self._layers(request, context)
+        mask = self._mask(request.mask)
+        entry, shapes, layers, ids, first_head = self._layers(request, context, rpc="AnalyzeHeads")
+        mask = self._resolve_mask(mask, shapes)
+        tokens = ids.for_mask(mask)
+        stop = _checker(context)
         sanity = Sanity()
         metrics: dict[str, Any] = {}
         items = 0
         for name, attention in layers:
-            sanity.add(attention)
+            sanity.add(attention, should_stop=stop)
             items = attention.shape[0]
-            metrics[name] = masked_layer_metrics(attention, _keep(mask, attention, ids))
+            metrics[name] = masked_layer_metrics(
+                attention, _keep(mask, attention, tokens), should_stop=stop
+            )
         response = convert.analyze_response(
             {"layers": metrics}, model_id=entry.model_id if entry else "", first_head=first_head
         )
@@ -158,15 +338,24 @@ class HeadAnalyses:
         self, request: pb.SimilarityRequest, context: grpc.ServicerContext
     ) -> pb.SimilarityResponse:
         threshold = request.threshold or DEFAULT_REDUNDANCY_THRESHOLD
-        mask = mask_of(request.heads.mask)
-        entry, layers, ids, first_head = self._layers(request.heads, context)
+        if not 0.0 <= threshold <= 1.0:
+            raise InvalidInputError(
+                f"the redundancy threshold is a JS distance in [0, 1]; got {threshold}"
+            )
+        mask = self._mask(request.heads.mask)
+        entry, shapes, layers, ids, first_head = self._layers(
+            request.heads, context, rpc="HeadSimilarity"
+        )
+        mask = self._resolve_mask(mask, shapes)
+        tokens = ids.for_mask(mask)
+        stop = _checker(context)
         sanity = Sanity()
-        # Pairs across layers need every layer at once (each is within the attention limits).
+        # Pairs across layers need every layer at once (bounded: max_held_attention_elements).
         held: dict[str, np.ndarray] = {}
         for name, attention in layers:
-            sanity.add(attention)
-            held[name] = mask_heads(attention, _keep(mask, attention, ids))
-        result = similarity(held, threshold=threshold)
+            sanity.add(attention, should_stop=stop)
+            held[name] = mask_heads(attention, _keep(mask, attention, tokens), should_stop=stop)
+        result = similarity(held, threshold=threshold, should_stop=stop)
         items = next(iter(held.values())).shape[0] if held else 0
         return pb.SimilarityResponse(
             model_id=entry.model_id if entry else "",
@@ -187,19 +376,32 @@ class HeadAnalyses:
     def ablate(
         self, request: pb.AblationRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.AblationUpdate]:
+        limit = self.config.max_analysis_heads
+        hint = "ablate fewer heads (heads) per call"
+        if len(request.heads) > limit:
+            raise ResourceLimitError(
+                f"AblateHeads names {len(request.heads):,} heads; this server ablates at most "
+                f"{limit:,} in one call (max_analysis_heads): {hint}"
+            )
         extract = request.extract
         entry = self.servicer._resolve(extract)
         plan = self.servicer._plan(extract, entry)
         data = plan.data
         sites = {layer.name: int(layer["num_heads"]) for _, layer in entry.network.attention_sites}
         asked = [(ref.layer, int(ref.head)) for ref in request.heads]
+        if not asked and sum(sites.values()) > limit:
+            raise ResourceLimitError(
+                f"AblateHeads of every head would ablate {sum(sites.values()):,} heads "
+                f"({len(sites):,} layers); this server ablates at most {limit:,} in one call "
+                f"(max_analysis_heads): {hint}"
+            )
         heads = list(dict.fromkeys(asked)) or [
             (name, h) for name, count in sites.items() for h in range(count)
         ]
         for name, h in heads:
             if name not in sites:
                 raise InvalidInputError(
-                    f"no attention layer `{name}`; attention layers: {', '.join(sites)}"
+                    f"no attention layer `{excerpt(name)}`; attention layers: {', '.join(sites)}"
                 )
             if not 0 <= h < sites[name]:
                 raise InvalidInputError(
@@ -214,13 +416,14 @@ class HeadAnalyses:
         # The largest pass is checked against every limit before anything runs.
         self.engine.plan(entry, data=np.concatenate([data] * per_pass), layer_names=(), head=None)
 
+        stop, passes = _checker(context), _stopper(context)
         model = private_copy(entry.model, seed=entry.seed, device=self.config.device)
-        base, attention = model.forward(data, capture=list(sites), should_stop=_stopper(context))
+        base, attention = model.forward(data, capture=list(sites), should_stop=passes)
         sanity = Sanity()
         labels: dict[str, list[str]] = {}
         for name, arr in attention.items():
-            sanity.add(arr)
-            labels[name] = masked_layer_metrics(arr)["pattern_per_head"]
+            sanity.add(arr, should_stop=stop)
+            labels[name] = masked_layer_metrics(arr, should_stop=stop)["pattern_per_head"]
         del attention
         softmax = _softmax_output(entry)
         impacts: list[dict[str, Any]] = []
@@ -235,9 +438,7 @@ class HeadAnalyses:
             for i, (name, h) in enumerate(group):
                 masks[name][i * batch : (i + 1) * batch, h] = 0.0
             with head_mask(model, {k: v for k, v in masks.items() if (v == 0).any()}):
-                out, _ = model.forward(
-                    np.concatenate([data] * len(group)), should_stop=_stopper(context)
-                )
+                out, _ = model.forward(np.concatenate([data] * len(group)), should_stop=passes)
             for i, (name, h) in enumerate(group):
                 impacts.append(
                     {"layer": name, "head": h, "pattern": labels[name][h]}
@@ -284,14 +485,33 @@ class HeadAnalyses:
             extract.model_id = first.model_id
         elif which == "compile":
             extract.compile.CopyFrom(first.compile)
+        mask = self._mask(first.mask)
+        self._check_layer_count(len(first.layer_names), "layer_names")
+        max_items = self.config.max_profile_items
+        total = int(first.total_items)
+        if total > max_items:
+            raise ResourceLimitError(
+                f"the profile announces {total:,} items; this server profiles at most "
+                f"{max_items:,} in one stream (max_profile_items): split the data over streams"
+            )
         entry = self.servicer._resolve(extract)
-        mask = mask_of(first.mask)
         layer_names = list(first.layer_names)
+        sites = [
+            (layer.name, int(layer["num_heads"]))
+            for _, layer in entry.network.attention_sites
+            if not layer_names or layer.name in layer_names
+        ]
+        self._check_heads(
+            [(name, (1, heads, 1, 1)) for name, heads in sites],
+            rpc="ProfileHeads",
+            hint="profile fewer layers (layer_names) per stream",
+        )
         size = first.batch_size or PROFILE_BATCH
         if size < 0:
             raise InvalidInputError(f"batch_size must be positive; got {size}")
-        total = int(first.total_items)
+        stop, passes = _checker(context), _stopper(context)
         profile, sanity = Profile(), Sanity()
+        lengths: set[int] = set()
         done = 0
 
         def messages() -> Iterator[pb.ProfileRequest]:
@@ -311,14 +531,29 @@ class HeadAnalyses:
                 raise InvalidInputError(
                     f"profile inputs are batches (batch, seq[, d]); got shape {data.shape}"
                 )
+            if done + data.shape[0] > max_items:
+                raise ResourceLimitError(
+                    f"the profile would reach {done + data.shape[0]:,} items; this server "
+                    f"profiles at most {max_items:,} in one stream (max_profile_items): split "
+                    "the data over streams"
+                )
             for start in range(0, data.shape[0], size):
                 part = data[start : start + size]
                 plan = self.engine.plan(entry, data=part, layer_names=layer_names, head=None)
-                layers = self.engine.stream(entry, plan, should_stop=_stopper(context))
+                shapes = _plan_shapes(plan)
+                batch_mask = self._resolve_mask(mask, shapes)  # refused before the pass
+                tokens = _Ids(part, "the input").for_mask(batch_mask)
+                lengths |= _key_lengths(shapes)
+                layers = self.engine.stream(entry, plan, should_stop=passes)
                 try:
                     for _, layer, attention in layers:
-                        sanity.add(attention)
-                        profile.add(layer.name, attention, _keep(mask, attention, _ids(part)))
+                        sanity.add(attention, should_stop=stop)
+                        profile.add(
+                            layer.name,
+                            attention,
+                            _keep(batch_mask, attention, tokens),
+                            should_stop=stop,
+                        )
                         del attention
                 finally:
                     layers.close()
@@ -356,7 +591,7 @@ class HeadAnalyses:
                 quantile_levels=list(QUANTILES),
                 exact_quantiles=result["exact_quantiles"],
                 samples=done,
-                provenance=provenance(entry, sanity, mask, items=done),
+                provenance=provenance(entry, sanity, mask.resolved(lengths), items=done),
             )
         )
 
@@ -364,6 +599,8 @@ class HeadAnalyses:
     def compare(
         self, request: pb.CompareRequest, context: grpc.ServicerContext
     ) -> pb.CompareResponse:
+        mask = self._mask(request.mask)
+        self._check_layer_count(len(request.layer_names), "layer_names")
         entry_a, _ = self.servicer._compile(request.model_a)
         entry_b, _ = self.servicer._compile(request.model_b)
         sites_a = [layer.name for _, layer in entry_a.network.attention_sites]
@@ -387,26 +624,31 @@ class HeadAnalyses:
             sequence_length=request.sequence_length,
         )
         plan_b = self.engine.plan(entry_b, data=plan_a.data, layer_names=shared, head=None)
-        mask = mask_of(request.mask)
-        ids = _ids(plan_a.data)
+        shapes = _plan_shapes(plan_a)
+        hint = "compare fewer layers (layer_names) per call"
+        self._check_heads(shapes, rpc="CompareCheckpoints", hint=hint)
+        self._check_held(shapes, rpc="CompareCheckpoints", hint=f"{hint}, or a shorter input")
+        mask = self._resolve_mask(mask, shapes)
+        tokens = _Ids(plan_a.data, "the input").for_mask(mask)
+        stop, passes = _checker(context), _stopper(context)
         sanity_a, sanity_b = Sanity(), Sanity()
         # Model a's layers are held while model b runs (the two may be one cached model).
         held: dict[str, np.ndarray] = {}
-        for _, layer, attention in self.engine.stream(
-            entry_a, plan_a, should_stop=_stopper(context)
-        ):
-            sanity_a.add(attention)
+        for _, layer, attention in self.engine.stream(entry_a, plan_a, should_stop=passes):
+            sanity_a.add(attention, should_stop=stop)
             held[layer.name] = attention
         rows: list[dict[str, Any]] = []
-        for _, layer, attention in self.engine.stream(
-            entry_b, plan_b, should_stop=_stopper(context)
-        ):
-            sanity_b.add(attention)
+        for _, layer, attention in self.engine.stream(entry_b, plan_b, should_stop=passes):
+            sanity_b.add(attention, should_stop=stop)
             a = held.pop(layer.name)
             if a.shape != attention.shape:
                 unmatched.append(layer.name)
                 continue
-            rows.extend(compare_layer(layer.name, a, attention, keep=_keep(mask, a, ids)))
+            rows.extend(
+                compare_layer(
+                    layer.name, a, attention, keep=_keep(mask, a, tokens), should_stop=stop
+                )
+            )
         rows.sort(key=lambda r: -r["js_distance"])
         items = int(plan_a.data.shape[0])
         return pb.CompareResponse(

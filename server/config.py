@@ -43,3 +43,15 @@ class ServerConfig:
     # Bytes of models the cache keeps (their float32 parameters; least recently used go first);
     # the default holds the largest model max_parameters allows.
     max_cache_bytes: int = 2048 * MIB
+    # Heads one AnalyzeHeads, AblateHeads, ProfileHeads or CompareCheckpoints call reads (all
+    # its layers together): each keeps per-head state and answers per head.
+    max_analysis_heads: int = 1024
+    # Heads one HeadSimilarity compares: its pairs and its n x n answer grow with the square
+    # (BERT-large's 384 heads: 73,536 pairs, an answer of 1.9 MB).
+    max_similarity_heads: int = 384
+    # HeadSimilarity's work: pairs of heads x values per head (BERT-base, 512 tokens: 2.7e9).
+    max_similarity_values: int = 4 * 1024**3
+    # Attention values a call holds at once when it needs every layer together (HeadSimilarity;
+    # CompareCheckpoints holds model a's while model b runs).
+    max_held_attention_elements: int = 256 * MIB
+    max_profile_items: int = 1_000_000  # samples (batch items) one ProfileHeads stream profiles

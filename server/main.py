@@ -72,6 +72,13 @@ _HELP = {
     "max_cache_bytes": "bytes of model parameters the LRU model cache keeps",
     "max_parameters": "a model over this many parameters is refused before it is built",
     "max_layers": "a model over this many layers is refused",
+    "max_analysis_heads": "heads one AnalyzeHeads, AblateHeads, ProfileHeads or "
+    "CompareCheckpoints call reads",
+    "max_similarity_heads": "heads one HeadSimilarity compares (its pairs grow with the square)",
+    "max_similarity_values": "HeadSimilarity's work: pairs of heads x values per head",
+    "max_held_attention_elements": "attention values a call holds at once when it needs every "
+    "layer together (HeadSimilarity, CompareCheckpoints)",
+    "max_profile_items": "samples one ProfileHeads stream profiles",
     "weights_dir": "directory whose files requests may name as weights (default: none)",
     "max_weights_bytes": "largest weights file",
     "max_workers": "threads serving calls",
