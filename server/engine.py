@@ -250,14 +250,15 @@ class Engine:
                 "this server has no weights directory (neural-attn-server --weights-dir DIR); "
                 "send the weights file's content instead"
             )
+        _check_weights_name(relative)
         root = Path(self.config.weights_dir).resolve()
         try:
             path = (root / relative).resolve()
             inside = path.is_relative_to(root) and not Path(relative).is_absolute()
             is_file = inside and path.is_file()
-        except (OSError, ValueError) as exc:  # NUL bytes, names too long
+        except (OSError, ValueError) as exc:  # NUL bytes, what the OS refuses
             raise InvalidInputError(
-                f"weights path {excerpt(relative)!r} is not usable: {excerpt(str(exc), 200)}"
+                f"weights path {excerpt(relative)!r} is not usable: {_reason(exc)}"
             ) from None
         if not inside:
             raise InvalidInputError(
@@ -267,13 +268,18 @@ class Engine:
             raise InvalidInputError(
                 f"no weights file {excerpt(relative)!r} in the server's weights directory"
             )
-        size = path.stat().st_size
-        if size > self.config.max_weights_bytes:
-            raise ResourceLimitError(
-                f"weights file {excerpt(relative)!r} is {size} bytes; the limit is "
-                f"{self.config.max_weights_bytes}"
-            )
-        return path.read_bytes()
+        try:
+            size = path.stat().st_size
+            if size > self.config.max_weights_bytes:
+                raise ResourceLimitError(
+                    f"weights file {excerpt(relative)!r} is {size} bytes; the limit is "
+                    f"{self.config.max_weights_bytes}"
+                )
+            return path.read_bytes()
+        except OSError as exc:  # unreadable: its message would name the server's own path
+            raise InvalidInputError(
+                f"weights file {excerpt(relative)!r} cannot be read: {_reason(exc)}"
+            ) from None
 
     def export_weights(self, entry: CompiledModel, *, fmt: str = NPZ) -> bytes:
         """The model's weights as a neutral file (`weight_files.NEUTRAL_FORMATS`, .npz by
@@ -403,6 +409,32 @@ class Engine:
             layer.name: attention
             for _, layer, attention in self.stream(entry, plan, should_stop=should_stop)
         }
+
+
+# Longest weights name a request may give, in characters, and per part (between slashes) in
+# UTF-8 bytes: the common file systems' NAME_MAX, well under PATH_MAX with the directory.
+MAX_WEIGHTS_NAME_CHARS = 1024
+MAX_WEIGHTS_NAME_PART_BYTES = 255
+
+
+def _check_weights_name(relative: str) -> None:
+    """Refuse a name no file system holds before the OS is asked (its refusal would quote the
+    server's own path)."""
+    longest = max((len(part.encode("utf-8", "replace")) for part in relative.split("/")), default=0)
+    if len(relative) > MAX_WEIGHTS_NAME_CHARS or longest > MAX_WEIGHTS_NAME_PART_BYTES:
+        raise InvalidInputError(
+            f"weights path {excerpt(relative)!r} is too long ({len(relative):,} characters, "
+            f"{longest:,} bytes in its longest part): a name under the server's weights "
+            f"directory has at most {MAX_WEIGHTS_NAME_CHARS:,} characters and "
+            f"{MAX_WEIGHTS_NAME_PART_BYTES} bytes between slashes"
+        )
+
+
+def _reason(exc: Exception) -> str:
+    """What the OS said, without the path it was given (the server's own directories)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return excerpt(str(exc), 200)
 
 
 def _check_window(reduction: Reduction, length: int, name: str) -> None:

@@ -4,6 +4,7 @@ that does not fit is refused precisely, and attention follows the weights."""
 from __future__ import annotations
 
 import io
+import os
 import sys
 import zipfile
 from pathlib import Path
@@ -173,6 +174,39 @@ def test_weights_directory_paths_stay_inside(network, trained, tmp_path):
                 c.compile(SOURCE, backend="pytorch", server_weights="team/missing.npz")
     finally:
         server.stop(None)
+
+
+def test_weights_names_the_os_cannot_take_are_refused_without_the_servers_paths(trained, tmp_path):
+    from neural_attn.client import AttentionClient
+    from neural_attn.server.app import create_server
+    from neural_attn.server.config import ServerConfig
+
+    root = tmp_path / "weights-dir"
+    root.mkdir()
+    np.savez(root / "locked.npz", **trained)
+    server, port = create_server(port=0, config=ServerConfig(weights_dir=str(root)))
+    server.start()
+    try:
+        with AttentionClient(f"127.0.0.1:{port}") as c:
+            refusals = {}
+            for name in ("a" * 5000 + ".npz", "team/" + "b" * 300 + ".npz", "a\x00b.npz"):
+                with pytest.raises(InvalidInputError) as info:
+                    c.compile(SOURCE, backend="pytorch", server_weights=name)
+                refusals[name] = str(info.value)
+            if os.geteuid() != 0:  # root reads it anyway
+                (root / "locked.npz").chmod(0)
+                with pytest.raises(InvalidInputError, match="cannot be read: Permission") as locked:
+                    c.compile(SOURCE, backend="pytorch", server_weights="locked.npz")
+                refusals["locked"] = str(locked.value)
+    finally:
+        server.stop(None)
+    for message in refusals.values():
+        assert str(tmp_path) not in message and "weights-dir" not in message, message
+    too_long = "at most 1,024 characters and 255 bytes between slashes"
+    assert "(5,004 characters, 5,004 bytes in its longest part)" in refusals["a" * 5000 + ".npz"]
+    assert too_long in refusals["a" * 5000 + ".npz"]
+    assert too_long in refusals["team/" + "b" * 300 + ".npz"]
+    assert "embedded null byte" in refusals["a\x00b.npz"]
 
 
 def test_without_a_weights_directory_paths_are_refused(client):
