@@ -155,7 +155,9 @@ def test_a_profile_is_bounded_by_its_items_before_each_pass(tight):
 def test_sent_attention_is_bounded_by_its_layers_and_heads(tight):
     with AttentionClient(tight, timeout=60) as c:
         layers = {f"l{i}": np.full((1, 1, 2, 2), 0.5) for i in range(4)}
-        with pytest.raises(ResourceLimitError, match=r"attention sent has 4 layers; .* at most 3 .*max_layers"):
+        with pytest.raises(
+            ResourceLimitError, match=r"attention sent has 4 layers; .* at most 3 .*max_layers"
+        ):
             c.analyze_heads(layers)
         with pytest.raises(ResourceLimitError, match=r"would read 5 heads \(1 layers\)"):
             c.analyze_heads({"l": np.full((1, 5, 2, 2), 0.5)})
