@@ -69,6 +69,9 @@ class CompileResult:
     attention_path: str
     cached: bool
     weights_sha256: str = ""  # of the trained weights loaded; "" for random initialisation
+    # The first layer when it is an Embedding (token ids in [0, vocab_size)); "" and 0 otherwise.
+    embedding_layer: str = ""
+    vocab_size: int = 0
 
 
 def _shape(dims: Sequence[int]) -> tuple[int | None, ...]:
@@ -104,6 +107,8 @@ def _compile_result(r: pb.CompileResponse) -> CompileResult:
         attention_path=r.attention_path,
         cached=r.cached,
         weights_sha256=r.weights_sha256,
+        embedding_layer=r.embedding_layer,
+        vocab_size=r.vocab_size,
     )
 
 

@@ -2,8 +2,9 @@
 
 - Targets: "host:port", any gRPC target ("dns:///name:port", "ipv4:..."), or a comma list of
   "host:port" replicas, which becomes one `ipv4:`/`ipv6:` target balanced `round_robin`.
-- Every call of ours is idempotent (Compile is content-addressed, the rest read), so the
-  service config retries them on UNAVAILABLE: a replica that drains or dies is skipped.
+- `RPCS` lists every RPC with its default deadline and whether it is retried: every call of
+  ours is idempotent (Compile is content-addressed, the rest read), so the service config
+  retries them on UNAVAILABLE: a replica that drains or dies is skipped.
 - Calls wait for a server to be ready, up to `connect_timeout` (within their deadline), so a
   call made while the server restarts goes through once it is back.
 """
@@ -17,6 +18,7 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +34,45 @@ from neural_attn.errors import (
 
 SERVICE = "neural_attn.v1.AttentionService"
 
-# Seconds per call kind when the caller sets no timeout: generous for work that scales with the
-# model and the sequence, short for a question about the server.
-DEFAULT_DEADLINES: Mapping[str, float] = {
-    "Compile": 600.0,
-    "ExportWeights": 600.0,
-    "ExtractAttention": 3600.0,
-    "Analyze": 3600.0,
-    "GetServerInfo": 30.0,
-}
-DEFAULT_DEADLINE = 600.0  # a call kind the table does not name
-DEFAULT_CONNECT_TIMEOUT = 20.0
 
-# Idempotent, hence safe to retry: Compile is content-addressed (same request, same model_id),
-# the others only read. A stream is retried only before its first chunk (gRPC commits a call
-# once response headers arrive).
-_RETRIED = ("Compile", "ExtractAttention", "Analyze", "ExportWeights", "GetServerInfo")
+@dataclass(frozen=True)
+class Rpc:
+    """How the SDK calls one RPC of the service."""
+
+    deadline: float  # seconds when the caller sets no timeout
+    # Retried on UNAVAILABLE (a replica that drains or dies is skipped): the call is idempotent.
+    # gRPC retries a stream only before its first response, a client stream only while its
+    # messages fit the retry buffer.
+    retried: bool
+
+
+# Every RPC of AttentionService (tests/server/test_client_connection.py fails when one is
+# missing): generous deadlines for work that scales with the model and the sequence, short for
+# a question about the server. Every call is idempotent: Compile is content-addressed (same
+# request, same model_id), the others only read.
+RPCS: Mapping[str, Rpc] = {
+    "Compile": Rpc(600.0, retried=True),
+    "ExportWeights": Rpc(600.0, retried=True),
+    "ExtractAttention": Rpc(3600.0, retried=True),
+    "Analyze": Rpc(3600.0, retried=True),
+    "GetServerInfo": Rpc(30.0, retried=True),
+    "AnalyzeHeads": Rpc(3600.0, retried=True),
+    "HeadSimilarity": Rpc(3600.0, retried=True),
+    "AblateHeads": Rpc(3600.0, retried=True),
+    "ProfileHeads": Rpc(3600.0, retried=True),
+    "CompareCheckpoints": Rpc(3600.0, retried=True),
+}
+DEFAULT_DEADLINES: Mapping[str, float] = {name: rpc.deadline for name, rpc in RPCS.items()}
+DEFAULT_DEADLINE = 600.0  # a call kind the table does not name (a newer server's)
+DEFAULT_CONNECT_TIMEOUT = 20.0
 
 SERVICE_CONFIG: dict[str, Any] = {
     "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
         {
-            "name": [{"service": SERVICE, "method": m} for m in _RETRIED],
+            "name": [
+                {"service": SERVICE, "method": name} for name, rpc in RPCS.items() if rpc.retried
+            ],
             "retryPolicy": {
                 "maxAttempts": 5,
                 "initialBackoff": "0.1s",

@@ -15,7 +15,6 @@ import functools
 import os
 import re
 import unicodedata
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,15 +28,12 @@ __all__ = [
     "Tokens",
     "Vocabulary",
     "check_ids",
-    "embedding_range",
     "readable",
     "tokenize",
 ]
 
 UNKNOWN_TOKENS = ("[UNK]", "<unk>", "[unk]", "<UNK>")
 _CONTINUATION = "##"
-# How the server describes an Embedding input (CompileResult.inputs[0].description).
-_RANGE = re.compile(r"token ids in \[0, (\d+)\) through `([^`]+)`")
 
 
 @dataclass(frozen=True)
@@ -159,15 +155,6 @@ def tokenize(text: str, vocab: Vocabulary | str | os.PathLike[str]) -> Tokens:
             ids.append(vocab.ids[piece])
             labels.append(piece)
     return Tokens(tuple(ids), tuple(labels))
-
-
-def embedding_range(descriptions: Sequence[str]) -> tuple[int, str] | None:
-    """``(input_dim, layer)`` of the model's Embedding, from the server's input descriptions."""
-    for text in descriptions:
-        match = _RANGE.search(text)
-        if match:
-            return int(match.group(1)), match.group(2)
-    return None
 
 
 def check_ids(tokens: Tokens, limit: int, layer: str) -> None:

@@ -26,7 +26,6 @@ from neural_attn.client._tokenize import (
     Tokens,
     Vocabulary,
     check_ids,
-    embedding_range,
 )
 from neural_attn.client._tokenize import tokenize as split_text
 from neural_attn.errors import InvalidInputError
@@ -520,8 +519,7 @@ def _text_input(
         raise InvalidInputError("give text, or input data and tokens, not both")
     if vocabulary is None:
         raise InvalidInputError("text needs a vocabulary (vocab.txt, one token a line)")
-    found = embedding_range([spec.description for spec in compiled.inputs])
-    if found is None:
+    if not compiled.embedding_layer:
         raise InvalidInputError(
             f"`{compiled.network_name}` does not start with an Embedding layer, so it takes no "
             "token ids; give its input with input data instead of text"
@@ -534,5 +532,5 @@ def _text_input(
         split = vocabulary.encode(text)
     else:
         split = split_text(text, vocabulary)
-    check_ids(split, *found)
+    check_ids(split, compiled.vocab_size, compiled.embedding_layer)
     return split.as_batch(), list(split.labels), split

@@ -45,6 +45,12 @@ PATTERN_LABELS = ("local", "global", "prefix_suffix", "sparse", "mixed")
 StopCheck = Callable[[], bool] | None
 
 
+def row_tolerance(dtype: Any) -> float:
+    """How far from 1 a row of softmax probabilities of `dtype` may sum: the one tolerance every
+    check of sent or computed attention uses."""
+    return 1e-2 if np.dtype(dtype) == np.float16 else 1e-3
+
+
 def check_stop(should_stop: StopCheck) -> None:
     """Raise `CancelledError` when `should_stop` says the work is no longer wanted."""
     if should_stop is not None and should_stop():

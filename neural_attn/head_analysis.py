@@ -41,6 +41,7 @@ from neural_attn.analysis import (
     analyze_attention_patterns,
     check_stop,
     layer_metrics,
+    row_tolerance,
 )
 from neural_attn.errors import InvalidInputError
 
@@ -89,10 +90,6 @@ _BLOCK_VALUES = 1 << 20
 
 def _block_rows(k: int) -> int:
     return max(1, _BLOCK_VALUES // max(k, 1))
-
-
-def row_tolerance(dtype: np.dtype[Any]) -> float:
-    return 1e-2 if dtype == np.float16 else 1e-3
 
 
 @dataclass(frozen=True)
@@ -296,7 +293,7 @@ class Sanity:
     fully_masked_rows: int = 0
     max_row_error: float = 0.0
     finite: bool = True
-    tolerance: float = 1e-3
+    tolerance: float = row_tolerance(np.float32)
 
     def add(self, attention: np.ndarray, *, should_stop: StopCheck = None) -> None:
         arr = np.asarray(attention)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from neural_attn import __version__, chunk_codec, wire
-from neural_attn.analysis import HEAD_METRICS, LAYER_AVERAGES
+from neural_attn.analysis import HEAD_METRICS, LAYER_AVERAGES, row_tolerance
 from neural_attn.backends import info, weight_files
 from neural_attn.backends.base import BACKENDS, input_forms
 from neural_attn.backends.streaming import Reduction
@@ -34,6 +34,14 @@ def backend_name(code: Any, default: str) -> str:
 
 def _dims(shape: tuple[int | None, ...]) -> list[int]:
     return [-1 if d is None else int(d) for d in shape]
+
+
+def _embedding_fields(net: Network) -> dict[str, Any]:
+    """CompileResponse's embedding_layer and vocab_size: the Embedding that takes token ids."""
+    first = net.layers[0] if net.layers else None
+    if first is None or first.type != "Embedding":
+        return {}
+    return {"embedding_layer": first.name, "vocab_size": int(first["input_dim"])}
 
 
 def compile_response(
@@ -66,6 +74,7 @@ def compile_response(
             )
             for form in input_forms(net)
         ],
+        **_embedding_fields(net),
         warnings=[*net.warnings, *_placement_notes(net, model.device)],
         device=model.device,
         parameter_count=model.parameter_count(),
@@ -318,7 +327,7 @@ def _check_rows(name: str, array: np.ndarray) -> None:
     keys = array.shape[-1]
     rows = array.reshape(-1, keys)
     block = max(1, _CHECK_BLOCK_ELEMENTS // keys)
-    tolerance = 1e-2 if array.dtype == np.float16 else 1e-3
+    tolerance = row_tolerance(array.dtype)
     for start in range(0, rows.shape[0], block):
         sums = rows[start : start + block].sum(axis=-1, dtype=np.float64)
         if not np.all((np.abs(sums - 1.0) <= tolerance) | (sums == 0.0)):

@@ -38,7 +38,7 @@ class RunOptions:
     port: int = 50051
     grace: float = 30.0  # seconds in-flight calls get to finish after SIGTERM
     metrics_port: int | None = None  # Prometheus /metrics on HTTP; None: off, 0: any free port
-    metrics_host: str | None = None  # None: the same address as --host
+    metrics_host: str | None = None  # None: --host when given, else loopback
     log_format: str = "text"  # text | json (one object per line)
     log_level: str = "INFO"
 

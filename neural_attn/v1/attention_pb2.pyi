@@ -172,7 +172,7 @@ class InputSpec(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., description: _Optional[str] = ...) -> None: ...
 
 class CompileResponse(_message.Message):
-    __slots__ = ("model_id", "backend", "network_name", "generated_code", "layers", "attention_layers", "inputs", "warnings", "device", "parameter_count", "attention_path", "cached", "weights_sha256")
+    __slots__ = ("model_id", "backend", "network_name", "generated_code", "layers", "attention_layers", "inputs", "warnings", "device", "parameter_count", "attention_path", "cached", "weights_sha256", "embedding_layer", "vocab_size")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     NETWORK_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,8 @@ class CompileResponse(_message.Message):
     ATTENTION_PATH_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_LAYER_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     backend: Backend
     network_name: str
@@ -199,7 +201,9 @@ class CompileResponse(_message.Message):
     attention_path: str
     cached: bool
     weights_sha256: str
-    def __init__(self, model_id: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., network_name: _Optional[str] = ..., generated_code: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., attention_layers: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[InputSpec, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., parameter_count: _Optional[int] = ..., attention_path: _Optional[str] = ..., cached: _Optional[bool] = ..., weights_sha256: _Optional[str] = ...) -> None: ...
+    embedding_layer: str
+    vocab_size: int
+    def __init__(self, model_id: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., network_name: _Optional[str] = ..., generated_code: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., attention_layers: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[_Union[InputSpec, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., parameter_count: _Optional[int] = ..., attention_path: _Optional[str] = ..., cached: _Optional[bool] = ..., weights_sha256: _Optional[str] = ..., embedding_layer: _Optional[str] = ..., vocab_size: _Optional[int] = ...) -> None: ...
 
 class ExtractRequest(_message.Message):
     __slots__ = ("model_id", "compile", "input", "layer_names", "head", "output_dtype", "max_chunk_bytes", "sequence_length", "window", "pooling")

@@ -10,7 +10,6 @@ import pytest
 from neural_attn.client._tokenize import (
     Vocabulary,
     check_ids,
-    embedding_range,
     tokenize,
 )
 from neural_attn.errors import InvalidInputError
@@ -58,12 +57,6 @@ def test_ids_past_the_embedding_are_refused_naming_the_token(vocab_file: Path) -
     check_ids(tokens, 7, "embedding_0")
     with pytest.raises(InvalidInputError, match=r"token 'mat' has id 6 .* \[0, 5\)"):
         check_ids(tokens, 5, "embedding_0")
-
-
-def test_the_embedding_range_is_read_from_the_input_spec() -> None:
-    described = ["token ids in [0, 16) through `embedding_0`", "already-embedded features"]
-    assert embedding_range(described) == (16, "embedding_0")
-    assert embedding_range(["features (batch, seq, 64)"]) is None
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from serverproc import SMALL, free_port
 from neural_attn.client import AttentionClient
 from neural_attn.client import _connection as conn
 from neural_attn.errors import InvalidInputError, ServerUnavailableError
+from neural_attn.v1 import attention_pb2 as pb
 
 
 @pytest.mark.parametrize(
@@ -44,11 +45,20 @@ def test_the_service_config_balances_and_retries_unavailable_on_every_rpc():
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     (method_config,) = config["methodConfig"]
     names = {n["method"] for n in method_config["name"]}
-    assert names == {"Compile", "ExtractAttention", "Analyze", "ExportWeights", "GetServerInfo"}
+    service = pb.DESCRIPTOR.services_by_name["AttentionService"]
+    assert names == {m.name for m in service.methods}  # every call is idempotent
     assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert options["grpc.keepalive_time_ms"] > 0
     assert options["grpc.max_reconnect_backoff_ms"] <= 1_000
-    assert set(conn.DEFAULT_DEADLINES) == names
+
+
+def test_the_rpc_table_names_every_method_of_the_service_with_a_deadline():
+    service = pb.DESCRIPTOR.services_by_name["AttentionService"]
+    assert set(conn.RPCS) == {m.name for m in service.methods}
+    assert all(rpc.deadline > 0 for rpc in conn.RPCS.values())
+    client = AttentionClient("127.0.0.1:1", connect_timeout=0.01)
+    assert client._timeouts == conn.DEFAULT_DEADLINES
+    client.close()
 
 
 def test_calls_carry_a_deadline_per_kind_wait_for_ready_and_a_request_id():

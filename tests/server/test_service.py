@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from neural_attn import wire
+from neural_attn.client._tokenize import Vocabulary
+from neural_attn.client.attention_visualizer import _text_input
 from neural_attn.errors import (
     BackendUnavailableError,
     DSLError,
@@ -60,6 +64,31 @@ def test_compile_is_content_addressed_and_describes_the_model(client, backend):
     assert "def create_model" in first.generated_code
     assert first.parameter_count > 0
     assert first.attention_path
+
+
+def test_compile_names_the_embedding_and_its_vocabulary_as_fields(client):
+    text_model = """
+network Text {
+  input: (None,)
+  layers:
+    Embedding(input_dim=57, output_dim=16)
+    TransformerEncoder(num_heads=2, ff_dim=8)
+}
+"""
+    compiled = client.compile(text_model, backend="pytorch")
+    assert (compiled.embedding_layer, compiled.vocab_size) == ("embedding_0", 57)
+    plain = client.compile(SMALL, backend="pytorch")
+    assert (plain.embedding_layer, plain.vocab_size) == ("", 0)
+    # The fields, not the English of the input description, tell the client the id range.
+    reworded = dataclasses.replace(
+        compiled,
+        inputs=tuple(dataclasses.replace(i, description="reworded") for i in compiled.inputs),
+    )
+    vocab = Vocabulary(tuple(f"w{i}" for i in range(57)))
+    ids, labels, _ = _text_input(reworded, None, None, "w3 w56", vocab)
+    assert ids.tolist() == [[3, 56]] and labels == ["w3", "w56"]
+    with pytest.raises(InvalidInputError, match=r"`embedding_0` takes ids in \[0, 57\)"):
+        _text_input(reworded, None, None, "w3 w57", Vocabulary((*vocab.tokens, "w57")))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
