@@ -320,15 +320,15 @@ class Engine:
                 "TransformerDecoder, MultiHeadAttention); add one to visualize attention"
             )
         available = [layer.name for _, layer in attention]
-        for name in layer_names:
-            if name not in available:
-                raise LayerNotFoundError(
-                    f"no attention layer named `{excerpt(name)}` in `{net.name}`; "
-                    f"attention layers: {', '.join(available)}"
-                )
-        chosen = tuple(
-            (i, layer) for i, layer in attention if not layer_names or layer.name in layer_names
-        )
+        wanted = set(layer_names)  # a request may repeat names: each is looked up once
+        unknown = wanted.difference(available)
+        if unknown:
+            name = next(n for n in layer_names if n in unknown)
+            raise LayerNotFoundError(
+                f"no attention layer named `{excerpt(name)}` in `{net.name}`; "
+                f"attention layers: {', '.join(available)}"
+            )
+        chosen = tuple((i, layer) for i, layer in attention if not wanted or layer.name in wanted)
 
         if data is None:
             if sequence_length < 0:

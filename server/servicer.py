@@ -32,13 +32,13 @@ def _stopper(context: grpc.ServicerContext) -> Callable[[], bool]:
 
 def _metrics(layers: Mapping[str, np.ndarray], context: grpc.ServicerContext) -> dict[str, Any]:
     """Metrics of each layer and the rollout, one layer at a time (blocks of rows inside);
-    a cancelled call or a passed deadline stops between layers."""
+    a cancelled call or a passed deadline stops them within a block."""
     metrics: dict[str, Any] = {}
     rollout = Rollout()
     for name, attention in layers.items():
         if not context.is_active():
             raise stopped()
-        metrics[name] = layer_metrics(attention)
+        metrics[name] = layer_metrics(attention, should_stop=_stopper(context))
         rollout.add(attention)
     return {"layers": metrics, "rollout": rollout.result()}
 
@@ -179,7 +179,7 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
             stream = self.engine.stream(entry, plan, should_stop=_stopper(context))
             try:
                 for _, layer, attention in stream:
-                    layers[layer.name] = layer_metrics(attention)
+                    layers[layer.name] = layer_metrics(attention, should_stop=_stopper(context))
                     rollout.add(attention)
                     del attention
             finally:

@@ -22,6 +22,7 @@ from neural_attn.backends.base import (
     BuiltModel,
     PreparedInput,
     padding_masked_layers,
+    stopped,
 )
 from neural_attn.backends.codegen import instantiate, render_call, render_module
 from neural_attn.backends.pytorch import blocks, recurrent, spatial
@@ -88,13 +89,16 @@ class _PassHooks:
             attention.value.register_forward_hook(self._gate)
 
     @contextmanager
-    def serving(self, capture: Any) -> Iterator[None]:
-        """Route the hooks to `capture` for a pass run on this thread inside the block."""
-        self._local.capture = capture
+    def serving(
+        self, capture: Any, should_stop: Callable[[], bool] | None = None
+    ) -> Iterator[None]:
+        """Route the hooks to `capture` for a pass run on this thread inside the block; a pass
+        asks `should_stop` again right before each layer's scores (a long layer stops there)."""
+        self._local.capture, self._local.should_stop = capture, should_stop
         try:
             yield
         finally:
-            self._local.capture = None
+            self._local.capture = self._local.should_stop = None
 
     def _emit(self, name: str, _module: Any, _args: Any, out: Any) -> None:
         capture = getattr(self._local, "capture", None)
@@ -105,6 +109,9 @@ class _PassHooks:
         gate = getattr(getattr(self._local, "capture", None), "gate", None)
         if gate is not None:
             gate()
+        should_stop = getattr(self._local, "should_stop", None)
+        if should_stop is not None and should_stop():
+            raise stopped()
 
 
 class PyTorchModel(BuiltModel):
@@ -147,7 +154,7 @@ class PyTorchModel(BuiltModel):
         should_stop: Callable[[], bool] | None,
     ) -> torch.Tensor | None:
         x = torch.from_numpy(prepared.array).to(self.device)
-        with torch.inference_mode(), self._hooks.serving(capture):
+        with torch.inference_mode(), self._hooks.serving(capture, should_stop):
             return self.model.run(x, capture=capture, start=prepared.start, should_stop=should_stop)
 
     def _to_numpy(self, tensor: torch.Tensor, reduction: Reduction | None = None) -> np.ndarray:
