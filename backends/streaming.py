@@ -7,12 +7,12 @@ one layer's attention exists at a time and a slow reader slows the pass instead 
 
 `Reduction` says what of each layer to keep (one head, a window, pooled blocks); backends apply
 it with their framework's ops, on the device that ran the pass, before anything is copied out.
+Its blocks are `neural_attn.pooling`'s, and `Reduction.pooling` the `Pooling` a layer became.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import queue
 import threading
@@ -20,20 +20,29 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
+# The block arithmetic is shared with the client; the server and the backends import it from
+# here, beside `Reduction`.
+from neural_attn.pooling import POOL_MODES, Pooling, block_counts
 
-POOL_MODES = ("max", "mean")
+__all__ = [
+    "POOL_MODES",
+    "Reduction",
+    "block_counts",
+    "on_pass_thread",
+    "running_passes",
+    "stream_pass",
+]
+
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Reduction:
-    """What to keep of each layer's attention [batch, head, query, key].
+    """What to keep of each layer's attention [batch, head, query, key]: the request.
 
     `query`/`key` are [start, stop) windows (None: the whole axis; a stop of 0: to the end);
-    `pool_size` > 0 pools each
-    axis (after the window) to at most that many positions with blocks of ceil(len / pool_size)
-    positions, the last one possibly partial.
+    `pool_size` > 0 pools each axis (after the window) to at most that many positions, in the
+    blocks `neural_attn.pooling` computes. `pooling` says what a layer became.
     """
 
     head: int | None = None
@@ -46,40 +55,28 @@ class Reduction:
     def exact(self) -> bool:
         return self.head is None and self.query is None and self.key is None and not self.pool_size
 
+    def pooling(self, source_shape: tuple[int, ...]) -> Pooling | None:
+        """How a layer of `source_shape` is cut and pooled; None when it is kept whole and
+        exact (one head of it, or all)."""
+        if self.query is None and self.key is None and not self.pool_size:
+            return None
+        return self._described(source_shape)
+
     def window(self, q_len: int, k_len: int) -> tuple[int, int, int, int]:
         """The [start, stop) bounds on both axes of a q_len x k_len layer (a stop of 0: the end)."""
-        q0, q1 = self.query or (0, 0)
-        k0, k1 = self.key or (0, 0)
-        return q0, q1 or q_len, k0, k1 or k_len
+        described = self._described((q_len, k_len))
+        (q0, q1), (k0, k1) = described.query, described.key
+        return q0, q1, k0, k1
 
     def blocks(self, q_len: int, k_len: int) -> tuple[int, int]:
         """Source positions per output row and column, for a layer of q_len x k_len."""
-        q0, q1, k0, k1 = self.window(q_len, k_len)
-        return block_size(q1 - q0, self.pool_size), block_size(k1 - k0, self.pool_size)
+        described = self._described((q_len, k_len))
+        return described.query_block, described.key_block
 
-    def shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-        """The shape a layer of `shape` (batch, heads, q, k) has once reduced."""
-        batch, heads, q_len, k_len = shape
-        q0, q1, k0, k1 = self.window(q_len, k_len)
-        bq, bk = self.blocks(q_len, k_len)
-        return (
-            batch,
-            heads if self.head is None else 1,
-            math.ceil((q1 - q0) / bq),
-            math.ceil((k1 - k0) / bk),
+    def _described(self, source_shape: tuple[int, ...]) -> Pooling:
+        return Pooling.of(
+            source_shape, self.pool_size, self.pool_mode, query=self.query, key=self.key
         )
-
-
-def block_size(length: int, target: int) -> int:
-    """Positions per pooled cell so that `length` positions become at most `target` cells."""
-    return 1 if target <= 0 or length <= target else math.ceil(length / target)
-
-
-def block_counts(length: int, block: int) -> np.ndarray:
-    """How many source positions each pooled cell covers (the last may cover fewer)."""
-    counts = np.full(math.ceil(length / block), block, dtype=np.float32)
-    counts[-1] = length - block * (len(counts) - 1)
-    return counts
 
 
 _Job = tuple[Callable[[], None], threading.Event]

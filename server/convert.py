@@ -199,19 +199,18 @@ def pooling(request: pb.ExtractRequest) -> tuple[int, str]:
 
 def reduction_message(reduction: Reduction, source_shape: tuple[int, ...]) -> pb.Reduction | None:
     """How a layer of `source_shape` was reduced; None when it is sent exact and whole."""
-    if reduction.query is None and reduction.key is None and not reduction.pool_size:
+    pooling = reduction.pooling(source_shape)
+    if pooling is None:
         return None
-    q0, q1, k0, k1 = reduction.window(source_shape[2], source_shape[3])
-    bq, bk = reduction.blocks(source_shape[2], source_shape[3])
     return pb.Reduction(
-        source_shape=list(source_shape),
-        query_start=q0,
-        query_stop=q1,
-        key_start=k0,
-        key_stop=k1,
-        query_block=bq,
-        key_block=bk,
-        mode=pb.MEAN if reduction.pool_mode == "mean" else pb.MAX,
+        source_shape=list(pooling.source_shape),
+        query_start=pooling.query[0],
+        query_stop=pooling.query[1],
+        key_start=pooling.key[0],
+        key_stop=pooling.key[1],
+        query_block=pooling.query_block,
+        key_block=pooling.key_block,
+        mode=pb.MEAN if pooling.mode == "mean" else pb.MAX,
     )
 
 
