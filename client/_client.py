@@ -172,7 +172,7 @@ def _layer_header(chunk: pb.AttentionChunk) -> LayerHeader:
     if chunk.HasField("reduction"):
         r = chunk.reduction
         pooling = Pooling(
-            source_shape=tuple(int(n) for n in r.source_shape),  # type: ignore[arg-type]
+            source_shape=tuple(int(n) for n in r.source_shape),
             query=(int(r.query_start), int(r.query_stop)),
             key=(int(r.key_start), int(r.key_stop)),
             query_block=int(r.query_block),

@@ -19,8 +19,9 @@ in base64 (``"encoding": "float16-le-base64"``). float16 keeps about 3 significa
 every magnitude (down to 6e-8), so small probabilities still read back, at 2 bytes a cell; the
 page decodes them with a 65,536-entry table. Masked cells (exactly 0 in every head: padding,
 the causal triangle) are float16 NaN and are drawn grey, never as zero. Above
-``DISPLAY_SIZE`` positions each head is max-pooled (``render.pool_for_display``) and the page
-says so, naming ``attention_weights.npz`` for the exact values.
+``DISPLAY_SIZE`` positions each head is max-pooled (``_views``, as ``render.pool_for_display``)
+and the page says so, naming ``attention_weights.npz`` for the exact values; each layer's
+``pooling`` in the data is its ``Pooling`` (``_pooling_data``).
 
 The page reads ``#layer=L&item=B&view=V&query=Q`` (indices; ``view`` 0 is the mean, 1..H the
 heads, H+1 the rollout) from its address to open on a view. After each draw it writes what it
@@ -42,8 +43,21 @@ from typing import Any
 import numpy as np
 
 from neural_attn.analysis import analyze_attention_patterns
-from neural_attn.client import render
+from neural_attn.client._views import (
+    DISPLAY_SIZE,
+    MASKED_COLOR,
+    PoolingArg,
+    axis_tokens,
+    batch_item,
+    display_pooling,
+    head_view,
+    layer_pooling,
+    masked_cells,
+    mean_view,
+    per_layer,
+)
 from neural_attn.errors import InvalidInputError
+from neural_attn.pooling import Pooling, block_size, pooled_length
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 PLOTLY_BUNDLE = "plotly-cartesian.min.js"
@@ -152,9 +166,21 @@ def _metrics_table(name: str, metrics: Mapping[str, Any] | None) -> str:
     )
 
 
-def _pooling_note(name: str, pooling: render._Pooling, heads: int) -> str:
+def _pooling_data(pooling: Pooling) -> dict[str, Any]:
+    """A layer's pooling as the page's script reads it."""
+    return {
+        "query_block": pooling.query_block,
+        "key_block": pooling.key_block,
+        "mode": pooling.mode,
+        "source_len": list(pooling.source_len),
+        "query_range": list(pooling.query),
+        "key_range": list(pooling.key),
+    }
+
+
+def _pooling_note(name: str, pooling: Pooling, heads: int) -> str:
     """The visible sentence that says a layer is not shown exactly, and where the exact is."""
-    (q0, q1), (k0, k1) = pooling.query_range, pooling.key_range
+    (q0, q1), (k0, k1) = pooling.query, pooling.key
     rows, cols = pooling.shape
     text = f"{name}: {q1 - q0}×{k1 - k0} positions"
     if pooling.windowed:
@@ -173,48 +199,51 @@ def _pooling_note(name: str, pooling: render._Pooling, heads: int) -> str:
 
 
 def _display_shape(
-    attention: Any, given: render._Pooling | None, size: int = render.DISPLAY_SIZE
+    attention: Any, given: Pooling | None, size: int = DISPLAY_SIZE
 ) -> tuple[int, int, int]:
     """(heads, rows, columns) of a layer as drawn at display size `size`, from its shape alone."""
     shape = np.shape(attention)
     heads = int(shape[-3]) if len(shape) >= 3 else 1
     if given is not None:
         return (heads, *given.shape)
-    q, k = (int(n) for n in shape[-2:])
-    return heads, -(-q // render._blocks(q, size)), -(-k // render._blocks(k, size))
+    pooling = display_pooling(shape[-2:], size)
+    rows, cols = pooling.shape if pooling is not None else (int(shape[-2]), int(shape[-1]))
+    return heads, rows, cols
 
 
 def _page_bytes(
-    attention_by_layer: Mapping[str, Any], pooling: Mapping[str, Any] | None, size: int
+    attention_by_layer: Mapping[str, Any], given: Mapping[str, Pooling | None], size: int
 ) -> int:
     """Base64 bytes of one batch item's drawn matrices (each head and the mean) at `size`."""
     cells = 0
     for name, attention in attention_by_layer.items():
-        heads, rows, cols = _display_shape(attention, render._given_pooling(pooling, name), size)
+        heads, rows, cols = _display_shape(attention, given[name], size)
         cells += (heads + 1) * rows * cols
     return -(-cells * 2 // 3) * 4
 
 
 def _page_size(
-    attention_by_layer: Mapping[str, Any], pooling: Mapping[str, Any] | None, items: int
+    attention_by_layer: Mapping[str, Any], given: Mapping[str, Pooling | None], items: int
 ) -> int:
     """The display size of the page: DISPLAY_SIZE, or smaller until its data fits
     PAGE_DATA_BYTES (more positions per pooled cell, one step at a time)."""
     longest = max(int(n) for a in attention_by_layer.values() for n in np.shape(a)[-2:])
-    block, size = render._blocks(longest, render.DISPLAY_SIZE), render.DISPLAY_SIZE
-    while size > 1 and items * _page_bytes(attention_by_layer, pooling, size) > PAGE_DATA_BYTES:
+    block, size = block_size(longest, DISPLAY_SIZE), DISPLAY_SIZE
+    while size > 1 and items * _page_bytes(attention_by_layer, given, size) > PAGE_DATA_BYTES:
         block += 1
-        size = -(-longest // block)
+        size = pooled_length(longest, block)
     return size
 
 
 def _page_items(
-    attention_by_layer: Mapping[str, Any], batch_index: int, pooling: Mapping[str, Any] | None
+    attention_by_layer: Mapping[str, Any],
+    batch_index: int,
+    given: Mapping[str, Pooling | None],
 ) -> list[int]:
     """Batch items to put on the page: all of a small batch if they fit, else the chosen."""
     first = next(iter(attention_by_layer.values()))
     batch = int(np.shape(first)[0]) if np.ndim(first) == 4 else 1
-    per_item = _page_bytes(attention_by_layer, pooling, render.DISPLAY_SIZE) * 3 // 4
+    per_item = _page_bytes(attention_by_layer, given, DISPLAY_SIZE) * 3 // 4
     if 1 < batch <= MAX_PAGE_ITEMS and batch * per_item <= MAX_ITEMS_BYTES:
         return list(range(batch))
     return [batch_index]
@@ -226,21 +255,21 @@ def _layer_data(
     *,
     items: list[int],
     tokens: Sequence[str] | None,
-    given: render._Pooling | None,
+    given: Pooling | None,
     size: int,
-) -> tuple[dict[str, Any], render._Pooling | None]:
+) -> tuple[dict[str, Any], Pooling | None]:
     """One layer's entry of the page data at display size `size`, and how it was pooled
     (None: exact)."""
     views_by_item = []
-    drawn: render._Pooling | None = None
+    drawn: Pooling | None = None
     heads = rows = cols = 0
     for b in items:
-        item = render._item(attention, batch_index=b, name=name, pooling=given)
+        item = batch_item(attention, batch_index=b, name=name, pooling=given)
         heads = item.shape[0]
-        mean, drawn = render._mean_view(item, given, size)
+        mean, drawn = mean_view(item, given, size)
         rows, cols = mean.shape
-        head_views = [render._head_view(item, h, given, size)[0] for h in range(heads)]
-        mask = render._masked_cells(head_views)
+        head_views = [head_view(item, h, given, size)[0] for h in range(heads)]
+        mask = masked_cells(head_views)
         matrices = [(f"mean of {heads} heads", mean)]
         matrices += [(f"head {h}", matrix) for h, matrix in enumerate(head_views)]
         prefix = f"item {b} — " if len(items) > 1 else ""
@@ -252,16 +281,16 @@ def _layer_data(
             {"index": b, "views": views, "masked": 0 if mask is None else int(mask.sum())}
         )
     source = drawn.source_len if drawn is not None else (rows, cols)
-    query_tokens, key_tokens = render._axis_tokens(tokens, *source)
+    query_tokens, key_tokens = axis_tokens(tokens, *source)
     exact = drawn is None or not drawn.pooled
-    spans = (drawn.query_range, drawn.key_range) if drawn else ((0, rows), (0, cols))
+    spans = (drawn.query, drawn.key) if drawn else ((0, rows), (0, cols))
     blocks = (drawn.query_block, drawn.key_block) if drawn else (1, 1)
     layer = {
         "name": name,
         "shape": [int(n) for n in np.shape(attention)],
         "heads": heads,
         "display_shape": [int(rows), int(cols)],
-        "pooling": None if drawn is None else drawn.as_dict(),
+        "pooling": None if drawn is None else _pooling_data(drawn),
         "note": "" if drawn is None else drawn.note(),
         "y": _axis_labels(query_tokens, source[0], spans[0], blocks[0], exact),
         "x": _axis_labels(key_tokens, source[1], spans[1], blocks[1], exact),
@@ -313,21 +342,21 @@ def _rollout_data(
         per_item = {b: arr[b] for b in items}
     else:
         return None
-    entries, pooling = [], None
+    entries: list[dict[str, Any]] = []
+    pooling = display_pooling(arr.shape[-2:])
     for b, matrix in per_item.items():
-        shown, info = render.pool_for_display(matrix)
-        pooling = render._local_pooling(info)
+        shown = matrix if pooling is None else pooling.apply(matrix)
         entries.append({"index": b, "data": _encode(shown)})
     q, k = (int(n) for n in arr.shape[-2:])
-    query_tokens, key_tokens = render._axis_tokens(tokens, q, k) if tokens else (None, None)
+    query_tokens, key_tokens = axis_tokens(tokens, q, k) if tokens else (None, None)
     blocks = (pooling.query_block, pooling.key_block) if pooling else (1, 1)
-    rows, cols = -(-q // blocks[0]), -(-k // blocks[1])
+    rows, cols = pooling.shape if pooling else (q, k)
     exact = pooling is None
     return {
         "label": "rollout",
         "title": f"attention rollout through {', '.join(layers)}",
         "display_shape": [rows, cols],
-        "pooling": None if pooling is None else pooling.as_dict(),
+        "pooling": None if pooling is None else _pooling_data(pooling),
         "note": "" if pooling is None else pooling.note(),
         "y": _axis_labels(query_tokens, q, (0, q), blocks[0], exact),
         "x": _axis_labels(key_tokens, k, (0, k), blocks[1], exact),
@@ -341,32 +370,33 @@ def page_html(
     tokens: Sequence[str] | None,
     batch_index: int,
     analysis: Mapping[str, Any] | None,
-    pooling: Mapping[str, Any] | None,
+    pooling: PoolingArg,
     rollout: Any = None,
     title: str = "Attention — neural-attn",
 ) -> str:
     """The page's text (``render.create_interactive_html`` documents the arguments)."""
     if not attention_by_layer:
         raise InvalidInputError("no attention layers to put on the page")
-    given = render._per_layer(analysis)
+    metrics_by_layer = per_layer(analysis)
     if rollout is None and analysis is not None:
         rollout = analysis.get("rollout")
-    items = _page_items(attention_by_layer, batch_index, pooling)
+    given = {name: layer_pooling(pooling, name) for name in attention_by_layer}
+    items = _page_items(attention_by_layer, batch_index, given)
     if batch_index not in items:  # the chosen item must exist even when all are shown
         name, first = next(iter(attention_by_layer.items()))
-        render._item(first, batch_index=batch_index, name=name)
-    size = _page_size(attention_by_layer, pooling, len(items))
+        batch_item(first, batch_index=batch_index, name=name)
+    size = _page_size(attention_by_layer, given, len(items))
     layers: list[dict[str, Any]] = []
     tables: list[str] = []
     notes: list[str] = []
-    if size < render.DISPLAY_SIZE:
+    if size < DISPLAY_SIZE:
         notes.append(
             f"<li>To keep the page under {PAGE_DATA_BYTES // 10**6} MB of attention, every head "
             f"is drawn with at most {size} positions an axis; draw fewer layers (--layer) for "
             "finer views.</li>"
         )
     for name, attention in attention_by_layer.items():
-        server_pooling = render._given_pooling(pooling, name)
+        server_pooling = given[name]
         layer, drawn = _layer_data(
             name,
             attention,
@@ -377,7 +407,7 @@ def page_html(
         )
         if drawn is not None and (drawn.pooled or drawn.windowed):
             notes.append(f"<li>{_pooling_note(name, drawn, layer['heads'])}</li>")
-        metrics = given.get(name)
+        metrics = metrics_by_layer.get(name)
         if metrics is None and server_pooling is None:
             metrics = analyze_attention_patterns(attention)
         layer["metrics"] = _head_metrics(metrics)
@@ -390,7 +420,7 @@ def page_html(
         "encoding": ENCODING,
         "exact_values": EXACT_VALUES_FILE,
         "colormap": _colormap_hex(),
-        "masked_color": render.MASKED_COLOR,
+        "masked_color": MASKED_COLOR,
         "layers": layers,
         "rollout": _rollout_data(rollout, items, tokens, list(attention_by_layer)),
     }

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from neural_attn.client._sinks import LayerHeader, LayerSink
+from neural_attn.pooling import Pooling
 
 __all__ = ["StreamProgress", "expected_bytes"]
 
@@ -94,8 +95,6 @@ def expected_bytes(shapes: list[tuple[int, ...]], *, itemsize: int, pool_size: i
     """Bytes of layers of these (batch, heads, q, k) shapes, pooled to ``pool_size`` or not."""
     total = 0
     for shape in shapes:
-        *lead, q, k = shape
-        if pool_size:
-            q, k = (-(-n // -(-n // pool_size)) if n > pool_size else n for n in (q, k))
-        total += int(np.prod(lead, dtype=np.int64)) * q * k * itemsize
+        rows, cols = Pooling.of(shape, pool_size).shape
+        total += int(np.prod(shape[:-2], dtype=np.int64)) * rows * cols * itemsize
     return total

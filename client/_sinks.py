@@ -19,39 +19,9 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 
 from neural_attn.errors import InvalidInputError
+from neural_attn.pooling import Pooling
 
 __all__ = ["ArraySink", "LayerHeader", "LayerSink", "NpyDirSink", "NpzSink", "Pooling"]
-
-
-@dataclass(frozen=True)
-class Pooling:
-    """How a layer's attention was cut and pooled on the server before it was sent.
-
-    Rows are source query positions [query[0], query[1]) in blocks of `query_block` (the last
-    block may be shorter), columns likewise for keys; a block is its `mode` ("max" or "mean")
-    over the positions it covers. Blocks of 1 are exact values.
-    """
-
-    source_shape: tuple[int, int, int, int]
-    query: tuple[int, int]
-    key: tuple[int, int]
-    query_block: int
-    key_block: int
-    mode: str
-
-    @property
-    def pooled(self) -> bool:
-        return self.query_block > 1 or self.key_block > 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "source_shape": list(self.source_shape),
-            "query": list(self.query),
-            "key": list(self.key),
-            "query_block": self.query_block,
-            "key_block": self.key_block,
-            "mode": self.mode,
-        }
 
 
 @dataclass(frozen=True)
@@ -63,7 +33,7 @@ class LayerHeader:
     shape: tuple[int, ...]  # (batch, heads, query, key) of the tensor sent
     dtype: np.dtype[Any]
     head: int | None  # the one head sent, or None for all heads
-    pooling: Pooling | None  # None: exact and whole
+    pooling: Pooling | None  # how the server cut and pooled it; None: exact and whole
 
     @property
     def size(self) -> int:

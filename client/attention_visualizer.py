@@ -1,7 +1,8 @@
 """`AttentionVisualizer`: the feature document's Python API, served by a neural-attn server.
 
-Its methods and signatures are exactly those of `spec/attention_visualization.md`; the work runs
-on the server named by `server=` (or $NEURAL_ATTN_SERVER), else on the embedded server.
+Its methods and signatures are the feature document's (`tests/client/test_thin_client.py` holds
+them to it); the work runs on the server named by `server=` (or $NEURAL_ATTN_SERVER), else on the
+embedded server.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from neural_attn.client._tokenize import (
 )
 from neural_attn.client._tokenize import tokenize as split_text
 from neural_attn.errors import InvalidInputError
+from neural_attn.pooling import Pooling
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -312,7 +314,7 @@ class AttentionVisualizer:
         itemsize = np.dtype(dtype).itemsize
 
         shown: dict[str, np.ndarray] = {}
-        pooling: dict[str, dict[str, Any]] = {}
+        pooling: dict[str, Pooling] = {}
         with self._bar(
             "attention for display",
             layers=len(shapes),
@@ -331,7 +333,7 @@ class AttentionVisualizer:
                     self._progress(f"received {layer.name} {tuple(layer.shape)} for display")
                 shown[layer.name] = layer.value
                 if layer.pooling is not None and layer.pooling.pooled:
-                    pooling[layer.name] = layer.pooling.as_dict()
+                    pooling[layer.name] = layer.pooling
         weights: Mapping[str, np.ndarray] = shown
 
         npz = out / "attention_weights.npz"
@@ -424,7 +426,7 @@ class AttentionVisualizer:
                     "rollout": "attention_rollout.npy" if rollout is not None else None,
                     "attention_weights": npz.name if write_npz else None,
                     "attention_weights_window": npz_window,
-                    "display_pooling": pooling or None,
+                    "display_pooling": {k: p.as_dict() for k, p in pooling.items()} or None,
                 },
                 indent=2,
             ),
