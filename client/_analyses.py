@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from neural_attn import wire
+from neural_attn.client._messages import ExtractOptions, analysis_dict
 from neural_attn.errors import InvalidInputError
 from neural_attn.v1 import attention_pb2 as pb
 
@@ -107,9 +108,7 @@ class HeadAnalysisMixin:
             if token_ids is not None:
                 request.token_ids.CopyFrom(wire.to_proto(np.asarray(token_ids)))
             return request
-        from neural_attn.client._client import _ExtractOptions
-
-        options = _ExtractOptions(layers, None, sequence_length=sequence_length)
+        options = ExtractOptions(layers, None, sequence_length=sequence_length)
         extract = self._extract_request(model, data, options, inline=self._inline_ok(model))
         return pb.HeadsRequest(extract=extract, mask=mask)
 
@@ -145,8 +144,6 @@ class HeadAnalysisMixin:
 
         Returns ``{"model_id", "layers": {name: metrics}, "provenance"}``.
         """
-        from neural_attn.client._client import _analysis_dict
-
         request = self._heads_request(
             attention,
             model,
@@ -157,7 +154,7 @@ class HeadAnalysisMixin:
             token_ids=token_ids,
         )
         r = self._unary("AnalyzeHeads", request)
-        out = _analysis_dict(pb.AnalyzeResponse(model_id=r.model_id, layers=r.layers))
+        out = analysis_dict(pb.AnalyzeResponse(model_id=r.model_id, layers=r.layers))
         out.pop("rollout", None)
         out["provenance"] = provenance_dict(r.provenance)
         return out
@@ -222,9 +219,7 @@ class HeadAnalysisMixin:
         Returns ``{"model_id", "ranked_by", "softmax_output", "heads": [{"layer", "head",
         "rank", "l2", "relative_l2", "kl", "pattern"}] largest change first, "provenance"}``.
         """
-        from neural_attn.client._client import _ExtractOptions
-
-        options = _ExtractOptions(None, None, sequence_length=sequence_length)
+        options = ExtractOptions(None, None, sequence_length=sequence_length)
         extract = self._extract_request(model, data, options, inline=self._inline_ok(model))
         request = pb.AblationRequest(
             extract=extract,

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from neural_attn.client._cli_common import check_file, client_for, load_data
 from neural_attn.errors import InvalidInputError
 
 Row = dict[str, Any]
@@ -98,9 +99,7 @@ def _head(text: str) -> tuple[str, int]:
 
 # -- plumbing ---------------------------------------------------------------------------------
 def _client(args: argparse.Namespace) -> Any:
-    from neural_attn.client import cli
-
-    return cli._client_for(args, announce=lambda line: _note(args, line))
+    return client_for(args, announce=lambda line: _note(args, line))
 
 
 def _note(args: argparse.Namespace, line: str) -> None:
@@ -117,9 +116,7 @@ def _progress(args: argparse.Namespace) -> Callable[[dict[str, Any]], None]:
 
 
 def _compile(client: Any, args: argparse.Namespace, file: str, **overrides: Any) -> Any:
-    from neural_attn.client import cli
-
-    cli._check_file(file)
+    check_file(file)
     options = {
         "backend": args.backend,
         "seed": args.seed,
@@ -129,7 +126,7 @@ def _compile(client: Any, args: argparse.Namespace, file: str, **overrides: Any)
         **overrides,
     }
     if options["weights"]:
-        cli._check_file(options["weights"])
+        check_file(options["weights"])
     model = client.compile_file(file, **options)
     for warning in model.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -137,9 +134,7 @@ def _compile(client: Any, args: argparse.Namespace, file: str, **overrides: Any)
 
 
 def _data(args: argparse.Namespace) -> np.ndarray | None:
-    from neural_attn.client import cli
-
-    return cli._load_data(args.data)
+    return load_data(args.data)
 
 
 def _masks(args: argparse.Namespace) -> dict[str, Any]:
@@ -292,11 +287,9 @@ def _ablate(args: argparse.Namespace) -> int:
 
 def _batches(paths: list[str], size: int) -> tuple[Iterator[np.ndarray], int]:
     """Each file's items in messages of at most `size` items, read one message at a time."""
-    from neural_attn.client import cli
-
     arrays = []
     for path in paths:
-        cli._check_file(path)
+        check_file(path)
         try:
             arrays.append(np.load(path, mmap_mode="r", allow_pickle=False))
         except (OSError, ValueError) as exc:

@@ -14,10 +14,10 @@ import grpc
 import numpy as np
 
 from neural_attn import chunk_codec, wire
-from neural_attn.analysis import DISTRIBUTION_STATS, HEAD_METRICS, LAYER_AVERAGES
 from neural_attn.client import _connection as _conn
 from neural_attn.client._analyses import HeadAnalysisMixin, attention_set
 from neural_attn.client._embedded import server_target
+from neural_attn.client._messages import ExtractOptions, analysis_dict
 from neural_attn.client._sinks import ArraySink, LayerHeader, LayerSink, Pooling
 from neural_attn.errors import (
     InvalidInputError,
@@ -110,36 +110,6 @@ def _compile_result(r: pb.CompileResponse) -> CompileResult:
         embedding_layer=r.embedding_layer,
         vocab_size=r.vocab_size,
     )
-
-
-def _analysis_dict(r: pb.AnalyzeResponse) -> dict[str, Any]:
-    """The response as the same dict `neural_attn.analysis.summarize_layers` makes."""
-    layers: dict[str, dict[str, Any]] = {}
-    for la in r.layers:
-        heads = list(la.heads)
-        layers[la.layer_name] = {
-            "shape": list(la.shape),
-            "num_heads": la.num_heads,
-            **{key: [getattr(h, field) for h in heads] for key, field in HEAD_METRICS.items()},
-            "attention_distribution": [
-                {stat: getattr(h, stat) for stat in DISTRIBUTION_STATS} for h in heads
-            ],
-            **{key: getattr(la, key) for key in LAYER_AVERAGES},
-        }
-    rollout = wire.from_proto(r.rollout) if r.HasField("rollout") else None
-    return {"model_id": r.model_id, "layers": layers, "rollout": rollout}
-
-
-@dataclass(frozen=True)
-class _ExtractOptions:
-    layers: Sequence[str] | None = None
-    head: int | None = None
-    dtype: str = "float32"
-    max_chunk_bytes: int = 0
-    sequence_length: int = 0
-    window: tuple[tuple[int, int], tuple[int, int]] | None = None
-    pool_size: int = 0
-    pool_mode: str = "max"
 
 
 @dataclass(frozen=True)
@@ -467,7 +437,7 @@ class AttentionClient(HeadAnalysisMixin):
         self,
         model: str | CompileResult,
         data: np.ndarray | None,
-        options: _ExtractOptions,
+        options: ExtractOptions,
         *,
         inline: bool,
     ) -> pb.ExtractRequest:
@@ -540,7 +510,7 @@ class AttentionClient(HeadAnalysisMixin):
             raise InvalidInputError("dtype must be 'float32' or 'float16'")
         if pool_mode not in ("max", "mean"):
             raise InvalidInputError("pool_mode must be 'max' or 'mean'")
-        options = _ExtractOptions(
+        options = ExtractOptions(
             layers, head, dtype, max_chunk_bytes, sequence_length, window, pool_size, pool_mode
         )
         target = sink if sink is not None else ArraySink()
@@ -636,7 +606,7 @@ class AttentionClient(HeadAnalysisMixin):
         if attention is not None:
             return self._analyze(pb.AnalyzeRequest(attention=attention_set(attention)))
         assert model is not None
-        options = _ExtractOptions(layers, head, sequence_length=sequence_length)
+        options = ExtractOptions(layers, head, sequence_length=sequence_length)
 
         def call(inline: bool) -> Iterator[dict[str, Any]]:
             request = self._extract_request(model, data, options, inline=inline)
@@ -645,4 +615,4 @@ class AttentionClient(HeadAnalysisMixin):
         return next(iter(self._with_resend(model, call)))
 
     def _analyze(self, request: pb.AnalyzeRequest) -> dict[str, Any]:
-        return _analysis_dict(self._unary("Analyze", request))
+        return analysis_dict(self._unary("Analyze", request))

@@ -18,79 +18,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from neural_attn.client._cli_common import (
+    check_file,
+    client_for,
+    load_data,
+    model_options,
+    token_option,
+)
 from neural_attn.errors import NeuralAttnError
 
 if TYPE_CHECKING:
-    from neural_attn.client._client import AttentionClient
     from neural_attn.client.attention_visualizer import AttentionVisualizer
-
-
-def _token_option(p: argparse.ArgumentParser) -> None:
-    """How to reach a server: token and TLS (each also a NEURAL_ATTN_* variable)."""
-    p.add_argument(
-        "--token",
-        help="bearer token of a server that requires one ($NEURAL_ATTN_TOKEN; visible in `ps`: "
-        "prefer --token-file)",
-    )
-    p.add_argument("--token-file", help="file holding the token ($NEURAL_ATTN_TOKEN_FILE)")
-    p.add_argument(
-        "--tls", action="store_true", default=None, help="TLS, system CAs ($NEURAL_ATTN_TLS)"
-    )
-    p.add_argument("--tls-ca", help="PEM CA that signed the server's cert ($NEURAL_ATTN_TLS_CA)")
-    p.add_argument("--tls-cert", help="PEM client cert, mutual TLS ($NEURAL_ATTN_CLIENT_CERT)")
-    p.add_argument("--tls-key", help="PEM key of --tls-cert ($NEURAL_ATTN_CLIENT_KEY)")
-
-
-def _client_for(
-    args: argparse.Namespace, announce: Callable[[str], None] | None = None
-) -> AttentionClient:
-    """A client for --server / $NEURAL_ATTN_SERVER with the connection flags, else for the
-    embedded server (`announce` is told when it starts)."""
-    from neural_attn.client._client import AttentionClient
-    from neural_attn.client._connection import read_token_file
-    from neural_attn.client._embedded import server_target
-
-    target, embedded = server_target(args.server, announce=announce)
-    if embedded:
-        return AttentionClient()  # the embedded server, in clear on loopback
-    token = args.token or (read_token_file(args.token_file) if args.token_file else None)
-    return AttentionClient(
-        target,
-        token=token,
-        tls=args.tls,
-        tls_ca=args.tls_ca,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-    )
-
-
-def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="the .neural model file")
-    p.add_argument("--backend", choices=("tensorflow", "pytorch"), default="tensorflow")
-    p.add_argument(
-        "--server",
-        help="host:port, dns:///name:port or a comma list of replicas of a neural-attn server "
-        "($NEURAL_ATTN_SERVER; default: an embedded server)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="weight-initialisation seed")
-    p.add_argument("--network", help="which network, when the file defines several")
-    p.add_argument(
-        "--weights",
-        help="trained weights file sent to the server: neutral .npz or .safetensors, Keras "
-        ".weights.h5 / .keras, or a PyTorch state_dict (.pt); any of them fits either backend",
-    )
-    p.add_argument("--server-weights", help="a weights file under the server's --weights-dir")
-    _token_option(p)
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neural-attn-client", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     v = sub.add_parser("visualize", help="compile a .neural file and draw its attention")
-    _model_options(v)
+    model_options(v)
     v.add_argument(
         "--attention",
         action="store_true",
@@ -152,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         help="write a model's weights (e.g. converted from --weights) as a neutral .npz or "
         ".safetensors",
     )
-    _model_options(e)
+    model_options(e)
     e.add_argument(
         "-o",
         "--output",
@@ -161,10 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     i = sub.add_parser("info", help="what a server runs: backends, devices, limits")
     i.add_argument("--server", help="host:port (default: embedded)")
-    _token_option(i)
+    token_option(i)
     from neural_attn.client._analysis_cli import register
 
-    register(sub, _model_options)  # analyze, similarity, ablate, profile, compare
+    register(sub, model_options)  # analyze, similarity, ablate, profile, compare
     from neural_attn.client._import_cli import register as register_import
 
     register_import(sub)
@@ -186,15 +131,6 @@ def _window(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
     return (q0, q1), (k0, k1)
 
 
-def _load_data(path: str | None) -> np.ndarray | None:
-    if path is None:
-        return None
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"error: cannot read --data {path}: {exc}") from None
-
-
 def _progress(args: argparse.Namespace) -> Callable[[str], None]:
     def progress(line: str) -> None:
         if not getattr(args, "quiet", False):
@@ -210,7 +146,7 @@ def _visualizer(args: argparse.Namespace) -> AttentionVisualizer:
     return AttentionVisualizer(
         None,
         args.backend,
-        client=_client_for(args, announce=progress),
+        client=client_for(args, announce=progress),
         seed=args.seed,
         network=args.network,
         weights=args.weights,
@@ -221,18 +157,12 @@ def _visualizer(args: argparse.Namespace) -> AttentionVisualizer:
     )
 
 
-def _check_file(path: str) -> None:
-    if not Path(path).is_file():
-        print(f"error: no such file: {path}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def _visualize(args: argparse.Namespace) -> int:
-    _check_file(args.file)
+    check_file(args.file)
     if args.weights:
-        _check_file(args.weights)
+        check_file(args.weights)
     if args.vocab:
-        _check_file(args.vocab)
+        check_file(args.vocab)
     if args.vocab and args.tokenizer:
         raise SystemExit("error: give --vocab or --tokenizer, not both")
     tokenize = args.vocab
@@ -249,7 +179,7 @@ def _visualize(args: argparse.Namespace) -> int:
         return 0
     result = viz.visualize_from_dsl(
         args.file,
-        _load_data(args.data),
+        load_data(args.data),
         backend=args.backend,
         layer_name=args.layer,
         head_index=args.head,
@@ -271,7 +201,7 @@ def _visualize(args: argparse.Namespace) -> int:
 
 
 def _export_weights(args: argparse.Namespace) -> int:
-    _check_file(args.file)
+    check_file(args.file)
     viz = _visualizer(args)
     options = viz.compile_options(args.backend)
     fmt = "safetensors" if args.output.lower().endswith(".safetensors") else "npz"
@@ -287,7 +217,7 @@ def _export_weights(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    client = _client_for(args)
+    client = client_for(args)
     target = client.target
     with client:
         info = client.server_info()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import numpy as np
@@ -45,11 +45,9 @@ from neural_attn.head_analysis import (
     similarity_cost,
 )
 from neural_attn.server import convert
-from neural_attn.server.engine import CompiledModel, ExtractPlan
+from neural_attn.server.engine import CompiledModel, Engine, ExtractPlan
+from neural_attn.server.resolve import Resolver
 from neural_attn.v1 import attention_pb2 as pb
-
-if TYPE_CHECKING:
-    from neural_attn.server.servicer import AttentionServicer
 
 # Items (input items x ablated heads) one ablation pass runs at most, by default.
 ABLATION_ITEMS_PER_PASS = 64
@@ -194,12 +192,12 @@ def provenance(
 
 
 class HeadAnalyses:
-    """The head-analysis RPCs of one servicer (its engine, model resolution and limits)."""
+    """The head-analysis RPCs: requests resolved into models and plans, run on the engine."""
 
-    def __init__(self, servicer: AttentionServicer) -> None:
-        self.servicer = servicer
-        self.engine = servicer.engine
-        self.config = servicer.engine.config
+    def __init__(self, engine: Engine, resolve: Resolver) -> None:
+        self.resolve = resolve
+        self.engine = engine
+        self.config = engine.config
 
     # -- limits, checked from shapes before any work -------------------------------------------
     def _mask(self, message: pb.AnalysisMask) -> Mask:
@@ -290,8 +288,8 @@ class HeadAnalyses:
                 "head analyses read the exact attention: leave out window and pooling"
             )
         self._check_layer_count(len(extract.layer_names), "layer_names")
-        entry = self.servicer._resolve(extract)
-        plan = self.servicer._plan(extract, entry)
+        entry = self.resolve.model(extract)
+        plan = self.resolve.plan(extract, entry)
         shapes = _plan_shapes(plan)
         hint = "ask for fewer layers (layer_names) or one head (head)"
         if rpc == "HeadSimilarity":
@@ -384,8 +382,8 @@ class HeadAnalyses:
                 f"{limit:,} in one call (max_analysis_heads): {hint}"
             )
         extract = request.extract
-        entry = self.servicer._resolve(extract)
-        plan = self.servicer._plan(extract, entry)
+        entry = self.resolve.model(extract)
+        plan = self.resolve.plan(extract, entry)
         data = plan.data
         sites = {layer.name: int(layer["num_heads"]) for _, layer in entry.network.attention_sites}
         asked = [(ref.layer, int(ref.head)) for ref in request.heads]
@@ -494,7 +492,7 @@ class HeadAnalyses:
                 f"the profile announces {total:,} items; this server profiles at most "
                 f"{max_items:,} in one stream (max_profile_items): split the data over streams"
             )
-        entry = self.servicer._resolve(extract)
+        entry = self.resolve.model(extract)
         layer_names = list(first.layer_names)
         sites = [
             (layer.name, int(layer["num_heads"]))
@@ -601,8 +599,8 @@ class HeadAnalyses:
     ) -> pb.CompareResponse:
         mask = self._mask(request.mask)
         self._check_layer_count(len(request.layer_names), "layer_names")
-        entry_a, _ = self.servicer._compile(request.model_a)
-        entry_b, _ = self.servicer._compile(request.model_b)
+        entry_a, _ = self.resolve.compile(request.model_a)
+        entry_b, _ = self.resolve.compile(request.model_b)
         sites_a = [layer.name for _, layer in entry_a.network.attention_sites]
         sites_b = {layer.name for _, layer in entry_b.network.attention_sites}
         wanted = list(request.layer_names) or sites_a

@@ -11,16 +11,14 @@ import numpy as np
 
 from neural_attn.analysis import Rollout, layer_metrics
 from neural_attn.backends.base import stopped
-from neural_attn.backends.weight_files import guess_format
 from neural_attn.chunk_codec import Serialized
 from neural_attn.errors import (
     InvalidInputError,
-    ModelNotFoundError,
-    excerpt,
 )
 from neural_attn.server import convert
 from neural_attn.server.analyses import HeadAnalyses
-from neural_attn.server.engine import CompiledModel, Engine, ExtractPlan, WeightsInput
+from neural_attn.server.engine import Engine
+from neural_attn.server.resolve import Resolver
 from neural_attn.v1 import attention_pb2 as pb
 from neural_attn.v1 import attention_pb2_grpc as pb_grpc
 
@@ -47,6 +45,7 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.config = engine.config
+        self.resolve = Resolver(engine)
         self._info: pb.ServerInfo | None = None
 
     def server_info(self) -> pb.ServerInfo:
@@ -55,72 +54,17 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
             self._info = convert.server_info(self.config)
         return self._info
 
-    def _compile(self, request: pb.CompileRequest) -> tuple[CompiledModel, bool]:
-        return self.engine.compile(
-            request.source,
-            filename=request.filename,
-            backend=convert.backend_name(request.backend, self.config.default_backend),
-            seed=request.seed,
-            network=request.network or None,
-            weights=self._weights(request),
-        )
-
-    def _weights(self, request: pb.CompileRequest) -> WeightsInput | None:
-        if not request.HasField("weights"):
-            return None
-        weights = request.weights
-        which = weights.WhichOneof("source")
-        if which == "content":
-            content, name = weights.content, weights.filename
-        elif which == "path":
-            content, name = self.engine.weights_file(weights.path), weights.path
-        else:
-            raise InvalidInputError("weights need either content or a path")
-        fmt = convert.weights_format(weights.format) or guess_format(name, content)
-        return WeightsInput(content, fmt, name)
-
-    def _resolve(self, request: pb.ExtractRequest) -> CompiledModel:
-        which = request.WhichOneof("model")
-        if which == "model_id":
-            entry = self.engine.lookup(request.model_id)
-            if entry is None:
-                raise ModelNotFoundError(
-                    f"model {excerpt(request.model_id)!r} is not held by this server; send the "
-                    "source "
-                    "again (an inline compile request) and any replica will serve it"
-                )
-            return entry
-        if which == "compile":
-            return self._compile(request.compile)[0]
-        raise InvalidInputError("an extract request needs a model_id or an inline compile request")
-
-    def _plan(self, request: pb.ExtractRequest, entry: CompiledModel) -> ExtractPlan:
-        data = None
-        if request.HasField("input"):
-            data = convert.input_array(request.input, max_elements=self.config.max_input_elements)
-        pool_size, pool_mode = convert.pooling(request)
-        return self.engine.plan(
-            entry,
-            data=data,
-            layer_names=list(request.layer_names),
-            head=request.head if request.HasField("head") else None,
-            sequence_length=request.sequence_length,
-            window=convert.window(request),
-            pool_size=pool_size,
-            pool_mode=pool_mode,
-        )
-
     def Compile(
         self, request: pb.CompileRequest, context: grpc.ServicerContext
     ) -> pb.CompileResponse:
-        entry, cached = self._compile(request)
+        entry, cached = self.resolve.compile(request)
         return convert.compile_response(entry, cached=cached, filename=request.filename)
 
     def ExtractAttention(
         self, request: pb.ExtractRequest, context: grpc.ServicerContext
     ) -> Iterator[Serialized]:  # AttentionChunk messages, already serialized (chunk_codec)
-        entry = self._resolve(request)
-        plan = self._plan(request, entry)
+        entry = self.resolve.model(request)
+        plan = self.resolve.plan(request, entry)
         dtype = convert.output_dtype(request.output_dtype)
         max_bytes = convert.chunk_bytes(
             request.max_chunk_bytes,
@@ -171,8 +115,8 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
                 raise InvalidInputError(
                     "Analyze computes metrics of the exact attention: leave out window and pooling"
                 )
-            entry = self._resolve(request.extract)
-            plan = self._plan(request.extract, entry)
+            entry = self.resolve.model(request.extract)
+            plan = self.resolve.plan(request.extract, entry)
             # Layer by layer as the pass computes them: metrics never need every layer at once.
             layers: dict[str, Any] = {}
             rollout = Rollout()
@@ -195,7 +139,7 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
         self, request: pb.ExportWeightsRequest, context: grpc.ServicerContext
     ) -> pb.WeightsFile:
         fmt = convert.export_format(request.format)  # refused before compiling
-        entry, _ = self._compile(request.model)
+        entry, _ = self.resolve.compile(request.model)
         content = self.engine.export_weights(entry, fmt=fmt)
         return pb.WeightsFile(model_id=entry.model_id, content=content)
 
@@ -208,24 +152,24 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
     def AnalyzeHeads(
         self, request: pb.HeadsRequest, context: grpc.ServicerContext
     ) -> pb.HeadsAnalysis:
-        return HeadAnalyses(self).analyze(request, context)
+        return HeadAnalyses(self.engine, self.resolve).analyze(request, context)
 
     def HeadSimilarity(
         self, request: pb.SimilarityRequest, context: grpc.ServicerContext
     ) -> pb.SimilarityResponse:
-        return HeadAnalyses(self).similarity(request, context)
+        return HeadAnalyses(self.engine, self.resolve).similarity(request, context)
 
     def AblateHeads(
         self, request: pb.AblationRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.AblationUpdate]:
-        return HeadAnalyses(self).ablate(request, context)
+        return HeadAnalyses(self.engine, self.resolve).ablate(request, context)
 
     def ProfileHeads(
         self, request_iterator: Iterator[pb.ProfileRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.ProfileUpdate]:
-        return HeadAnalyses(self).profile(request_iterator, context)
+        return HeadAnalyses(self.engine, self.resolve).profile(request_iterator, context)
 
     def CompareCheckpoints(
         self, request: pb.CompareRequest, context: grpc.ServicerContext
     ) -> pb.CompareResponse:
-        return HeadAnalyses(self).compare(request, context)
+        return HeadAnalyses(self.engine, self.resolve).compare(request, context)
