@@ -68,9 +68,8 @@ format: $(PY)
 	$(VENV)/bin/ruff format .
 
 # mypy sees the package as installed: build/typecheck/neural_attn links the folders that
-# pyproject's package-dir maps into it, so neural_attn.dsl, .backends, ... resolve. This is the
-# only type check: the old per-folder `mypy neural_attn dsl backends server client` is retired
-# (it saw dsl/, backends/, ... as top-level packages and could not follow neural_attn.* imports).
+# pyproject's package-dir maps into it, so neural_attn.dsl, .backends, ... resolve (mypy run on
+# the folders themselves would see dsl/, backends/, ... as top-level packages).
 TYPECHECK := build/typecheck
 types: $(PY)
 	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/neural_attn
@@ -81,7 +80,7 @@ types: $(PY)
 # What CI runs (.ci/run). `setup` first: lint and types need the dev tools installed.
 check: setup lint format-check types proto-check test
 
-# Benchmarks (issue 7's targets): prints a table, writes bench/results.json. Measures, never asserts.
+# Benchmarks: prints a table, writes bench/results.json. Measures, never asserts.
 # Section 5 compares the pretrained MiniLM with transformers and its page with bertviz's
 # head_view (bertviz without its dependencies: the rest of what it needs is in the dev extra).
 bench: setup pretrained

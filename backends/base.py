@@ -1,4 +1,4 @@
-"""The small interface every backend implements, and the input rules they share (DESIGN §4).
+"""The small interface every backend implements, and the input rules they share.
 
 A backend turns a resolved `Network` into a `BuiltModel`; `BuiltModel.forward` is one forward
 pass that returns the model output and the attention probabilities of the requested layers.

@@ -1,5 +1,5 @@
 """Plain-framework encoder stacks with no project code: the floor of "a forward pass that
-materializes attention" (issue 7). Same shape as `TransformerEncoder(num_heads, ff_dim) * L`
+materializes attention". Same shape as `TransformerEncoder(num_heads, ff_dim) * L`
 at width d: post-norm blocks, attention -> add & norm -> Dense(ff, relu) -> Dense(d) -> add & norm.
 """
 

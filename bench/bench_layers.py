@@ -4,7 +4,7 @@
 - 12 layers: one ExtractAttention call of the 12-layer model (every layer streamed and read);
 - 12 x one layer: twelve calls of the 1-layer model of the same width (the floor: each layer's
   work once, and as many attention bytes on the wire);
-- the feature document's approach as baseline: one sub-model per layer, each re-running the
+- the per-layer sub-model approach as baseline: one sub-model per layer, each re-running the
   prefix up to its layer (the 1..12-layer models; the call for model k extracts only its last
   layer), so the same 12 layers of attention cross the wire but layer i is computed 13 - i times.
 
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                     f"{label}: baseline ÷ ({depth} x one layer)",
                     s,
                     o,
-                    note="the feature document's approach",
+                    note="the per-layer sub-model approach",
                     device=dev,
                 ),
             ]

@@ -1,4 +1,4 @@
-"""Section 5: the pretrained MiniLM-L6 side by side with the peers (issue 16).
+"""Section 5: the pretrained MiniLM-L6 side by side with the peers.
 
 - served ÷ transformers: warm ExtractAttention of the imported checkpoint (`neural-attn-client
   import`, weights sent with the compile) against a real gRPC server in its own process, every

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             "diagnosis: served ÷ (forward + bare stream)",
             s,
             f + b,
-            note="1.00: no cost beyond computing, then sending, each layer (DESIGN §3)",
+            note="1.00: no cost beyond computing, then sending, each layer",
             device=dev,
         ),
     ]

@@ -1,4 +1,4 @@
-"""The thin client: SDK, the feature document's `AttentionVisualizer`, rendering and the CLI.
+"""The thin client: SDK, the documented `AttentionVisualizer`, rendering and the CLI.
 
 Importing it pulls no TensorFlow, PyTorch or lark (a test checks it).
 """

@@ -1,6 +1,6 @@
 """The head analyses of `AttentionClient` (a mixin): requests out, plain dicts back.
 
-Dicts keep the feature document's metric names (``attention_entropy``,
+Dicts keep the documented metric names (``attention_entropy``,
 ``max_attention_per_head``, ...), as `AttentionClient.analyze` does. Every result holds a
 ``"provenance"`` dict: where the attention came from, what was masked, and its sanity.
 """

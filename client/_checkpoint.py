@@ -1,4 +1,4 @@
-"""A Hugging Face checkpoint becomes a readable `.neural` file and neutral weights (issue 16).
+"""A Hugging Face checkpoint becomes a readable `.neural` file and neutral weights.
 
     neural-attn-client import CKPT_DIR -o OUT_DIR
 

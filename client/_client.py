@@ -1,4 +1,4 @@
-"""`AttentionClient`: the SDK over the gRPC wire contract (DESIGN §3)."""
+"""`AttentionClient`: the SDK over the gRPC contract (protos/neural_attn/v1/attention.proto)."""
 
 from __future__ import annotations
 
@@ -598,7 +598,7 @@ class AttentionClient(HeadAnalysisMixin):
     ) -> dict[str, Any]:
         """Metrics per layer and head: for `attention` you send, or for a `model` the server runs.
 
-        Returns {"model_id", "layers": {name: metrics}, "rollout"} with the feature document's
+        Returns {"model_id", "layers": {name: metrics}, "rollout"} with the documented
         metric names (the same dict `neural_attn.analysis.summarize_layers` makes locally).
         """
         if (attention is None) == (model is None):

@@ -1,6 +1,6 @@
-"""`AttentionVisualizer`: the feature document's Python API, served by a neural-attn server.
+"""`AttentionVisualizer`: the documented Python API, served by a neural-attn server.
 
-Its methods and signatures are the feature document's (`tests/client/test_thin_client.py` holds
+Its methods and signatures are the documented ones (`tests/client/test_thin_client.py` holds
 them to it); the work runs on the server named by `server=` (or $NEURAL_ATTN_SERVER), else on the
 embedded server.
 """
@@ -197,7 +197,7 @@ class AttentionVisualizer:
             weights[name] = attention
         return weights
 
-    # -- the feature document's API ------------------------------------------------------------
+    # -- the documented API ------------------------------------------------------------
     def extract_attention_weights(
         self, input_data: np.ndarray | None, layer_names: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:

@@ -372,5 +372,5 @@ for _rnn in ("LSTM", "GRU", "SimpleRNN"):
 
 LAYER_SPECS: dict[str, LayerSpec] = {spec.type: spec for spec in _SPECS}
 
-# Layers that would run user code; the server never executes user text (DESIGN §4).
+# Layers that would run user code; the server never executes user text.
 UNSAFE_LAYERS = frozenset({"Lambda", "TFOpLambda", "CustomLayer", "PythonFunction"})

@@ -1,4 +1,4 @@
-"""Attention metrics: the feature document's per-head numbers, a pattern label, and rollout.
+"""Attention metrics: the documented per-head numbers, a pattern label, and rollout.
 
 Shared by the thin client and the server, so it imports numpy and the standard library only.
 Attention is softmax probabilities of shape ``[batch, head, query_pos, key_pos]``: rows sum to 1
@@ -67,7 +67,7 @@ class Distribution(TypedDict):
 
 
 class LayerMetrics(TypedDict, total=False):
-    """One layer's metrics, the feature document's names; each list holds one entry per head.
+    """One layer's metrics, the documented names; each list holds one entry per head.
 
     The one record the analysis makes, the server sends (``neural_attn.v1.LayerAnalysis``,
     through ``HEAD_METRICS``), the SDK returns and the renderers read. ``shape`` is set by

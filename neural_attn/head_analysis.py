@@ -67,7 +67,7 @@ __all__ = [
 # moves a third of its mass elsewhere is at about 0.4. 0.3 calls "the same head twice" redundant.
 DEFAULT_REDUNDANCY_THRESHOLD = 0.3
 
-# The per-head numbers a profile and a comparison carry, with the feature document's names
+# The per-head numbers a profile and a comparison carry, with the documented names
 # (the distribution's mean/std/min/max flattened to distribution_*).
 METRICS = (
     "attention_entropy",

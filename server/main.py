@@ -294,7 +294,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def choose_host(config: ServerConfig, run: RunOptions) -> tuple[str, list[str]]:
-    """The address to bind and what to warn about: secure by default (DESIGN §6)."""
+    """The address to bind and what to warn about: secure by default."""
     tls = bool(config.tls_cert)
     mtls = tls and bool(config.tls_client_ca)
     authenticated = bool(config.auth_token) or mtls

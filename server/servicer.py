@@ -148,7 +148,7 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
     ) -> pb.ServerInfo:
         return self.server_info()
 
-    # -- head analyses (issue 10): the work is in server/analyses.py ---------------------------
+    # -- head analyses: the work is in server/analyses.py ---------------------------------------
     def AnalyzeHeads(
         self, request: pb.HeadsRequest, context: grpc.ServicerContext
     ) -> pb.HeadsAnalysis:

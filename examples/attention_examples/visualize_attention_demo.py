@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.output_dir)
 
-    # 1. The feature document's quick start: a .neural file, your data, every output file.
+    # 1. The quick start: a .neural file, your data, every output file.
     visualizer = AttentionVisualizer(model=None, backend="tensorflow", server=args.server)
     input_data = np.random.default_rng(0).standard_normal((1, 50, 256)).astype(np.float32)
     results = visualizer.visualize_from_dsl(
