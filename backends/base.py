@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Generator
+from collections.abc import Callable, Collection, Generator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,6 +321,21 @@ class BuiltModel(ABC):
         yield from stream_pass(run, gated=self.gates_attention)
 
     @abstractmethod
+    def head_mask(self, masks: Mapping[str, np.ndarray]) -> AbstractContextManager[None]:
+        """While inside, each attention layer named in `masks` multiplies head h of batch item
+        i by ``masks[layer][i, h]`` before its output projection (``masks[layer]``: (batch,
+        heads)): the head's context ``softmax(QK^T) V`` is zeroed where the projection reads
+        it, so the projection's bias stays and the other heads are untouched. One pass runs
+        many ablations side by side. It changes the model object: use it on a `private_copy`,
+        never on a model other requests share. Refuses a name that is not an attention layer."""
+
+    def private_copy(self, *, seed: int, device: str) -> BuiltModel:
+        """A model of the same network and weights that no other request sees."""
+        return get_backend(self.backend).build(
+            self.network, seed=seed, device=device, weights=self.get_weights()
+        )
+
+    @abstractmethod
     def get_weights(self) -> dict[str, np.ndarray]:
         """The parameters in the framework-neutral layout of `backends.weights`."""
 
@@ -365,6 +381,10 @@ class Backend(ABC):
 
     @abstractmethod
     def gpu_available(self) -> bool: ...
+
+    @abstractmethod
+    def framework_version(self) -> str:
+        """The version of the framework this backend runs on, e.g. "2.13.0+cpu"."""
 
     def resolve_device(self, requested: str) -> str:
         """The device `requested` (auto | cpu | cuda) means for this backend on this machine."""

@@ -24,7 +24,6 @@ import grpc
 import numpy as np
 
 from neural_attn import wire
-from neural_attn.backends.head_masks import head_mask, private_copy
 from neural_attn.errors import (
     DeadlineExceededError,
     InvalidInputError,
@@ -415,7 +414,7 @@ class HeadAnalyses:
         self.engine.plan(entry, data=np.concatenate([data] * per_pass), layer_names=(), head=None)
 
         stop, passes = _checker(context), _stopper(context)
-        model = private_copy(entry.model, seed=entry.seed, device=self.config.device)
+        model = entry.model.private_copy(seed=entry.seed, device=self.config.device)
         base, attention = model.forward(data, capture=list(sites), should_stop=passes)
         sanity = Sanity()
         labels: dict[str, list[str]] = {}
@@ -435,7 +434,7 @@ class HeadAnalyses:
             }
             for i, (name, h) in enumerate(group):
                 masks[name][i * batch : (i + 1) * batch, h] = 0.0
-            with head_mask(model, {k: v for k, v in masks.items() if (v == 0).any()}):
+            with model.head_mask({k: v for k, v in masks.items() if (v == 0).any()}):
                 out, _ = model.forward(np.concatenate([data] * len(group)), should_stop=passes)
             for i, (name, h) in enumerate(group):
                 impacts.append(

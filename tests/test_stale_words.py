@@ -14,7 +14,7 @@ STALE = re.compile(r"DESIGN §|DESIGN\.md|feature document|\bissue \d+|\bis reti
 
 
 def _sources() -> list[Path]:
-    files = [REPO / "Makefile"]
+    files = [REPO / "Makefile", REPO / "pyproject.toml"]
     for folder in FOLDERS:
         files += [p for p in (REPO / folder).rglob("*.py") if "v1" not in p.parts]
     return files

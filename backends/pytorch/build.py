@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +32,7 @@ from neural_attn.backends.streaming import Reduction, on_pass_thread
 from neural_attn.backends.weight_files import check_neutral
 from neural_attn.backends.weights import initial_weights, weight_shapes
 from neural_attn.dsl.ir import Network
+from neural_attn.errors import InvalidInputError
 
 # Keep GPU attention float32-exact: no TF32 in matmuls or convolutions.
 torch.backends.cuda.matmul.allow_tf32 = False
@@ -68,6 +69,16 @@ def _attention_modules(layers: torch.nn.ModuleDict) -> Iterator[tuple[str, block
             yield name, block.attention
         elif isinstance(block, blocks.Residual):
             yield from _attention_modules(block.layers)
+
+
+def _masked_context(
+    heads: int, weights: torch.Tensor, _module: Any, args: tuple[Any, ...]
+) -> tuple[Any, ...]:
+    """The context [batch, query, heads * key_dim] with head h of item i times weights[i, h]."""
+    context = args[0]
+    batch, length, width = context.shape
+    split = context.reshape(batch, length, heads, width // heads) * weights[:, None, :, None]
+    return (split.reshape(batch, length, width), *args[1:])
 
 
 class _PassHooks:
@@ -156,6 +167,28 @@ class PyTorchModel(BuiltModel):
         x = torch.from_numpy(prepared.array).to(self.device)
         with torch.inference_mode(), self._hooks.serving(capture, should_stop):
             return self.model.run(x, capture=capture, start=prepared.start, should_stop=should_stop)
+
+    @contextmanager
+    def head_mask(self, masks: Mapping[str, np.ndarray]) -> Iterator[None]:
+        """`BuiltModel.head_mask`: a forward pre-hook on each named SelfAttention's output
+        projection, whose input is the context [batch, query, heads * key_dim]."""
+        attention = dict(_attention_modules(self.model.blocks))
+        handles = []
+        try:
+            for name, mask in masks.items():
+                if name not in attention:
+                    raise InvalidInputError(f"`{name}` is not an attention layer of this model")
+                block = attention[name]
+                weights = torch.from_numpy(np.asarray(mask, np.float32)).to(self.device)
+                handles.append(
+                    block.output.register_forward_pre_hook(
+                        functools.partial(_masked_context, block.num_heads, weights)
+                    )
+                )
+            yield
+        finally:
+            for handle in reversed(handles):
+                handle.remove()
 
     def _to_numpy(self, tensor: torch.Tensor, reduction: Reduction | None = None) -> np.ndarray:
         if reduction is not None and not reduction.exact:
@@ -266,6 +299,9 @@ class PyTorchBackend(Backend):
 
     def gpu_available(self) -> bool:
         return torch.cuda.is_available()
+
+    def framework_version(self) -> str:
+        return str(torch.__version__)
 
     @_on_pass_thread
     def read_weights(

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,7 @@ from neural_attn.backends.tensorflow.weights import read_keras  # noqa: E402
 from neural_attn.backends.weight_files import check_neutral  # noqa: E402
 from neural_attn.backends.weights import initial_weights  # noqa: E402
 from neural_attn.dsl.ir import Network  # noqa: E402
+from neural_attn.errors import InvalidInputError  # noqa: E402
 
 # TF32 matmuls on Ampere+ GPUs round to 10 mantissa bits: attention must be float32-exact.
 tf.config.experimental.enable_tensor_float_32_execution(False)
@@ -94,6 +95,35 @@ def _compile_calls(layers: list[keras.layers.Layer]) -> None:
             _compile_calls(layer.body)
         else:
             layer.call = tf.function(layer.call, reduce_retracing=True)
+
+
+def _all_layers(layers: list[keras.layers.Layer]) -> Iterator[keras.layers.Layer]:
+    """Every block, those inside residual blocks included."""
+    for layer in layers:
+        yield layer
+        if isinstance(layer, blocks.ResidualBlock):
+            yield from _all_layers(layer.body)
+
+
+def _mask_heads(block: Any, mha: Any, mask: np.ndarray) -> Callable[[], None]:
+    """Wrap `mha`'s output projection to weigh each head by `mask` [batch, heads]; run `block`
+    eagerly meanwhile. Returns what undoes both."""
+    compiled, original = block.call, mha._output_dense
+    if hasattr(compiled, "python_function"):
+        block.call = compiled.python_function
+    weights = keras.ops.convert_to_tensor(mask[:, None, :, None])
+
+    def masked(context: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(context * keras.ops.cast(weights, context.dtype), *args, **kwargs)
+
+    # object.__setattr__: a plain function is not a layer for Keras to track.
+    object.__setattr__(mha, "_output_dense", masked)
+
+    def undo() -> None:
+        object.__setattr__(mha, "_output_dense", original)
+        block.call = compiled
+
+    return undo
 
 
 class TensorFlowModel(BuiltModel):
@@ -142,6 +172,26 @@ class TensorFlowModel(BuiltModel):
                 start=prepared.start,
                 should_stop=should_stop,
             )
+
+    @contextmanager
+    def head_mask(self, masks: Mapping[str, np.ndarray]) -> Iterator[None]:
+        """`BuiltModel.head_mask`: each named layer's `MultiHeadAttention._output_dense`, whose
+        input is the context [batch, query, heads, key_dim], is wrapped for the duration, and
+        the layer's call runs eagerly: a graph traced before the mask would never see it, and
+        one traced with it would keep it (`_compile_calls`)."""
+        layers = {layer.name: layer for layer in _all_layers(self.model.blocks)}
+        undo: list[Callable[[], None]] = []
+        try:
+            for name, mask in masks.items():
+                block = layers.get(name)
+                mha = getattr(getattr(block, "attention", block), "mha", None)
+                if mha is None:
+                    raise InvalidInputError(f"`{name}` is not an attention layer of this model")
+                undo.append(_mask_heads(block, mha, np.asarray(mask, np.float32)))
+            yield
+        finally:
+            for restore in reversed(undo):
+                restore()
 
     def _to_numpy(self, tensor: tf.Tensor, reduction: Reduction | None = None) -> np.ndarray:
         if reduction is not None and not reduction.exact:
@@ -268,6 +318,9 @@ class TensorFlowBackend(Backend):
 
     def gpu_available(self) -> bool:
         return bool(tf.config.list_physical_devices("GPU"))
+
+    def framework_version(self) -> str:
+        return str(tf.__version__)
 
     def read_weights(
         self, network: Network, content: bytes, fmt: str, *, name: str = ""

@@ -1,5 +1,5 @@
 """The backends' neutral modules import no framework (cycles among every module of ours,
-the backends' included, are tests/test_import_graph.py's)."""
+the backends' included, are tests/test_import_cycles.py's)."""
 
 from __future__ import annotations
 
