@@ -7,28 +7,28 @@ embedded server.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from neural_attn.analysis import analyze_attention_patterns, summarize_layers
+from neural_attn.client import _outputs as outputs
 from neural_attn.client import render
 from neural_attn.client._client import AttentionClient, CompileResult
 from neural_attn.client._embedded import server_target
-from neural_attn.client._figures import PDF_BOOK, parse_formats, save_figure, write_pdf_book
+from neural_attn.client._figures import parse_formats
+from neural_attn.client._inputs import check_tokens, text_input
+from neural_attn.client._outputs import VisualizationResult
 from neural_attn.client._progress import StreamProgress, expected_bytes
 from neural_attn.client._sinks import ArraySink, NpzSink
 from neural_attn.client._tokenize import (
     PretrainedTokenizer,
-    Tokens,
     Vocabulary,
-    check_ids,
 )
-from neural_attn.client._tokenize import tokenize as split_text
 from neural_attn.errors import InvalidInputError
 from neural_attn.pooling import Pooling
 
@@ -42,51 +42,31 @@ def _quiet(_: str) -> None:
     pass
 
 
+@dataclass(frozen=True)
+class _Ask:
+    """What every call of one `visualize_from_dsl` asks the server about."""
+
+    model: CompileResult
+    data: np.ndarray | None
+    layers: list[str] | None
+    tokens: Sequence[str] | None
+    dtype: str
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens) if self.tokens else 0
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"layers": self.layers, "sequence_length": self.length, "dtype": self.dtype}
+
+
 def _path(path: str | os.PathLike[str] | None) -> Path | None:
     return None if path is None else Path(path)
-
-
-def _safe_name(layer: str) -> str:
-    return "".join(c if c.isalnum() or c in "_-" else "_" for c in layer)
-
-
-class VisualizationResult(dict[str, Any]):
-    """What `visualize` and `visualize_from_dsl` return: a dict, shown inline in Jupyter.
-
-    A notebook shows the interactive page (`_repr_html_`, in an iframe so that several
-    results keep apart) or, where HTML is not rendered, the heatmap figure (`_repr_png_`).
-    """
-
-    def _page(self) -> str | None:
-        files = self.get("files") or {}
-        if files.get("html"):
-            return Path(files["html"]).read_text(encoding="utf-8")
-        weights = self.get("attention_weights")
-        if not weights:
-            return None
-        from neural_attn.client._html import page_html
-
-        return page_html(
-            dict(weights),
-            tokens=self.get("tokens"),
-            batch_index=0,
-            analysis=self.get("analysis"),
-            pooling=None,
-        )
-
-    def _repr_html_(self) -> str | None:
-        from neural_attn.client._html import iframe
-
-        page = self._page()
-        return None if page is None else iframe(page)
-
-    def _repr_png_(self) -> bytes | None:
-        figure = self.get("figure")
-        if figure is not None:
-            return bytes(figure._repr_png_())
-        files = self.get("files") or {}
-        png = files.get("heatmap")
-        return Path(png).read_bytes() if png and png.endswith(".png") else None
 
 
 class AttentionVisualizer:
@@ -226,7 +206,7 @@ class AttentionVisualizer:
         "output_path", "tokens"}, which a notebook shows inline.
         """
         model = self._current()
-        input_data, tokens, _ = _text_input(model, input_data, tokens, text, tokenize)
+        input_data, tokens, _ = text_input(model, input_data, tokens, text, tokenize)
         weights = self._extract(
             model,
             input_data,
@@ -288,21 +268,60 @@ class AttentionVisualizer:
         """
         formats = parse_formats(figure_formats)
         compiled = self.compile(str(dsl_file), backend)
-        input_data, tokens, split = _text_input(compiled, input_data, tokens, text, tokenize)
-        _check_tokens(compiled, input_data, tokens)
-        layers = [layer_name] if layer_name else None
-        length = len(tokens) if tokens else 0
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        files: dict[str, str] = {}
+        input_data, tokens, split = text_input(compiled, input_data, tokens, text, tokenize)
+        check_tokens(compiled, input_data, tokens)
+        ask = _Ask(compiled, input_data, [layer_name] if layer_name else None, tokens, dtype)
+        out = outputs.OutputDir(output_dir, self._progress)
+        analysis = self._metrics(ask, head_index)
+        shapes = [tuple(int(n) for n in m["shape"]) for m in analysis["layers"].values()]
+        shown, pooling = self._for_display(ask, shapes, display_size)
+        npz = out.path / "attention_weights.npz"
+        weights: Mapping[str, np.ndarray] = shown
+        if write_npz:
+            weights = self._npz(ask, npz, shapes, shown if not pooling else None, npz_window)
+            out.written("npz", npz)
+        figure = outputs.figures(
+            out,
+            shown,
+            analysis,
+            head=head_index,
+            tokens=tokens,
+            batch_index=batch_index,
+            pooling=pooling,
+            formats=formats,
+            dpi=dpi,
+        )
+        outputs.code(out, compiled)
+        outputs.page(out, shown, analysis, tokens=tokens, batch_index=batch_index, pooling=pooling)
+        outputs.rollout(out, analysis)
+        outputs.analysis_json(
+            out,
+            compiled,
+            analysis,
+            tokens=tokens,
+            split=split,
+            npz=npz.name if write_npz else None,
+            npz_window=npz_window,
+            pooling=pooling,
+        )
+        return VisualizationResult(
+            attention_weights=weights,
+            analysis=analysis,
+            files=out.files,
+            model=compiled,
+            figure=figure,
+            tokens=None if tokens is None else list(tokens),
+            token_ids=None if split is None else list(split.ids),
+            tokenizer_tokens=outputs.tokenizer_tokens(split),
+            summary=outputs.console_summary(analysis),
+        )
 
-        def written(key: str, path: Path) -> None:
-            files[key] = str(path)
-            self._progress(f"wrote {path}")
-
+    # -- what visualize_from_dsl fetches ----------------------------------------------------------
+    def _metrics(self, ask: _Ask, head_index: int | None) -> dict[str, Any]:
+        """Every layer's metrics and the rollout, computed on the server (no tensors move)."""
         self._progress("computing metrics on the server")
         analysis = self.client.analyze(
-            model=compiled, data=input_data, layers=layers, sequence_length=length
+            model=ask.model, data=ask.data, layers=ask.layers, sequence_length=ask.length
         )
         for name, metrics in analysis["layers"].items():
             if head_index is not None and not 0 <= head_index < metrics["num_heads"]:
@@ -310,147 +329,53 @@ class AttentionVisualizer:
                     f"head {head_index} does not exist in `{name}`, which has "
                     f"{metrics['num_heads']} heads (0..{metrics['num_heads'] - 1})"
                 )
-        shapes = [tuple(int(n) for n in m["shape"]) for m in analysis["layers"].values()]
-        itemsize = np.dtype(dtype).itemsize
+        return analysis
 
+    def _for_display(
+        self, ask: _Ask, shapes: list[tuple[int, ...]], display_size: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, Pooling]]:
+        """Each layer pooled on the server to `display_size` positions when it is longer;
+        the layers that were, with their pooling."""
         shown: dict[str, np.ndarray] = {}
         pooling: dict[str, Pooling] = {}
-        with self._bar(
-            "attention for display",
-            layers=len(shapes),
-            total=expected_bytes(shapes, itemsize=itemsize, pool_size=display_size),
-        ) as bar:
+        total = expected_bytes(shapes, itemsize=ask.itemsize, pool_size=display_size)
+        with self._bar("attention for display", layers=len(shapes), total=total) as bar:
             for layer in self.client.extract_layers(
-                compiled,
-                input_data,
-                layers=layers,
-                sequence_length=length,
-                dtype=dtype,
+                ask.model,
+                ask.data,
                 pool_size=display_size,
                 sink=bar.wrap(ArraySink()),
+                **ask.options,
             ):
                 if not self._progress_bar:
                     self._progress(f"received {layer.name} {tuple(layer.shape)} for display")
                 shown[layer.name] = layer.value
                 if layer.pooling is not None and layer.pooling.pooled:
                     pooling[layer.name] = layer.pooling
-        weights: Mapping[str, np.ndarray] = shown
+        return shown, pooling
 
-        npz = out / "attention_weights.npz"
-        if write_npz and not pooling and npz_window is None:
-            np.savez(npz, **shown)  # type: ignore[arg-type]  # shown is exact: no second pass
-            written("npz", npz)
-        elif write_npz:
-            total = None if npz_window else expected_bytes(shapes, itemsize=itemsize)
-            with (
-                NpzSink(npz) as sink,
-                self._bar(npz.name, layers=len(shapes), total=total) as bar,
+    def _npz(
+        self,
+        ask: _Ask,
+        npz: Path,
+        shapes: list[tuple[int, ...]],
+        exact: Mapping[str, np.ndarray] | None,
+        window: tuple[tuple[int, int], tuple[int, int]] | None,
+    ) -> Mapping[str, np.ndarray]:
+        """attention_weights.npz: the `exact` layers already here when there are and no window
+        is asked, else streamed chunk by chunk into the file (no layer whole in this process)
+        and opened lazily."""
+        if exact is not None and window is None:
+            np.savez(npz, **exact)  # type: ignore[arg-type]
+            return exact
+        total = None if window else expected_bytes(shapes, itemsize=ask.itemsize)
+        with NpzSink(npz) as sink, self._bar(npz.name, layers=len(shapes), total=total) as bar:
+            for layer in self.client.extract_layers(
+                ask.model, ask.data, window=window, sink=bar.wrap(sink), **ask.options
             ):
-                for layer in self.client.extract_layers(
-                    compiled,
-                    input_data,
-                    layers=layers,
-                    sequence_length=length,
-                    dtype=dtype,
-                    window=npz_window,
-                    sink=bar.wrap(sink),
-                ):
-                    if not self._progress_bar:
-                        self._progress(f"wrote {layer.name} {tuple(layer.shape)} to {npz.name}")
-            written("npz", npz)
-            weights = np.load(npz)
-
-        figures = []
-        figure = render.plot_heatmaps(
-            shown,
-            head=head_index,
-            tokens=tokens,
-            batch_index=batch_index,
-            pooling=pooling or None,
-            dpi=dpi,
-        )
-        figures.append(figure)
-        for fmt, path in zip(
-            formats, save_figure(figure, out / "attention_heatmap", formats, dpi=dpi), strict=True
-        ):
-            written("heatmap" if fmt == formats[0] else f"heatmap.{fmt}", path)
-        for name, w in shown.items():
-            grid = render.plot_attention_heads(
-                w,
-                tokens=tokens,
-                title=name,
-                batch_index=batch_index,
-                pooling=pooling.get(name),
-                dpi=dpi,
-                labels=analysis["layers"].get(name, {}).get("pattern_per_head"),
-            )
-            figures.append(grid)
-            stem = out / f"attention_heads_{_safe_name(name)}"
-            for fmt, path in zip(formats, save_figure(grid, stem, formats, dpi=dpi), strict=True):
-                written(f"heads:{name}" if fmt == formats[0] else f"heads:{name}.{fmt}", path)
-        if "pdf" in formats:
-            written("figures.pdf", write_pdf_book(figures, out / PDF_BOOK))
-        path = out / f"compiled_model_{compiled.backend}.py"
-        path.write_text(compiled.generated_code, encoding="utf-8")
-        written("code", path)
-        rollout = analysis.get("rollout")
-        path = render.create_interactive_html(
-            shown,
-            tokens=tokens,
-            batch_index=batch_index,
-            analysis=analysis,
-            output_path=out / "attention_interactive.html",
-            pooling=pooling or None,
-            rollout=rollout,
-        )
-        written("html", path)
-        if rollout is not None:
-            path = out / "attention_rollout.npy"
-            np.save(path, np.asarray(rollout))
-            written("rollout", path)
-        raw_tokens = None if split is None else list(split.pieces or split.labels)
-        path = out / "analysis.json"
-        path.write_text(
-            json.dumps(
-                {
-                    "model_id": compiled.model_id,
-                    "network": compiled.network_name,
-                    "backend": compiled.backend,
-                    "device": compiled.device,
-                    "tokens": None if tokens is None else list(tokens),
-                    # from text: the ids sent and the tokenizer's own strings (AutoTokenizer's
-                    # convert_ids_to_tokens for --tokenizer); "tokens" are the axis labels
-                    "token_ids": None if split is None else list(split.ids),
-                    "tokenizer_tokens": raw_tokens,
-                    "layers": analysis["layers"],
-                    "rollout": "attention_rollout.npy" if rollout is not None else None,
-                    "attention_weights": npz.name if write_npz else None,
-                    "attention_weights_window": npz_window,
-                    "display_pooling": {k: p.as_dict() for k, p in pooling.items()} or None,
-                },
-                indent=2,
-            ),
-            encoding="utf-8",
-        )
-        written("analysis", path)
-        return VisualizationResult(
-            attention_weights=weights,
-            analysis=analysis,
-            files=files,
-            model=compiled,
-            figure=figure,
-            tokens=None if tokens is None else list(tokens),
-            token_ids=None if split is None else list(split.ids),
-            tokenizer_tokens=raw_tokens,
-            summary=render.format_console_summary(
-                # the exact shapes (figures may be pooled), as views that take no memory
-                {
-                    name: np.broadcast_to(np.float32(0), tuple(metrics["shape"]))
-                    for name, metrics in analysis["layers"].items()
-                },
-                analysis,
-            ),
-        )
+                if not self._progress_bar:
+                    self._progress(f"wrote {layer.name} {tuple(layer.shape)} to {npz.name}")
+        return np.load(npz)
 
     def _bar(self, what: str, *, layers: int, total: int | None) -> StreamProgress:
         return StreamProgress(what, layers=layers, total_bytes=total, enabled=self._progress_bar)
@@ -485,54 +410,3 @@ class AttentionVisualizer:
     def analyze_attention_patterns(self, attention_weights: np.ndarray) -> dict[str, Any]:
         """Entropy, max attention, diagonal strength (per head and averaged), pattern labels."""
         return dict(analyze_attention_patterns(attention_weights))
-
-
-def _check_tokens(
-    compiled: CompileResult, data: np.ndarray | None, tokens: Sequence[str] | None
-) -> None:
-    """`--tokens` must match the sequence length (of the data, else of the model)."""
-    if not tokens:
-        return
-    if data is not None:
-        length = int(np.shape(data)[1]) if np.ndim(data) >= 2 else None
-    else:
-        length = compiled.inputs[0].shape[1] if compiled.inputs else None
-    if length is not None and length != len(tokens):
-        raise InvalidInputError(
-            f"{len(tokens)} tokens were given but the sequence length is {length}; "
-            "give one token per position"
-        )
-
-
-def _text_input(
-    compiled: CompileResult,
-    data: np.ndarray | None,
-    tokens: Sequence[str] | None,
-    text: str | None,
-    vocabulary: Vocabulary | PretrainedTokenizer | str | os.PathLike[str] | None,
-) -> tuple[np.ndarray | None, Sequence[str] | None, Tokens | None]:
-    """Token ids and labels from `text` (and the Tokens), for a model that starts with
-    `Embedding`."""
-    if text is None:
-        if vocabulary is not None:
-            raise InvalidInputError("a vocabulary was given without text to tokenize")
-        return data, tokens, None
-    if data is not None or tokens:
-        raise InvalidInputError("give text, or input data and tokens, not both")
-    if vocabulary is None:
-        raise InvalidInputError("text needs a vocabulary (vocab.txt, one token a line)")
-    if not compiled.embedding_layer:
-        raise InvalidInputError(
-            f"`{compiled.network_name}` does not start with an Embedding layer, so it takes no "
-            "token ids; give its input with input data instead of text"
-        )
-    if not isinstance(vocabulary, Vocabulary | PretrainedTokenizer) and (
-        Path(vocabulary).is_dir() or Path(vocabulary).suffix.lower() == ".json"
-    ):  # a checkpoint's tokenizer folder or its tokenizer.json (else a plain vocabulary)
-        vocabulary = PretrainedTokenizer.load(vocabulary)
-    if isinstance(vocabulary, PretrainedTokenizer):
-        split = vocabulary.encode(text)
-    else:
-        split = split_text(text, vocabulary)
-    check_ids(split, compiled.vocab_size, compiled.embedding_layer)
-    return split.as_batch(), list(split.labels), split

@@ -10,8 +10,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from neural_attn import wire
+from neural_attn.client._inputs import text_input
 from neural_attn.client._tokenize import Vocabulary
-from neural_attn.client.attention_visualizer import _text_input
 from neural_attn.errors import (
     BackendUnavailableError,
     DSLError,
@@ -85,10 +85,10 @@ network Text {
         inputs=tuple(dataclasses.replace(i, description="reworded") for i in compiled.inputs),
     )
     vocab = Vocabulary(tuple(f"w{i}" for i in range(57)))
-    ids, labels, _ = _text_input(reworded, None, None, "w3 w56", vocab)
+    ids, labels, _ = text_input(reworded, None, None, "w3 w56", vocab)
     assert ids.tolist() == [[3, 56]] and labels == ["w3", "w56"]
     with pytest.raises(InvalidInputError, match=r"`embedding_0` takes ids in \[0, 57\)"):
-        _text_input(reworded, None, None, "w3 w57", Vocabulary((*vocab.tokens, "w57")))
+        text_input(reworded, None, None, "w3 w57", Vocabulary((*vocab.tokens, "w57")))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
