@@ -61,6 +61,12 @@ def _rng_for(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+# How a parameter starts, by its name (the part after the last "/"): kernels Glorot-uniform,
+# embeddings standard normal, these ones or zeros; any other name is refused, not guessed.
+_ONES = ("gamma", "moving_variance")
+_ZEROS = ("beta", "moving_mean")
+
+
 def initial_weights(network: Network, seed: int) -> dict[str, np.ndarray]:
     """The seeded initial parameters (float32), identical for both backends."""
     weights: dict[str, np.ndarray] = {}
@@ -73,10 +79,15 @@ def initial_weights(network: Network, seed: int) -> dict[str, np.ndarray]:
             value = rng.uniform(-limit, limit, size=shape)
         elif param == "embeddings":
             value = rng.standard_normal(shape)
-        elif param in ("gamma", "moving_variance"):
+        elif param in _ONES:
             value = np.ones(shape)
-        else:  # biases, beta, moving_mean
+        elif param in _ZEROS or param.endswith("bias"):
             value = np.zeros(shape)
+        else:
+            raise ValueError(
+                f"no initialisation rule for parameter `{key}`: a new parameter name needs one "
+                "in backends/weights.py (initial_weights)"
+            )
         weights[key] = value.astype(np.float32)
     return weights
 
