@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from neural_attn import analysis
+from neural_attn.analysis import Metric
 from neural_attn.client._cli_common import check_file, client_for, load_data
 from neural_attn.errors import InvalidInputError
 
@@ -212,17 +214,18 @@ def _analyze(args: argparse.Namespace) -> int:
         {
             "layer": name,
             "head": h,
-            "pattern": m["pattern_per_head"][h],
-            "entropy": m["attention_entropy"][h],
-            "norm_entropy": m["normalized_entropy"][h],
-            "max_attention": m["max_attention_per_head"][h],
-            "diagonal": m["diagonal_attention_strength"][h],
-            "distance": m["mean_attention_distance"][h],
+            **{c.column or c.key: m[c.key][h] for c in _columns() if c.is_label},
+            **{c.column or c.key: m[c.key][h] for c in _columns() if not c.is_label},
         }
         for name, m in result["layers"].items()
         for h in range(m["num_heads"])
     ]
     return _emit(args, result, rows, f"per-head metrics of {args.file}")
+
+
+def _columns() -> list[Metric]:
+    """The metrics in `analyze`'s rows (labels first), as `analysis.METRICS` names them."""
+    return [m for m in analysis.METRICS if m.column is not None]
 
 
 def _similarity(args: argparse.Namespace) -> int:
@@ -334,18 +337,11 @@ def _profile(args: argparse.Namespace) -> int:
                     }
                 )
     if args.format == "table":
-        rows = [r for r in rows if r["metric"] in _PROFILE_TABLE_METRICS]
+        shown = {m.key for m in analysis.METRICS if m.in_profile_table}
+        rows = [r for r in rows if r["metric"] in shown]
     exact = "exact" if result["exact_quantiles"] else "estimated from a bounded sample"
     title = f"per-head profile of {args.file} over {result['samples']} samples (quantiles {exact})"
     return _emit(args, result, rows, title)
-
-
-_PROFILE_TABLE_METRICS = (
-    "normalized_entropy",
-    "max_attention_per_head",
-    "diagonal_attention_strength",
-    "mean_attention_distance",
-)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -379,9 +375,11 @@ def _compare(args: argparse.Namespace) -> int:
             "js_distance": h["js_distance"],
             "js_divergence": h["js_divergence"],
             "pattern": f"{h['pattern_a']} -> {h['pattern_b']}",
-            "d_entropy": h["metrics"]["attention_entropy"]["delta"],
-            "d_max_attention": h["metrics"]["max_attention_per_head"]["delta"],
-            "d_diagonal": h["metrics"]["diagonal_attention_strength"]["delta"],
+            **{
+                m.compare_column: h["metrics"][m.key]["delta"]
+                for m in analysis.METRICS
+                if m.compare_column
+            },
         }
         for h in result["heads"]
     ]

@@ -42,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from neural_attn.analysis import analyze_attention_patterns
+from neural_attn import analysis
+from neural_attn.analysis import Metric, analyze_attention_patterns
 from neural_attn.client._views import (
     DISPLAY_SIZE,
     MASKED_COLOR,
@@ -130,6 +131,15 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) else "–"
 
 
+def _page_metrics() -> list[Metric]:
+    """The numbers the page shows, as `analysis.METRICS` names them (the label apart)."""
+    return [m for m in analysis.METRICS if m.label is not None]
+
+
+def _head_count(metrics: Mapping[str, Any]) -> int:
+    return int(metrics.get("num_heads", len(metrics.get("attention_entropy", []))))
+
+
 def _metrics_table(name: str, metrics: Mapping[str, Any] | None) -> str:
     """One layer's per-head metrics as a plain HTML table."""
     if metrics is None:
@@ -137,27 +147,20 @@ def _metrics_table(name: str, metrics: Mapping[str, Any] | None) -> str:
             f"<h2>{html.escape(name)}</h2>\n<p class='note'>No metrics: this layer arrived "
             "pooled, and the metrics need the exact attention (they are in analysis.json).</p>"
         )
-    columns = [
-        ("entropy", "attention_entropy"),
-        ("normalized entropy", "normalized_entropy"),
-        ("max attention", "max_attention_per_head"),
-        ("diagonal strength", "diagonal_attention_strength"),
-        ("mean distance", "mean_attention_distance"),
-    ]
-    heads = int(metrics.get("num_heads", len(metrics.get("attention_entropy", []))))
-    header = "".join(f"<th>{html.escape(label)}</th>" for label, _ in columns)
+    columns = _page_metrics()
+    heads = _head_count(metrics)
+    header = "".join(f"<th>{html.escape(m.label or '')}</th>" for m in columns)
     rows = []
     for h in range(heads):
         cells = "".join(
-            f"<td>{_fmt((metrics.get(key) or [None] * heads)[h])}</td>" for _, key in columns
+            f"<td>{_fmt((metrics.get(m.key) or [None] * heads)[h])}</td>" for m in columns
         )
         pattern = (metrics.get("pattern_per_head") or ["–"] * heads)[h]
         rows.append(f"<tr><th>head {h}</th>{cells}<td>{html.escape(str(pattern))}</td></tr>")
-    averages = [metrics.get(k) for k in ("avg_entropy", "avg_max_attention")]
-    mean_cells = (
-        f"<td>{_fmt(averages[0])}</td><td>–</td><td>{_fmt(averages[1])}</td>"
-        f"<td>{_fmt(metrics.get('avg_diagonal_strength'))}</td><td>–</td><td></td>"
+    mean_cells = "".join(
+        f"<td>{_fmt(metrics.get(m.average)) if m.average else '–'}</td>" for m in columns
     )
+    mean_cells += "<td></td>"
     rows.append(f"<tr class='mean'><th>mean</th>{mean_cells}</tr>")
     return (
         f"<h2>{html.escape(name)}</h2>\n<table>\n<tr><th>head</th>{header}<th>pattern</th></tr>\n"
@@ -304,24 +307,13 @@ def _head_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """One layer's per-head numbers and labels for the page's side panel (no matrices)."""
     if metrics is None:
         return None
-    heads = int(metrics.get("num_heads", len(metrics.get("attention_entropy", []))))
-    keys = {
-        "entropy": "attention_entropy",
-        "normalized entropy": "normalized_entropy",
-        "max attention": "max_attention_per_head",
-        "diagonal strength": "diagonal_attention_strength",
-        "mean distance": "mean_attention_distance",
-    }
+    heads = _head_count(metrics)
     numbers = {}
-    for label, key in keys.items():
-        values = metrics.get(key)
+    for m in _page_metrics():
+        values = metrics.get(m.key)
         if values is not None and len(values) == heads:
-            numbers[label] = [float(v) for v in values]
-    averages = {
-        "entropy": metrics.get("avg_entropy"),
-        "max attention": metrics.get("avg_max_attention"),
-        "diagonal strength": metrics.get("avg_diagonal_strength"),
-    }
+            numbers[m.label] = [float(v) for v in values]
+    averages = {m.label: metrics.get(m.average) for m in _page_metrics() if m.average}
     return {
         "per_head": numbers,
         "mean": {k: float(v) for k, v in averages.items() if v is not None},

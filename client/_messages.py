@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from neural_attn import wire
-from neural_attn.analysis import DISTRIBUTION_STATS, HEAD_METRICS, LAYER_AVERAGES
+from neural_attn import analysis, wire
 from neural_attn.v1 import attention_pb2 as pb
 
 
@@ -18,14 +17,12 @@ def analysis_dict(r: pb.AnalyzeResponse) -> dict[str, Any]:
     layers: dict[str, dict[str, Any]] = {}
     for la in r.layers:
         heads = list(la.heads)
+        per_head = {m.key: [getattr(h, m.wire) for h in heads] for m in analysis.METRICS}
         layers[la.layer_name] = {
             "shape": list(la.shape),
-            "num_heads": la.num_heads,
-            **{key: [getattr(h, field) for h in heads] for key, field in HEAD_METRICS.items()},
-            "attention_distribution": [
-                {stat: getattr(h, stat) for stat in DISTRIBUTION_STATS} for h in heads
-            ],
-            **{key: getattr(la, key) for key in LAYER_AVERAGES},
+            **analysis.record(la.num_heads, per_head),
+            # the means as the server sent them
+            **{m.average: getattr(la, m.average) for m in analysis.averaged() if m.average},
         }
     rollout = wire.from_proto(r.rollout) if r.HasField("rollout") else None
     return {"model_id": r.model_id, "layers": layers, "rollout": rollout}

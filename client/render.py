@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from neural_attn import analysis
 from neural_attn.analysis import analyze_attention_patterns
 from neural_attn.client._html import write_page
 from neural_attn.client._views import (
@@ -391,21 +392,25 @@ def format_console_summary(
     given = per_layer(analysis_by_layer)
     n = len(attention_by_layer)
     lines = [f"Found {n} attention layer{'s' * (n != 1)}"]
-    header = f"  {'head':>5}  {'entropy':>8}  {'max attn':>8}  {'diagonal':>8}  pattern"
+    numbers = [m for m in analysis.METRICS if m.console and not m.is_label]
+    labels = [m for m in analysis.METRICS if m.console and m.is_label]
+    header = f"  {'head':>5}" + "".join(f"  {m.console:>8}" for m in numbers)
+    header += "".join(f"  {m.console}" for m in labels)
     for name, attention in attention_by_layer.items():
         shape = tuple(int(d) for d in np.shape(attention))
-        metrics = given.get(name) or analyze_attention_patterns(attention)
+        metrics: Mapping[str, Any] = given.get(name) or analyze_attention_patterns(attention)
         heads = int(metrics["num_heads"])
-        patterns = metrics.get("pattern_per_head") or [""] * heads
         lines += ["", f"{name}: shape {shape}", header]
         for h in range(heads):
             lines.append(
-                f"  {h:>5}  {metrics['attention_entropy'][h]:>8.4f}"
-                f"  {metrics['max_attention_per_head'][h]:>8.4f}"
-                f"  {metrics['diagonal_attention_strength'][h]:>8.4f}  {patterns[h]}"
+                f"  {h:>5}"
+                + "".join(f"  {metrics[m.key][h]:>8.4f}" for m in numbers)
+                + "".join(f"  {(metrics.get(m.key) or [''] * heads)[h]}" for m in labels)
             )
         lines.append(
-            f"  {'mean':>5}  {metrics['avg_entropy']:>8.4f}  {metrics['avg_max_attention']:>8.4f}"
-            f"  {metrics['avg_diagonal_strength']:>8.4f}"
+            f"  {'mean':>5}"
+            + "".join(
+                f"  {metrics[m.average]:>8.4f}" if m.average else f"  {'':>8}" for m in numbers
+            ).rstrip()
         )
     return "\n".join(lines)

@@ -18,24 +18,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypedDict
+from dataclasses import dataclass
+from typing import Any, TypedDict, cast
 
 import numpy as np
 
 from neural_attn.errors import CancelledError, InvalidInputError
 
 __all__ = [
-    "DISTRIBUTION_STATS",
-    "HEAD_METRICS",
-    "LAYER_AVERAGES",
+    "METRICS",
     "PATTERN_LABELS",
+    "HeadNumbers",
     "LayerMetrics",
+    "Metric",
     "Rollout",
     "StopCheck",
     "analyze_attention_patterns",
     "attention_rollout",
+    "averaged",
     "check_stop",
+    "distribution_stats",
+    "head_value",
     "layer_metrics",
+    "numbers",
+    "per_head_lists",
+    "record",
     "summarize_layers",
 ]
 
@@ -69,9 +76,10 @@ class Distribution(TypedDict):
 class LayerMetrics(TypedDict, total=False):
     """One layer's metrics, the documented names; each list holds one entry per head.
 
-    The one record the analysis makes, the server sends (``neural_attn.v1.LayerAnalysis``,
-    through ``HEAD_METRICS``), the SDK returns and the renderers read. ``shape`` is set by
-    ``layer_metrics``.
+    The one record the analysis makes, the server sends (``neural_attn.v1.LayerAnalysis``),
+    the SDK returns and the renderers read, its keys those of `METRICS` (`record` builds it;
+    tests/analysis/test_metric_registry.py checks this annotation names them all). ``shape``
+    is set by ``layer_metrics``.
     """
 
     num_heads: int
@@ -88,19 +96,194 @@ class LayerMetrics(TypedDict, total=False):
     shape: list[int]
 
 
-# LayerMetrics' per-head lists -> their field of neural_attn.v1.HeadMetrics on the wire.
-HEAD_METRICS = {
-    "attention_entropy": "entropy",
-    "max_attention_per_head": "max_attention",
-    "diagonal_attention_strength": "diagonal_strength",
-    "pattern_per_head": "pattern",
-    "mean_attention_distance": "mean_distance",
-    "normalized_entropy": "normalized_entropy",
-}
-# attention_distribution's keys, which are also HeadMetrics fields.
-DISTRIBUTION_STATS = ("mean", "std", "min", "max")
-# LayerMetrics' means over heads, which are also LayerAnalysis fields.
-LAYER_AVERAGES = ("avg_entropy", "avg_max_attention", "avg_diagonal_strength")
+class HeadNumbers(TypedDict):
+    """What a metric is computed from: one layer's per-head numbers averaged over the batch
+    (``entropy``, ``row_max``, ``diagonal``, ``distance``, ``window_mass``, ``edge_mass``,
+    ``mean``, ``std``, ``min``, ``max``: arrays of one value per head, see `_head_metrics`) and
+    the key length ``k``."""
+
+    numbers: Mapping[str, np.ndarray]
+    k: int
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One per-head metric: how it is computed and where each table shows it.
+
+    Args:
+        key: its per-head list in `LayerMetrics`; for a statistic of
+            ``attention_distribution``, the flat name (``distribution_mean``) that profiles
+            and comparisons use.
+        wire: its field of ``neural_attn.v1.HeadMetrics``; ``number``: that field's number,
+            which orders the lists of a record as the proto orders its fields.
+        compute: its per-head values (floats, or strings for a label) from `HeadNumbers`.
+        label: its name on the page (panel and metrics table); None: not on the page.
+        column: its column in ``neural-attn-client analyze``'s rows; None: not there.
+        console: its header in the console summary; None: not in that table.
+        average: the `LayerMetrics` key (and ``LayerAnalysis`` field) of its mean over heads;
+            ``average_number``: that field's number.
+        stat: the key of ``attention_distribution`` it is, when it is one.
+        in_profile_table: one of the metrics ``profile --format table`` shows.
+        compare_column: its column of deltas in ``compare``'s rows; None: not there.
+    """
+
+    key: str
+    wire: str
+    number: int
+    compute: Callable[[HeadNumbers], Sequence[Any]]
+    label: str | None = None
+    column: str | None = None
+    console: str | None = None
+    average: str | None = None
+    average_number: int | None = None
+    stat: str | None = None
+    in_profile_table: bool = False
+    compare_column: str | None = None
+
+    @property
+    def is_label(self) -> bool:
+        """A label per head (a string), averaged by the most common one, not a number."""
+        return self.key == "pattern_per_head"
+
+
+def _number(name: str) -> Callable[[HeadNumbers], Sequence[Any]]:
+    return lambda h: _floats(h["numbers"][name])
+
+
+def _normalized_entropy(h: HeadNumbers) -> list[float]:
+    entropy, k = h["numbers"]["entropy"], h["k"]
+    return _floats(entropy / math.log(k) if k > 1 else np.zeros(len(entropy)))
+
+
+def _patterns(h: HeadNumbers) -> list[str]:
+    m, k = h["numbers"], h["k"]
+    edge = max(1, k // 20)
+    norm_entropy = _normalized_entropy(h)
+    return [
+        _pattern_label(
+            k=k,
+            normalized_entropy=norm_entropy[head],
+            diagonal_strength=float(m["diagonal"][head]),
+            window_mass=float(m["window_mass"][head]),
+            edge_mass=float(m["edge_mass"][head]),
+            edges_small=k >= 4 * edge,
+        )
+        for head in range(len(norm_entropy))
+    ]
+
+
+# The one list of per-head metrics, in the order the tables show them. Every table is built
+# from it: the record (`LayerMetrics`) and its empty and averaged forms, the wire
+# (server/convert.py, client/_messages.py), the page (client/_html.py), the console summary
+# (client/render.py) and the CLI's rows (client/_analysis_cli.py).
+METRICS: tuple[Metric, ...] = (
+    Metric(
+        "attention_entropy",
+        "entropy",
+        2,
+        _number("entropy"),
+        label="entropy",
+        column="entropy",
+        console="entropy",
+        average="avg_entropy",
+        average_number=5,
+        compare_column="d_entropy",
+    ),
+    Metric(
+        "normalized_entropy",
+        "normalized_entropy",
+        11,
+        _normalized_entropy,
+        label="normalized entropy",
+        column="norm_entropy",
+        in_profile_table=True,
+    ),
+    Metric(
+        "max_attention_per_head",
+        "max_attention",
+        3,
+        _number("row_max"),
+        label="max attention",
+        column="max_attention",
+        console="max attn",
+        average="avg_max_attention",
+        average_number=6,
+        in_profile_table=True,
+        compare_column="d_max_attention",
+    ),
+    Metric(
+        "diagonal_attention_strength",
+        "diagonal_strength",
+        4,
+        _number("diagonal"),
+        label="diagonal strength",
+        column="diagonal",
+        console="diagonal",
+        average="avg_diagonal_strength",
+        average_number=7,
+        in_profile_table=True,
+        compare_column="d_diagonal",
+    ),
+    Metric(
+        "mean_attention_distance",
+        "mean_distance",
+        10,
+        _number("distance"),
+        label="mean distance",
+        column="distance",
+        in_profile_table=True,
+    ),
+    Metric("pattern_per_head", "pattern", 9, _patterns, column="pattern", console="pattern"),
+    Metric("distribution_mean", "mean", 5, _number("mean"), stat="mean"),
+    Metric("distribution_std", "std", 6, _number("std"), stat="std"),
+    Metric("distribution_min", "min", 7, _number("min"), stat="min"),
+    Metric("distribution_max", "max", 8, _number("max"), stat="max"),
+)
+
+
+def per_head_lists() -> list[Metric]:
+    """The metrics that are a list of `LayerMetrics` (not a distribution statistic), in the
+    record's order: their wire field numbers'."""
+    return sorted((m for m in METRICS if m.stat is None), key=lambda m: m.number)
+
+
+def distribution_stats() -> list[Metric]:
+    """The statistics of ``attention_distribution``, in the record's order."""
+    return sorted((m for m in METRICS if m.stat is not None), key=lambda m: m.number)
+
+
+def averaged() -> list[Metric]:
+    """The metrics with a mean over heads in `LayerMetrics`, in the record's order."""
+    return sorted((m for m in METRICS if m.average), key=lambda m: m.average_number or 0)
+
+
+def numbers() -> list[Metric]:
+    """The numeric metrics in table order, the distribution's statistics last: the flat
+    per-head numbers of a profile or a comparison."""
+    return [m for m in METRICS if not m.is_label]
+
+
+def head_value(metrics: Mapping[str, Any], metric: Metric, head: int) -> Any:
+    """One head's value of `metric` in a `LayerMetrics` record."""
+    if metric.stat is not None:
+        return metrics["attention_distribution"][head][metric.stat]
+    return metrics[metric.key][head]
+
+
+def record(num_heads: int, per_head: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+    """A `LayerMetrics` record from each metric's per-head values (by key), means included:
+    the one shape the analysis, its empty and averaged forms and the SDK's dict share."""
+    out: dict[str, Any] = {"num_heads": int(num_heads)}
+    for m in per_head_lists():
+        out[m.key] = list(per_head[m.key])
+    out["attention_distribution"] = [
+        {m.stat: float(per_head[m.key][h]) for m in distribution_stats()} for h in range(num_heads)
+    ]
+    for m in averaged():
+        if m.average:
+            out[m.average] = float(np.mean(per_head[m.key])) if num_heads else 0.0
+    return out
+
 
 # Thresholds of the pattern rule (see analyze_attention_patterns).
 GLOBAL_MIN_NORMALIZED_ENTROPY = 0.9
@@ -231,41 +414,8 @@ def _analyze(arr: np.ndarray, *, should_stop: StopCheck = None) -> LayerMetrics:
         for name in per_head[0][0]
     }
 
-    norm_entropy = m["entropy"] / math.log(k) if k > 1 else np.zeros(heads)
-    edge = max(1, k // 20)
-    labels = [
-        _pattern_label(
-            k=k,
-            normalized_entropy=float(norm_entropy[h]),
-            diagonal_strength=float(m["diagonal"][h]),
-            window_mass=float(m["window_mass"][h]),
-            edge_mass=float(m["edge_mass"][h]),
-            edges_small=k >= 4 * edge,
-        )
-        for h in range(heads)
-    ]
-    distribution = [
-        Distribution(
-            mean=float(m["mean"][h]),
-            std=float(m["std"][h]),
-            min=float(m["min"][h]),
-            max=float(m["max"][h]),
-        )
-        for h in range(heads)
-    ]
-    return {
-        "num_heads": int(heads),
-        "attention_entropy": _floats(m["entropy"]),
-        "max_attention_per_head": _floats(m["row_max"]),
-        "attention_distribution": distribution,
-        "diagonal_attention_strength": _floats(m["diagonal"]),
-        "avg_entropy": float(m["entropy"].mean()),
-        "avg_max_attention": float(m["row_max"].mean()),
-        "avg_diagonal_strength": float(m["diagonal"].mean()),
-        "pattern_per_head": labels,
-        "mean_attention_distance": _floats(m["distance"]),
-        "normalized_entropy": _floats(norm_entropy),
-    }
+    numbers = HeadNumbers(numbers=m, k=int(k))
+    return cast(LayerMetrics, record(heads, {mt.key: mt.compute(numbers) for mt in METRICS}))
 
 
 def _head_metrics(head: np.ndarray, should_stop: StopCheck = None) -> dict[str, float]:

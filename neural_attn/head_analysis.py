@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from neural_attn import analysis
 from neural_attn.analysis import (
     PATTERN_LABELS,
     StopCheck,
@@ -57,6 +58,7 @@ __all__ = [
     "js_divergence",
     "mask_heads",
     "masked_layer_metrics",
+    "metric_names",
     "per_item_metrics",
     "redundant_groups",
     "similarity",
@@ -67,19 +69,16 @@ __all__ = [
 # moves a third of its mass elsewhere is at about 0.4. 0.3 calls "the same head twice" redundant.
 DEFAULT_REDUNDANCY_THRESHOLD = 0.3
 
-# The per-head numbers a profile and a comparison carry, with the documented names
-# (the distribution's mean/std/min/max flattened to distribution_*).
-METRICS = (
-    "attention_entropy",
-    "normalized_entropy",
-    "max_attention_per_head",
-    "diagonal_attention_strength",
-    "mean_attention_distance",
-    "distribution_mean",
-    "distribution_std",
-    "distribution_min",
-    "distribution_max",
-)
+
+def metric_names() -> tuple[str, ...]:
+    """The per-head numbers a profile and a comparison carry, with the documented names (the
+    distribution's mean/std/min/max flattened to distribution_*): `analysis.METRICS`' numbers,
+    read when asked."""
+    return tuple(m.key for m in analysis.numbers())
+
+
+# metric_names() of the registry as imported.
+METRICS = metric_names()
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 # Samples kept per (head, metric) for quantiles: exact up to this many, a uniform reservoir
 # sample beyond (the memory of a profile never grows with the data set).
@@ -189,35 +188,15 @@ def per_item_metrics(
 
 
 def _empty_metrics(heads: int) -> dict[str, Any]:
-    zeros = [0.0] * heads
-    return {
-        "num_heads": heads,
-        "attention_entropy": zeros,
-        "max_attention_per_head": zeros,
-        "attention_distribution": [
-            {"mean": 0.0, "std": 0.0, "min": 0.0, "max": 0.0} for _ in range(heads)
-        ],
-        "diagonal_attention_strength": zeros,
-        "avg_entropy": 0.0,
-        "avg_max_attention": 0.0,
-        "avg_diagonal_strength": 0.0,
-        "pattern_per_head": ["mixed"] * heads,
-        "mean_attention_distance": zeros,
-        "normalized_entropy": zeros,
-    }
+    return analysis.record(
+        heads,
+        {m.key: ["mixed" if m.is_label else 0.0] * heads for m in analysis.METRICS},
+    )
 
 
 def flat_metrics(metrics: Mapping[str, Any], head: int) -> dict[str, float]:
     """One head's numbers of an analyze dict, named as in METRICS."""
-    dist = metrics["attention_distribution"][head]
-    return {
-        **{
-            name: float(metrics[name][head])
-            for name in METRICS
-            if not name.startswith("distribution_")
-        },
-        **{f"distribution_{stat}": float(dist[stat]) for stat in ("mean", "std", "min", "max")},
-    }
+    return {m.key: float(analysis.head_value(metrics, m, head)) for m in analysis.numbers()}
 
 
 def masked_layer_metrics(
@@ -253,29 +232,19 @@ def masked_layer_metrics(
 
 
 def _average(results: Sequence[dict[str, Any]], heads: int) -> dict[str, Any]:
-    out = _empty_metrics(heads)
-    for name in (
-        "attention_entropy",
-        "max_attention_per_head",
-        "diagonal_attention_strength",
-        "mean_attention_distance",
-        "normalized_entropy",
-    ):
-        out[name] = [float(v) for v in np.mean([r[name] for r in results], axis=0)]
-    out["attention_distribution"] = [
-        {
-            stat: float(np.mean([r["attention_distribution"][h][stat] for r in results]))
-            for stat in ("mean", "std", "min", "max")
-        }
-        for h in range(heads)
-    ]
-    out["pattern_per_head"] = [
-        _most_common([r["pattern_per_head"][h] for r in results]) for h in range(heads)
-    ]
-    out["avg_entropy"] = float(np.mean(out["attention_entropy"]))
-    out["avg_max_attention"] = float(np.mean(out["max_attention_per_head"]))
-    out["avg_diagonal_strength"] = float(np.mean(out["diagonal_attention_strength"]))
-    return out
+    """The record of several items' records: numbers averaged, each label the most common."""
+    per_head: dict[str, list[Any]] = {}
+    for m in analysis.METRICS:
+        if m.is_label:
+            per_head[m.key] = [_most_common([r[m.key][h] for r in results]) for h in range(heads)]
+        elif m.stat is not None:
+            per_head[m.key] = [
+                float(np.mean([analysis.head_value(r, m, h) for r in results]))
+                for h in range(heads)
+            ]
+        else:
+            per_head[m.key] = [float(v) for v in np.mean([r[m.key] for r in results], axis=0)]
+    return analysis.record(heads, per_head)
 
 
 def _most_common(labels: Sequence[str]) -> str:
@@ -546,7 +515,7 @@ class Profile:
         should_stop: StopCheck = None,
     ) -> None:
         for h in range(attention.shape[1]):
-            self._stats.setdefault((layer, h), {name: _Stat() for name in METRICS})
+            self._stats.setdefault((layer, h), {name: _Stat() for name in metric_names()})
             self._labels.setdefault((layer, h), Counter())
         for metrics in per_item_metrics(attention, keep, should_stop=should_stop):
             if metrics is None:
@@ -564,7 +533,7 @@ class Profile:
         layers: dict[str, list[dict[str, Any]]] = {}
         exact = True
         for (layer, head), stats in self._stats.items():
-            count = stats[METRICS[0]].count
+            count = next(iter(stats.values())).count
             exact &= count <= RESERVOIR_SIZE
             labels = self._labels[(layer, head)]
             layers.setdefault(layer, []).append(
@@ -621,7 +590,7 @@ def compare_layer(
                 "label_b": mb["pattern_per_head"][h],
                 "a": fa,
                 "b": fb,
-                "delta": {m: fb[m] - fa[m] for m in METRICS},
+                "delta": {m: fb[m] - fa[m] for m in fa},
             }
         )
     return rows

@@ -32,7 +32,6 @@ from neural_attn.errors import (
 )
 from neural_attn.head_analysis import (
     DEFAULT_REDUNDANCY_THRESHOLD,
-    METRICS,
     QUANTILES,
     Mask,
     Profile,
@@ -661,7 +660,7 @@ class HeadAnalyses:
                     pattern_b=r["label_b"],
                     metrics=[
                         pb.MetricDelta(metric=m, a=r["a"][m], b=r["b"][m], delta=r["delta"][m])
-                        for m in METRICS
+                        for m in r["delta"]
                     ],
                 )
                 for rank, r in enumerate(rows, start=1)

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from neural_attn import __version__, chunk_codec, wire
-from neural_attn.analysis import HEAD_METRICS, LAYER_AVERAGES, row_tolerance
+from neural_attn import __version__, analysis, chunk_codec, wire
+from neural_attn.analysis import row_tolerance
 from neural_attn.backends import info, weight_files
 from neural_attn.backends.base import BACKENDS, input_forms
 from neural_attn.backends.streaming import Reduction
@@ -349,8 +349,7 @@ def analyze_response(
         heads = [
             pb.HeadMetrics(
                 head=first_head + h,
-                **{field: metrics[key][h] for key, field in HEAD_METRICS.items()},
-                **metrics["attention_distribution"][h],
+                **{m.wire: analysis.head_value(metrics, m, h) for m in analysis.METRICS},
             )
             for h in range(metrics["num_heads"])
         ]
@@ -360,7 +359,7 @@ def analyze_response(
                 shape=metrics["shape"],
                 num_heads=metrics["num_heads"],
                 heads=heads,
-                **{key: metrics[key] for key in LAYER_AVERAGES},
+                **{m.average: metrics[m.average] for m in analysis.averaged() if m.average},
             )
         )
     response = pb.AnalyzeResponse(model_id=model_id, layers=layers)
