@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from neural_attn import __version__, analysis, chunk_codec, wire
-from neural_attn.analysis import row_tolerance
+from neural_attn.analysis import StopCheck, check_stop, row_tolerance
 from neural_attn.backends import info, weight_files
 from neural_attn.backends.base import BACKENDS, input_forms
 from neural_attn.backends.streaming import Reduction
@@ -259,7 +259,11 @@ _CHECK_BLOCK_ELEMENTS = 1 << 22
 
 
 def attention_set(
-    message: pb.AttentionSet, *, max_elements: int, max_length: int | None = None
+    message: pb.AttentionSet,
+    *,
+    max_elements: int,
+    max_length: int | None = None,
+    should_stop: StopCheck = None,
 ) -> dict[str, np.ndarray]:
     """Caller-sent attention as read-only arrays over the request's bytes, layer name ->
     (batch, heads, query, key); each layer's size is checked before anything is decoded.
@@ -313,21 +317,23 @@ def attention_set(
                 f"attention for `{excerpt(named.name)}` has an empty axis: shape {shape}"
             )
         array = np.frombuffer(content, dtype=dt).reshape(shape)
-        _check_rows(named.name, array)
+        _check_rows(named.name, array, should_stop)
         out[named.name] = array
     if not out:
         raise InvalidInputError("no attention tensors were sent")
     return out
 
 
-def _check_rows(name: str, array: np.ndarray) -> None:
+def _check_rows(name: str, array: np.ndarray, should_stop: StopCheck = None) -> None:
     """Rows of probabilities sum to 1 (0 for a query with every key masked); summed in float64
-    a block of rows at a time, so the check costs a block's sums, not a float64 copy."""
+    a block of rows at a time, so the check costs a block's sums, not a float64 copy, and a
+    cancelled call stops between blocks."""
     keys = array.shape[-1]
     rows = array.reshape(-1, keys)
     block = max(1, _CHECK_BLOCK_ELEMENTS // keys)
     tolerance = row_tolerance(array.dtype)
     for start in range(0, rows.shape[0], block):
+        check_stop(should_stop)
         sums = rows[start : start + block].sum(axis=-1, dtype=np.float64)
         if not np.all((np.abs(sums - 1.0) <= tolerance) | (sums == 0.0)):
             raise InvalidInputError(

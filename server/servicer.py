@@ -106,6 +106,7 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
                 request.attention,
                 max_elements=self.config.max_attention_elements,
                 max_length=self.config.max_sequence_length,
+                should_stop=_stopper(context),
             )
             summary = _metrics(arrays, context)
             del arrays  # the tensors' bytes can go before the response is made
