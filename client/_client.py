@@ -5,161 +5,40 @@ from __future__ import annotations
 import os
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
 
-from neural_attn import chunk_codec, wire
+from neural_attn import wire
 from neural_attn.client import _connection as _conn
 from neural_attn.client._analyses import HeadAnalysisMixin, attention_set
 from neural_attn.client._embedded import server_target
+from neural_attn.client._extraction import ExtractedLayer as ExtractedLayer
+from neural_attn.client._extraction import ExtractionMixin
+from neural_attn.client._extraction import _layer_header as _layer_header
 from neural_attn.client._messages import ExtractOptions, analysis_dict
-from neural_attn.client._sinks import ArraySink, LayerHeader, LayerSink, Pooling
+from neural_attn.client._results import CompileResult as CompileResult
+from neural_attn.client._results import InputSpec as InputSpec
+from neural_attn.client._results import LayerInfo as LayerInfo
+from neural_attn.client._results import _compile_result
+from neural_attn.client._sinks import ArraySink, LayerSink
 from neural_attn.errors import (
     InvalidInputError,
-    ModelNotFoundError,
     ResourceLimitError,
     ServerUnavailableError,
 )
 from neural_attn.v1 import attention_pb2 as pb
 from neural_attn.v1 import attention_pb2_grpc as pb_grpc
 
-_T = TypeVar("_T")
 _REMEMBERED_SOURCES = 16
 _STREAM_ATTEMPTS = 3  # an ExtractAttention stream cut by a dying replica is asked again
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # inline weights files can be large
 
 
-@dataclass(frozen=True)
-class LayerInfo:
-    name: str
-    type: str
-    input_shape: tuple[int | None, ...]
-    output_shape: tuple[int | None, ...]
-    is_attention: bool
-    num_heads: int
-    line: int
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    shape: tuple[int | None, ...]  # batch first; None is dynamic
-    dtype: str
-    description: str
-
-
-@dataclass(frozen=True)
-class CompileResult:
-    """What the server says about a compiled model."""
-
-    model_id: str
-    backend: str
-    network_name: str
-    generated_code: str
-    layers: tuple[LayerInfo, ...]
-    attention_layers: tuple[str, ...]
-    inputs: tuple[InputSpec, ...]
-    warnings: tuple[str, ...]
-    device: str
-    parameter_count: int
-    attention_path: str
-    cached: bool
-    weights_sha256: str = ""  # of the trained weights loaded; "" for random initialisation
-    # The first layer when it is an Embedding (token ids in [0, vocab_size)); "" and 0 otherwise.
-    embedding_layer: str = ""
-    vocab_size: int = 0
-
-
-def _shape(dims: Sequence[int]) -> tuple[int | None, ...]:
-    return tuple(None if d < 0 else int(d) for d in dims)
-
-
-def _compile_result(r: pb.CompileResponse) -> CompileResult:
-    return CompileResult(
-        model_id=r.model_id,
-        backend=wire.BACKEND_NAMES.get(r.backend, "unknown"),
-        network_name=r.network_name,
-        generated_code=r.generated_code,
-        layers=tuple(
-            LayerInfo(
-                info.name,
-                info.type,
-                _shape(info.input_shape),
-                _shape(info.output_shape),
-                info.is_attention,
-                info.num_heads,
-                info.line,
-            )
-            for info in r.layers
-        ),
-        attention_layers=tuple(r.attention_layers),
-        inputs=tuple(
-            InputSpec(_shape(s.shape), wire.numpy_dtype(s.dtype).name, s.description)
-            for s in r.inputs
-        ),
-        warnings=tuple(r.warnings),
-        device=r.device,
-        parameter_count=r.parameter_count,
-        attention_path=r.attention_path,
-        cached=r.cached,
-        weights_sha256=r.weights_sha256,
-        embedding_layer=r.embedding_layer,
-        vocab_size=r.vocab_size,
-    )
-
-
-@dataclass(frozen=True)
-class ExtractedLayer:
-    """One layer of an extraction: its header fields and what the sink made of it."""
-
-    name: str
-    index: int
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
-    head: int | None
-    pooling: Pooling | None
-    value: Any
-
-    @classmethod
-    def of(cls, header: LayerHeader, value: Any) -> ExtractedLayer:
-        return cls(
-            header.name,
-            header.index,
-            header.shape,
-            header.dtype,
-            header.head,
-            header.pooling,
-            value,
-        )
-
-
-def _layer_header(chunk: pb.AttentionChunk) -> LayerHeader:
-    pooling = None
-    if chunk.HasField("reduction"):
-        r = chunk.reduction
-        pooling = Pooling(
-            source_shape=tuple(int(n) for n in r.source_shape),
-            query=(int(r.query_start), int(r.query_stop)),
-            key=(int(r.key_start), int(r.key_stop)),
-            query_block=int(r.query_block),
-            key_block=int(r.key_block),
-            mode="mean" if r.mode == pb.MEAN else "max",
-        )
-    return LayerHeader(
-        name=chunk.layer_name,
-        index=chunk.layer_index,
-        shape=tuple(int(n) for n in chunk.shape),
-        dtype=wire.numpy_dtype(chunk.dtype),
-        head=None if chunk.head < 0 else chunk.head,
-        pooling=pooling,
-    )
-
-
-class AttentionClient(HeadAnalysisMixin):
+class AttentionClient(ExtractionMixin, HeadAnalysisMixin):
     """Talks to a neural-attn server. A context manager; pass `channel` to reuse one.
 
     Args:
@@ -433,55 +312,6 @@ class AttentionClient(HeadAnalysisMixin):
         }
 
     # -- ExtractAttention ----------------------------------------------------------------------
-    def _extract_request(
-        self,
-        model: str | CompileResult,
-        data: np.ndarray | None,
-        options: ExtractOptions,
-        *,
-        inline: bool,
-    ) -> pb.ExtractRequest:
-        model_id = model.model_id if isinstance(model, CompileResult) else model
-        request = pb.ExtractRequest(
-            layer_names=list(options.layers or ()),
-            output_dtype=pb.FLOAT16 if options.dtype == "float16" else pb.FLOAT32,
-            max_chunk_bytes=options.max_chunk_bytes,
-            sequence_length=options.sequence_length,
-        )
-        if inline:
-            request.compile.CopyFrom(self._sources[model_id])
-        else:
-            request.model_id = model_id
-        if options.head is not None:
-            request.head = options.head
-        if data is not None:
-            request.input.CopyFrom(wire.to_proto(np.asarray(data)))
-        if options.window is not None:
-            (q0, q1), (k0, k1) = options.window
-            request.window.CopyFrom(
-                pb.Window(query_start=q0, query_stop=q1, key_start=k0, key_stop=k1)
-            )
-        if options.pool_size:
-            request.pooling.CopyFrom(
-                pb.Pooling(
-                    target_size=options.pool_size,
-                    mode=pb.MEAN if options.pool_mode == "mean" else pb.MAX,
-                )
-            )
-        return request
-
-    def _with_resend(
-        self, model: str | CompileResult, call: Callable[[bool], Iterator[_T]]
-    ) -> Iterator[_T]:
-        """`call(inline=False)`; on NOT_FOUND, once more with the remembered source inline."""
-        model_id = model.model_id if isinstance(model, CompileResult) else model
-        try:
-            yield from call(False)
-        except ModelNotFoundError:
-            if model_id not in self._sources:
-                raise
-            yield from call(True)
-
     def extract_layers(
         self,
         model: str | CompileResult,
@@ -550,40 +380,6 @@ class AttentionClient(HeadAnalysisMixin):
         """
         for layer in self.extract_layers(model, data, **options):
             yield layer.name, layer.value
-
-    def _stream(
-        self, request: pb.ExtractRequest, sink: LayerSink, *, skip: frozenset[str] = frozenset()
-    ) -> Iterator[ExtractedLayer]:
-        """The layers of one ExtractAttention stream, through `sink`; layers in `skip` are
-        read and dropped (a stream asked again after a replica died)."""
-        header: LayerHeader | None = None
-        filled = 0
-        with _conn.rpc_errors():
-            for raw in self._extract_raw(request, **self._call("ExtractAttention")):
-                chunk, start, stop = chunk_codec.decode(raw)  # content stays in `raw`
-                if chunk.layer_name in skip:
-                    continue
-                if header is None or chunk.layer_name != header.name:
-                    if header is not None:
-                        raise InvalidInputError(f"stream ended layer `{header.name}` early")
-                    header = _layer_header(chunk)
-                    sink.begin(header)
-                    filled = 0
-                count, odd = divmod(stop - start, header.dtype.itemsize)
-                if odd or count != chunk.element_count or chunk.offset + count > header.size:
-                    raise InvalidInputError(
-                        f"malformed chunk {chunk.chunk_index} of `{header.name}`"
-                    )
-                part = np.frombuffer(raw, dtype=header.dtype, count=count, offset=start)
-                sink.write(chunk.offset, part)
-                filled += part.size
-                if chunk.chunk_index == chunk.num_chunks - 1:
-                    if filled != header.size:
-                        raise InvalidInputError(f"layer `{header.name}` arrived incomplete")
-                    done, header = header, None
-                    yield ExtractedLayer.of(done, sink.end())
-        if header is not None:
-            raise InvalidInputError(f"the stream ended before layer `{header.name}` was complete")
 
     # -- Analyze -------------------------------------------------------------------------------
     def analyze(
