@@ -62,6 +62,49 @@ def _progress(update: pb.Progress, callback: Progress | None) -> None:
         callback({"stage": update.stage, "done": update.done, "total": update.total})
 
 
+def _profile_requests(
+    first: pb.ProfileRequest, batches: Iterable[np.ndarray]
+) -> Iterator[pb.ProfileRequest]:
+    """`first` (the options) with the first batch, then one message per further batch."""
+    message = first
+    for batch in batches:
+        message.input.CopyFrom(wire.to_proto(np.asarray(batch)))
+        yield message
+        message = pb.ProfileRequest()
+    if message is first:
+        yield first
+
+
+def _profile_dict(r: pb.ProfileResult) -> dict[str, Any]:
+    """ProfileHeads' answer as `profile_heads` documents it."""
+    levels = [str(q) for q in r.quantile_levels]
+    layers_out: dict[str, list[dict[str, Any]]] = {}
+    for h in r.heads:
+        layers_out.setdefault(h.head.layer, []).append(
+            {
+                "head": h.head.head,
+                "samples": h.samples,
+                "metrics": {
+                    m.metric: {
+                        "mean": m.mean,
+                        "std": m.std,
+                        "quantiles": dict(zip(levels, m.quantiles, strict=True)),
+                    }
+                    for m in h.metrics
+                },
+                "labels": {s.label: s.share for s in h.labels},
+            }
+        )
+    return {
+        "model_id": r.model_id,
+        "samples": r.samples,
+        "quantile_levels": list(r.quantile_levels),
+        "exact_quantiles": r.exact_quantiles,
+        "layers": layers_out,
+        "provenance": provenance_dict(r.provenance),
+    }
+
+
 class HeadAnalysisMixin:
     """Head analyses over the wire; mixed into `AttentionClient` (which has the stub)."""
 
@@ -277,42 +320,8 @@ class HeadAnalysisMixin:
         else:
             first.model_id = getattr(model, "model_id", model)
 
-        def requests() -> Iterator[pb.ProfileRequest]:
-            message = first
-            for batch in batches:
-                message.input.CopyFrom(wire.to_proto(np.asarray(batch)))
-                yield message
-                message = pb.ProfileRequest()
-            if message is first:
-                yield first
-
-        r = self._rpc_updates("ProfileHeads", requests(), progress)
-        levels = [str(q) for q in r.quantile_levels]
-        layers_out: dict[str, list[dict[str, Any]]] = {}
-        for h in r.heads:
-            layers_out.setdefault(h.head.layer, []).append(
-                {
-                    "head": h.head.head,
-                    "samples": h.samples,
-                    "metrics": {
-                        m.metric: {
-                            "mean": m.mean,
-                            "std": m.std,
-                            "quantiles": dict(zip(levels, m.quantiles, strict=True)),
-                        }
-                        for m in h.metrics
-                    },
-                    "labels": {s.label: s.share for s in h.labels},
-                }
-            )
-        return {
-            "model_id": r.model_id,
-            "samples": r.samples,
-            "quantile_levels": list(r.quantile_levels),
-            "exact_quantiles": r.exact_quantiles,
-            "layers": layers_out,
-            "provenance": provenance_dict(r.provenance),
-        }
+        r = self._rpc_updates("ProfileHeads", _profile_requests(first, batches), progress)
+        return _profile_dict(r)
 
     def compare_checkpoints(
         self,

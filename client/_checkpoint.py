@@ -247,8 +247,8 @@ def _torch_attention(get: _Source, names: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _bert_like(source: Path, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> _Mapped:
-    family = config["model_type"]
+def _bert_refusals(source: Path, config: dict[str, Any]) -> None:
+    """Refuse the BERT-like configurations the DSL cannot express exactly."""
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise _refuse(
             source,
@@ -259,22 +259,15 @@ def _bert_like(source: Path, config: dict[str, Any], tensors: dict[str, np.ndarr
         raise _refuse(source, "it is a decoder with cross-attention", "import the encoder alone")
     if config.get("rope_scaling") or config.get("rotary_dim"):
         raise _refuse(source, "it uses rotary positions", "rotary positions are not in the DSL")
-    width, heads, depth = (
-        config["hidden_size"],
-        config["num_attention_heads"],
-        config["num_hidden_layers"],
-    )
-    _heads(source, width, heads)
-    eps = float(config.get("layer_norm_eps", 1e-12))
-    act = _activation(source, config.get("hidden_act", "gelu"))
-    get = _prefixed(tensors, "embeddings.word_embeddings.weight", ("bert.", "roberta.", "model."))
-    out = _Writer()
-    words = get("embeddings.word_embeddings.weight")
-    out.put("embedding_0/embeddings", words, "embeddings.word_embeddings.weight")
-    positions = get("embeddings.position_embeddings.weight")
-    notes = []
+
+
+def _bert_positions(
+    config: dict[str, Any], get: _Source, positions: np.ndarray
+) -> tuple[np.ndarray, str, list[str]]:
+    """The position table as PositionalEncoding reads it, how it was made, and its notes."""
+    notes: list[str] = []
     how = "as is"
-    if family in ("roberta", "xlm-roberta"):
+    if config["model_type"] in ("roberta", "xlm-roberta"):
         # RoBERTa numbers positions from padding_idx + 1 (for input without padding).
         skip = int(config.get("pad_token_id", 1)) + 1
         positions = positions[skip:]
@@ -292,6 +285,25 @@ def _bert_like(source: Path, config: dict[str, Any], tensors: dict[str, np.ndarr
                 "token type 0 is folded into the positions: one segment only, sentence pairs "
                 "(token type 1) are not represented"
             )
+    return positions, how, notes
+
+
+def _bert_like(source: Path, config: dict[str, Any], tensors: dict[str, np.ndarray]) -> _Mapped:
+    _bert_refusals(source, config)
+    width, heads, depth = (
+        config["hidden_size"],
+        config["num_attention_heads"],
+        config["num_hidden_layers"],
+    )
+    _heads(source, width, heads)
+    eps = float(config.get("layer_norm_eps", 1e-12))
+    act = _activation(source, config.get("hidden_act", "gelu"))
+    get = _prefixed(tensors, "embeddings.word_embeddings.weight", ("bert.", "roberta.", "model."))
+    out = _Writer()
+    words = get("embeddings.word_embeddings.weight")
+    out.put("embedding_0/embeddings", words, "embeddings.word_embeddings.weight")
+    positions = get("embeddings.position_embeddings.weight")
+    positions, how, notes = _bert_positions(config, get, positions)
     out.put(
         "positional_encoding_0/embeddings", positions, "embeddings.position_embeddings.weight", how
     )

@@ -81,8 +81,6 @@ class AttentionClient(ExtractionMixin, HeadAnalysisMixin):
         self._own_channel = channel is None
         self._max_message_bytes = max_message_bytes
         if channel is None:
-            address = _conn.normalize_target(self.target)
-            options = _conn.channel_options(max_message_bytes)
             creds = (
                 None  # the embedded server listens on loopback in this process, in clear
                 if embedded
@@ -94,11 +92,7 @@ class AttentionClient(ExtractionMixin, HeadAnalysisMixin):
                     tls_key=tls_key,
                 )
             )
-            channel = (
-                grpc.insecure_channel(address, options=options)
-                if creds is None
-                else grpc.secure_channel(address, creds, options=options)
-            )
+            channel = _conn.open_channel(self.target, creds, max_message_bytes)
         self._channel = channel
         self._ready = _conn.Readiness(self._channel, self.target)
         self._connect_timeout = (
@@ -112,10 +106,7 @@ class AttentionClient(ExtractionMixin, HeadAnalysisMixin):
             "/neural_attn.v1.AttentionService/ExtractAttention",
             request_serializer=pb.ExtractRequest.SerializeToString,
         )
-        if token is None:
-            token = os.environ.get("NEURAL_ATTN_TOKEN") or None
-        if token is None and os.environ.get("NEURAL_ATTN_TOKEN_FILE"):
-            token = _conn.read_token_file(os.environ["NEURAL_ATTN_TOKEN_FILE"])
+        token = _conn.bearer_token(token)
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {token}"),) if token else ()
         )

@@ -272,3 +272,23 @@ def rpc_errors() -> Iterator[None]:
         yield
     except grpc.RpcError as exc:
         raise translate(exc) from None
+
+
+def open_channel(
+    target: str, creds: grpc.ChannelCredentials | None, max_message_bytes: int
+) -> grpc.Channel:
+    """A channel to `target`: in clear without `creds`, else secured with them."""
+    address = normalize_target(target)
+    options = channel_options(max_message_bytes)
+    if creds is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, creds, options=options)
+
+
+def bearer_token(token: str | None) -> str | None:
+    """The bearer token given, else $NEURAL_ATTN_TOKEN, else $NEURAL_ATTN_TOKEN_FILE's."""
+    if token is None:
+        token = os.environ.get("NEURAL_ATTN_TOKEN") or None
+    if token is None and os.environ.get("NEURAL_ATTN_TOKEN_FILE"):
+        token = read_token_file(os.environ["NEURAL_ATTN_TOKEN_FILE"])
+    return token

@@ -16,7 +16,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from neural_attn.client._cli_common import (
     check_file,
@@ -34,6 +34,33 @@ if TYPE_CHECKING:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neural-attn-client", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
+    _visualize_parser(sub)
+    e = sub.add_parser(
+        "export-weights",
+        help="write a model's weights (e.g. converted from --weights) as a neutral .npz or "
+        ".safetensors",
+    )
+    model_options(e)
+    e.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="the file to write: *.safetensors for safetensors, else a neutral .npz",
+    )
+    i = sub.add_parser("info", help="what a server runs: backends, devices, limits")
+    i.add_argument("--server", help="host:port (default: embedded)")
+    token_option(i)
+    from neural_attn.client._analysis_cli import register
+
+    register(sub, model_options)  # analyze, similarity, ablate, profile, compare
+    from neural_attn.client._import_cli import register as register_import
+
+    register_import(sub)
+    return p
+
+
+def _visualize_parser(sub: Any) -> None:
+    """`visualize`: what to extract and how it travels, then the text and the outputs."""
     v = sub.add_parser("visualize", help="compile a .neural file and draw its attention")
     model_options(v)
     v.add_argument(
@@ -66,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip attention_weights.npz: only pooled attention and metrics leave the server",
     )
+    _visualize_text_and_outputs(v)
+
+
+def _visualize_text_and_outputs(v: argparse.ArgumentParser) -> None:
     v.add_argument(
         "--text",
         help='text to tokenize with --vocab into token ids and axis labels (e.g. "The cat sat"); '
@@ -92,28 +123,6 @@ def _parser() -> argparse.ArgumentParser:
         default="table",
         help="console report: a table (default) or one JSON document on stdout",
     )
-    e = sub.add_parser(
-        "export-weights",
-        help="write a model's weights (e.g. converted from --weights) as a neutral .npz or "
-        ".safetensors",
-    )
-    model_options(e)
-    e.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        help="the file to write: *.safetensors for safetensors, else a neutral .npz",
-    )
-    i = sub.add_parser("info", help="what a server runs: backends, devices, limits")
-    i.add_argument("--server", help="host:port (default: embedded)")
-    token_option(i)
-    from neural_attn.client._analysis_cli import register
-
-    register(sub, model_options)  # analyze, similarity, ablate, profile, compare
-    from neural_attn.client._import_cli import register as register_import
-
-    register_import(sub)
-    return p
 
 
 def _window(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
