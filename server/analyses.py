@@ -1,5 +1,6 @@
 """The head-analysis RPCs (AnalyzeHeads, HeadSimilarity, AblateHeads, ProfileHeads,
-CompareCheckpoints): messages in, `neural_attn.head_analysis` over engine passes, messages out.
+CompareCheckpoints): requests read here, `neural_attn.head_analysis` over engine passes, the
+results handed to `convert` as plain values for the messages out.
 
 Errors are raised (our error classes carry their status); the servicer's methods only delegate.
 Every result carries a Provenance: source, backend, attention implementation, what was masked,
@@ -23,7 +24,6 @@ from typing import Any
 import grpc
 import numpy as np
 
-from neural_attn import wire
 from neural_attn.errors import (
     DeadlineExceededError,
     InvalidInputError,
@@ -32,7 +32,6 @@ from neural_attn.errors import (
 )
 from neural_attn.head_analysis import (
     DEFAULT_REDUNDANCY_THRESHOLD,
-    QUANTILES,
     Mask,
     Profile,
     Sanity,
@@ -162,31 +161,10 @@ def _plan_shapes(plan: ExtractPlan) -> Shapes:
     return out
 
 
-def provenance(
+def _provenance(
     entry: CompiledModel | None, sanity: Sanity, mask: Mask, *, items: int
 ) -> pb.Provenance:
-    s = sanity.result()
-    message = pb.Provenance(
-        source="model" if entry is not None else "sent",
-        dtype=s["dtype"],
-        masked=mask.describe(),
-        rows_sum_to_one=s["rows_sum_to_one"],
-        max_row_error=s["max_row_error"],
-        row_tolerance=s["tolerance"],
-        finite=s["finite"],
-        rows=s["rows"],
-        fully_masked_rows=s["fully_masked_rows"],
-        items=items,
-    )
-    if entry is not None:
-        message.model_id = entry.model_id
-        message.backend = entry.model.backend
-        message.attention_path = entry.model.attention_path
-        message.device = entry.model.device
-        message.weights_sha256 = entry.weights_sha256
-    else:
-        message.attention_path = "sent by the caller"
-    return message
+    return convert.provenance(entry, sanity.result(), masked=mask.describe(), items=items)
 
 
 class HeadAnalyses:
@@ -321,13 +299,11 @@ class HeadAnalyses:
             metrics[name] = masked_layer_metrics(
                 attention, _keep(mask, attention, tokens), should_stop=stop
             )
-        response = convert.analyze_response(
-            {"layers": metrics}, model_id=entry.model_id if entry else "", first_head=first_head
-        )
-        return pb.HeadsAnalysis(
-            model_id=response.model_id,
-            layers=response.layers,
-            provenance=provenance(entry, sanity, mask, items=items),
+        return convert.heads_analysis(
+            metrics,
+            model_id=entry.model_id if entry else "",
+            first_head=first_head,
+            provenance=_provenance(entry, sanity, mask, items=items),
         )
 
     def similarity(
@@ -353,19 +329,12 @@ class HeadAnalyses:
             held[name] = mask_heads(attention, _keep(mask, attention, tokens), should_stop=stop)
         result = similarity(held, threshold=threshold, should_stop=stop)
         items = next(iter(held.values())).shape[0] if held else 0
-        return pb.SimilarityResponse(
+        return convert.similarity_response(
+            result,
             model_id=entry.model_id if entry else "",
-            heads=[
-                pb.HeadRef(layer=h["layer"], head=first_head + h["head"]) for h in result["heads"]
-            ],
-            distance=wire.to_proto(np.asarray(result["distance"], dtype=np.float64)),
-            pairs=[
-                pb.HeadPair(a=p["a"], b=p["b"], distance=p["distance"], same_layer=p["same_layer"])
-                for p in result["pairs"]
-            ],
-            groups=[pb.HeadGroup(heads=g) for g in result["groups"]],
+            first_head=first_head,
             threshold=threshold,
-            provenance=provenance(entry, sanity, mask, items=items),
+            provenance=_provenance(entry, sanity, mask, items=items),
         )
 
     # -- ablation ------------------------------------------------------------------------------
@@ -424,7 +393,7 @@ class HeadAnalyses:
         softmax = _softmax_output(entry)
         impacts: list[dict[str, Any]] = []
         total = len(heads)
-        yield pb.AblationUpdate(progress=pb.Progress(stage="ablating", done=0, total=total))
+        yield convert.ablation_progress(0, total)
         for start in range(0, total, per_pass):
             group = heads[start : start + per_pass]
             masks = {
@@ -442,29 +411,15 @@ class HeadAnalyses:
                 )
             if not context.is_active():
                 return
-            yield pb.AblationUpdate(
-                progress=pb.Progress(stage="ablating", done=start + len(group), total=total)
-            )
+            yield convert.ablation_progress(start + len(group), total)
         key = "kl" if softmax else "l2"
         impacts.sort(key=lambda r: -r[key])
-        yield pb.AblationUpdate(
-            result=pb.AblationResult(
-                model_id=entry.model_id,
-                heads=[
-                    pb.HeadImpact(
-                        head=pb.HeadRef(layer=r["layer"], head=r["head"]),
-                        rank=rank,
-                        l2=r["l2"],
-                        relative_l2=r["relative_l2"],
-                        kl=r["kl"],
-                        pattern=r["pattern"],
-                    )
-                    for rank, r in enumerate(impacts, start=1)
-                ],
-                softmax_output=softmax,
-                ranked_by=key,
-                provenance=provenance(entry, sanity, Mask(), items=batch),
-            )
+        yield convert.ablation_result(
+            impacts,
+            model_id=entry.model_id,
+            softmax_output=softmax,
+            ranked_by=key,
+            provenance=_provenance(entry, sanity, Mask(), items=batch),
         )
 
     # -- profiles ------------------------------------------------------------------------------
@@ -475,12 +430,7 @@ class HeadAnalyses:
         first = next(stream, None)
         if first is None:
             raise InvalidInputError("a profile stream needs a first message naming the model")
-        which = first.WhichOneof("model")
-        extract = pb.ExtractRequest()
-        if which == "model_id":
-            extract.model_id = first.model_id
-        elif which == "compile":
-            extract.compile.CopyFrom(first.compile)
+        extract = convert.profile_extract(first)
         mask = self._mask(first.mask)
         self._check_layer_count(len(first.layer_names), "layer_names")
         max_items = self.config.max_profile_items
@@ -556,39 +506,14 @@ class HeadAnalyses:
                 done += int(part.shape[0])
                 if not context.is_active():
                     return
-                yield pb.ProfileUpdate(
-                    progress=pb.Progress(stage="profiling", done=done, total=max(total, done))
-                )
+                yield convert.profile_progress(done, max(total, done))
         if done == 0:
             raise InvalidInputError("no inputs were sent to profile: send input batches")
-        result = profile.result()
-        heads = [
-            pb.HeadProfile(
-                head=pb.HeadRef(layer=layer, head=entry_["head"]),
-                samples=entry_["samples"],
-                metrics=[
-                    pb.MetricDistribution(
-                        metric=name,
-                        mean=stat["mean"],
-                        std=stat["std"],
-                        quantiles=[stat["quantiles"][str(q)] for q in QUANTILES],
-                    )
-                    for name, stat in entry_["metrics"].items()
-                ],
-                labels=[pb.LabelShare(label=k, share=v) for k, v in entry_["labels"].items()],
-            )
-            for layer, rows in result["layers"].items()
-            for entry_ in rows
-        ]
-        yield pb.ProfileUpdate(
-            result=pb.ProfileResult(
-                model_id=entry.model_id,
-                heads=heads,
-                quantile_levels=list(QUANTILES),
-                exact_quantiles=result["exact_quantiles"],
-                samples=done,
-                provenance=provenance(entry, sanity, mask.resolved(lengths), items=done),
-            )
+        yield convert.profile_result(
+            profile.result(),
+            model_id=entry.model_id,
+            samples=done,
+            provenance=_provenance(entry, sanity, mask.resolved(lengths), items=done),
         )
 
     # -- checkpoint comparison -----------------------------------------------------------------
@@ -647,27 +572,13 @@ class HeadAnalyses:
             )
         rows.sort(key=lambda r: -r["js_distance"])
         items = int(plan_a.data.shape[0])
-        return pb.CompareResponse(
+        return convert.compare_response(
+            rows,
             model_id_a=entry_a.model_id,
             model_id_b=entry_b.model_id,
-            heads=[
-                pb.HeadComparison(
-                    head=pb.HeadRef(layer=r["layer"], head=r["head"]),
-                    rank=rank,
-                    js_distance=r["js_distance"],
-                    js_divergence=r["js_divergence"],
-                    pattern_a=r["label_a"],
-                    pattern_b=r["label_b"],
-                    metrics=[
-                        pb.MetricDelta(metric=m, a=r["a"][m], b=r["b"][m], delta=r["delta"][m])
-                        for m in r["delta"]
-                    ],
-                )
-                for rank, r in enumerate(rows, start=1)
-            ],
             unmatched_layers=sorted(set(unmatched)),
-            provenance_a=provenance(entry_a, sanity_a, mask, items=items),
-            provenance_b=provenance(entry_b, sanity_b, mask, items=items),
+            provenance_a=_provenance(entry_a, sanity_a, mask, items=items),
+            provenance_b=_provenance(entry_b, sanity_b, mask, items=items),
         )
 
 
@@ -696,4 +607,4 @@ def _output_change(base: np.ndarray, ablated: np.ndarray, *, softmax: bool) -> d
     return {"l2": l2, "relative_l2": l2 / scale if scale > 0 else 0.0, "kl": kl}
 
 
-__all__ = ["HeadAnalyses", "mask_of", "provenance"]
+__all__ = ["HeadAnalyses", "mask_of"]

@@ -14,6 +14,7 @@ from neural_attn.backends.base import BACKENDS, input_forms
 from neural_attn.backends.streaming import Reduction
 from neural_attn.dsl.ir import Network
 from neural_attn.errors import InvalidInputError, ResourceLimitError, excerpt
+from neural_attn.head_analysis import QUANTILES
 from neural_attn.server.config import ServerConfig
 from neural_attn.server.engine import CompiledModel
 from neural_attn.v1 import attention_pb2 as pb
@@ -381,3 +382,187 @@ def analyze_response(
         del matrix
         response.rollout.content = content
     return response
+
+
+def weights_file(model_id: str, content: bytes) -> pb.WeightsFile:
+    return pb.WeightsFile(model_id=model_id, content=content)
+
+
+# -- head analyses: plain results (server/analyses.py) in, messages out ----------------------------
+def provenance(
+    entry: CompiledModel | None, sanity: dict[str, Any], *, masked: list[str], items: int
+) -> pb.Provenance:
+    """Where the attention came from (`entry`, or None when it was sent), what was masked,
+    and `sanity` (`head_analysis.Sanity.result()`) of the attention the metrics read."""
+    message = pb.Provenance(
+        source="model" if entry is not None else "sent",
+        dtype=sanity["dtype"],
+        masked=masked,
+        rows_sum_to_one=sanity["rows_sum_to_one"],
+        max_row_error=sanity["max_row_error"],
+        row_tolerance=sanity["tolerance"],
+        finite=sanity["finite"],
+        rows=sanity["rows"],
+        fully_masked_rows=sanity["fully_masked_rows"],
+        items=items,
+    )
+    if entry is not None:
+        message.model_id = entry.model_id
+        message.backend = entry.model.backend
+        message.attention_path = entry.model.attention_path
+        message.device = entry.model.device
+        message.weights_sha256 = entry.weights_sha256
+    else:
+        message.attention_path = "sent by the caller"
+    return message
+
+
+def heads_analysis(
+    layers: dict[str, Any], *, model_id: str, first_head: int, provenance: pb.Provenance
+) -> pb.HeadsAnalysis:
+    """AnalyzeHeads' answer: per-layer metrics (`masked_layer_metrics`) as in Analyze."""
+    response = analyze_response({"layers": layers}, model_id=model_id, first_head=first_head)
+    return pb.HeadsAnalysis(
+        model_id=response.model_id, layers=response.layers, provenance=provenance
+    )
+
+
+def similarity_response(
+    result: dict[str, Any],
+    *,
+    model_id: str,
+    first_head: int,
+    threshold: float,
+    provenance: pb.Provenance,
+) -> pb.SimilarityResponse:
+    """HeadSimilarity's answer from `head_analysis.similarity`'s result."""
+    return pb.SimilarityResponse(
+        model_id=model_id,
+        heads=[pb.HeadRef(layer=h["layer"], head=first_head + h["head"]) for h in result["heads"]],
+        distance=wire.to_proto(np.asarray(result["distance"], dtype=np.float64)),
+        pairs=[
+            pb.HeadPair(a=p["a"], b=p["b"], distance=p["distance"], same_layer=p["same_layer"])
+            for p in result["pairs"]
+        ],
+        groups=[pb.HeadGroup(heads=g) for g in result["groups"]],
+        threshold=threshold,
+        provenance=provenance,
+    )
+
+
+def ablation_progress(done: int, total: int) -> pb.AblationUpdate:
+    return pb.AblationUpdate(progress=pb.Progress(stage="ablating", done=done, total=total))
+
+
+def ablation_result(
+    impacts: list[dict[str, Any]],
+    *,
+    model_id: str,
+    softmax_output: bool,
+    ranked_by: str,
+    provenance: pb.Provenance,
+) -> pb.AblationUpdate:
+    """AblateHeads' last update; `impacts` (layer, head, pattern, l2, relative_l2, kl) are
+    ranked in the order given."""
+    return pb.AblationUpdate(
+        result=pb.AblationResult(
+            model_id=model_id,
+            heads=[
+                pb.HeadImpact(
+                    head=pb.HeadRef(layer=r["layer"], head=r["head"]),
+                    rank=rank,
+                    l2=r["l2"],
+                    relative_l2=r["relative_l2"],
+                    kl=r["kl"],
+                    pattern=r["pattern"],
+                )
+                for rank, r in enumerate(impacts, start=1)
+            ],
+            softmax_output=softmax_output,
+            ranked_by=ranked_by,
+            provenance=provenance,
+        )
+    )
+
+
+def profile_extract(first: pb.ProfileRequest) -> pb.ExtractRequest:
+    """The extract request naming the model a profile stream's first message names."""
+    extract = pb.ExtractRequest()
+    which = first.WhichOneof("model")
+    if which == "model_id":
+        extract.model_id = first.model_id
+    elif which == "compile":
+        extract.compile.CopyFrom(first.compile)
+    return extract
+
+
+def profile_progress(done: int, total: int) -> pb.ProfileUpdate:
+    return pb.ProfileUpdate(progress=pb.Progress(stage="profiling", done=done, total=total))
+
+
+def profile_result(
+    result: dict[str, Any], *, model_id: str, samples: int, provenance: pb.Provenance
+) -> pb.ProfileUpdate:
+    """ProfileHeads' last update from `head_analysis.Profile.result()`."""
+    heads = [
+        pb.HeadProfile(
+            head=pb.HeadRef(layer=layer, head=row["head"]),
+            samples=row["samples"],
+            metrics=[
+                pb.MetricDistribution(
+                    metric=name,
+                    mean=stat["mean"],
+                    std=stat["std"],
+                    quantiles=[stat["quantiles"][str(q)] for q in QUANTILES],
+                )
+                for name, stat in row["metrics"].items()
+            ],
+            labels=[pb.LabelShare(label=k, share=v) for k, v in row["labels"].items()],
+        )
+        for layer, rows in result["layers"].items()
+        for row in rows
+    ]
+    return pb.ProfileUpdate(
+        result=pb.ProfileResult(
+            model_id=model_id,
+            heads=heads,
+            quantile_levels=list(QUANTILES),
+            exact_quantiles=result["exact_quantiles"],
+            samples=samples,
+            provenance=provenance,
+        )
+    )
+
+
+def compare_response(
+    rows: list[dict[str, Any]],
+    *,
+    model_id_a: str,
+    model_id_b: str,
+    unmatched_layers: list[str],
+    provenance_a: pb.Provenance,
+    provenance_b: pb.Provenance,
+) -> pb.CompareResponse:
+    """CompareCheckpoints' answer; `rows` (`head_analysis.compare_layer`) ranked as given."""
+    return pb.CompareResponse(
+        model_id_a=model_id_a,
+        model_id_b=model_id_b,
+        heads=[
+            pb.HeadComparison(
+                head=pb.HeadRef(layer=r["layer"], head=r["head"]),
+                rank=rank,
+                js_distance=r["js_distance"],
+                js_divergence=r["js_divergence"],
+                pattern_a=r["label_a"],
+                pattern_b=r["label_b"],
+                metrics=[
+                    pb.MetricDelta(metric=m, a=r["a"][m], b=r["b"][m], delta=r["delta"][m])
+                    for m in r["delta"]
+                ],
+            )
+            for rank, r in enumerate(rows, start=1)
+        ],
+        unmatched_layers=unmatched_layers,
+        provenance_a=provenance_a,
+        provenance_b=provenance_b,
+    )

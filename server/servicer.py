@@ -142,7 +142,7 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
         fmt = convert.export_format(request.format)  # refused before compiling
         entry, _ = self.resolve.compile(request.model)
         content = self.engine.export_weights(entry, fmt=fmt)
-        return pb.WeightsFile(model_id=entry.model_id, content=content)
+        return convert.weights_file(entry.model_id, content)
 
     def GetServerInfo(
         self, request: pb.ServerInfoRequest, context: grpc.ServicerContext
