@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -203,3 +204,78 @@ class VisualizationResult(dict[str, Any]):
         files = self.get("files") or {}
         png = files.get("heatmap")
         return Path(png).read_bytes() if png and png.endswith(".png") else None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What `visualize_from_dsl` fetched: the metrics, the attention drawn (pooled on the
+    server when long) and how, the result's attention_weights, the npz written (or None)."""
+
+    analysis: dict[str, Any]
+    shown: Mapping[str, np.ndarray]
+    pooling: Mapping[str, Pooling]
+    weights: Mapping[str, np.ndarray]
+    npz: str | None
+    npz_window: tuple[tuple[int, int], tuple[int, int]] | None
+
+
+def write_all(
+    out: OutputDir,
+    compiled: CompileResult,
+    got: Fetched,
+    *,
+    tokens: Sequence[str] | None,
+    split: Tokens | None,
+    head: int | None,
+    batch_index: int,
+    formats: Sequence[str],
+    dpi: int,
+) -> Figure:
+    """Every file but the npz: figures, code, page, rollout, analysis.json; returns the heatmap."""
+    figure = figures(
+        out,
+        got.shown,
+        got.analysis,
+        head=head,
+        tokens=tokens,
+        batch_index=batch_index,
+        pooling=got.pooling,
+        formats=formats,
+        dpi=dpi,
+    )
+    code(out, compiled)
+    page(out, got.shown, got.analysis, tokens=tokens, batch_index=batch_index, pooling=got.pooling)
+    rollout(out, got.analysis)
+    analysis_json(
+        out,
+        compiled,
+        got.analysis,
+        tokens=tokens,
+        split=split,
+        npz=got.npz,
+        npz_window=got.npz_window,
+        pooling=got.pooling,
+    )
+    return figure
+
+
+def result(
+    out: OutputDir,
+    compiled: CompileResult,
+    got: Fetched,
+    figure: Figure,
+    tokens: Sequence[str] | None,
+    split: Tokens | None,
+) -> VisualizationResult:
+    """`visualize_from_dsl`'s returned dict."""
+    return VisualizationResult(
+        attention_weights=got.weights,
+        analysis=got.analysis,
+        files=out.files,
+        model=compiled,
+        figure=figure,
+        tokens=None if tokens is None else list(tokens),
+        token_ids=None if split is None else list(split.ids),
+        tokenizer_tokens=tokenizer_tokens(split),
+        summary=console_summary(got.analysis),
+    )

@@ -272,6 +272,31 @@ class AttentionVisualizer:
         check_tokens(compiled, input_data, tokens)
         ask = _Ask(compiled, input_data, [layer_name] if layer_name else None, tokens, dtype)
         out = outputs.OutputDir(output_dir, self._progress)
+        got = self._fetch(ask, out, head_index, display_size, write_npz, npz_window)
+        figure = outputs.write_all(
+            out,
+            compiled,
+            got,
+            tokens=tokens,
+            split=split,
+            head=head_index,
+            batch_index=batch_index,
+            formats=formats,
+            dpi=dpi,
+        )
+        return outputs.result(out, compiled, got, figure, tokens, split)
+
+    # -- what visualize_from_dsl fetches ----------------------------------------------------------
+    def _fetch(
+        self,
+        ask: _Ask,
+        out: outputs.OutputDir,
+        head_index: int | None,
+        display_size: int,
+        write_npz: bool,
+        npz_window: tuple[tuple[int, int], tuple[int, int]] | None,
+    ) -> outputs.Fetched:
+        """The metrics, the attention to draw, and the npz (written as it streams in)."""
         analysis = self._metrics(ask, head_index)
         shapes = [tuple(int(n) for n in m["shape"]) for m in analysis["layers"].values()]
         shown, pooling = self._for_display(ask, shapes, display_size)
@@ -280,43 +305,9 @@ class AttentionVisualizer:
         if write_npz:
             weights = self._npz(ask, npz, shapes, shown if not pooling else None, npz_window)
             out.written("npz", npz)
-        figure = outputs.figures(
-            out,
-            shown,
-            analysis,
-            head=head_index,
-            tokens=tokens,
-            batch_index=batch_index,
-            pooling=pooling,
-            formats=formats,
-            dpi=dpi,
-        )
-        outputs.code(out, compiled)
-        outputs.page(out, shown, analysis, tokens=tokens, batch_index=batch_index, pooling=pooling)
-        outputs.rollout(out, analysis)
-        outputs.analysis_json(
-            out,
-            compiled,
-            analysis,
-            tokens=tokens,
-            split=split,
-            npz=npz.name if write_npz else None,
-            npz_window=npz_window,
-            pooling=pooling,
-        )
-        return VisualizationResult(
-            attention_weights=weights,
-            analysis=analysis,
-            files=out.files,
-            model=compiled,
-            figure=figure,
-            tokens=None if tokens is None else list(tokens),
-            token_ids=None if split is None else list(split.ids),
-            tokenizer_tokens=outputs.tokenizer_tokens(split),
-            summary=outputs.console_summary(analysis),
-        )
+        npz_name = npz.name if write_npz else None
+        return outputs.Fetched(analysis, shown, pooling, weights, npz_name, npz_window)
 
-    # -- what visualize_from_dsl fetches ----------------------------------------------------------
     def _metrics(self, ask: _Ask, head_index: int | None) -> dict[str, Any]:
         """Every layer's metrics and the rollout, computed on the server (no tensors move)."""
         self._progress("computing metrics on the server")
