@@ -382,7 +382,7 @@ class HeadAnalyses:
         self.engine.plan(entry, data=np.concatenate([data] * per_pass), layer_names=(), head=None)
 
         stop, passes = _checker(context), _stopper(context)
-        model = entry.model.private_copy(seed=entry.seed, device=self.config.device)
+        model = self.engine.private_model(entry)
         base, attention = model.forward(data, capture=list(sites), should_stop=passes)
         sanity = Sanity()
         labels: dict[str, list[str]] = {}
@@ -402,8 +402,11 @@ class HeadAnalyses:
             }
             for i, (name, h) in enumerate(group):
                 masks[name][i * batch : (i + 1) * batch, h] = 0.0
-            with model.head_mask({k: v for k, v in masks.items() if (v == 0).any()}):
-                out, _ = model.forward(np.concatenate([data] * len(group)), should_stop=passes)
+            out = model.masked(
+                np.concatenate([data] * len(group)),
+                {k: v for k, v in masks.items() if (v == 0).any()},
+                should_stop=passes,
+            )
             for i, (name, h) in enumerate(group):
                 impacts.append(
                     {"layer": name, "head": h, "pattern": labels[name][h]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -91,6 +91,38 @@ class ExtractPlan:
         """The (batch, heads, query, key) shape of `layer`'s attention in this pass."""
         length = attention_length(layer, int(self.data.shape[1]))
         return int(self.data.shape[0]), int(layer["num_heads"]), length, length
+
+
+class PrivateModel:
+    """A copy of a model's network and weights that no other request sees, for passes with
+    heads masked (masking changes the model object, so it never runs on a shared one)."""
+
+    def __init__(self, model: BuiltModel) -> None:
+        self._model = model
+
+    def forward(
+        self,
+        data: np.ndarray,
+        *,
+        capture: Collection[str] = (),
+        should_stop: Callable[[], bool] | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One pass: the output and the attention of each layer in `capture`
+        (float32, [batch, head, query, key])."""
+        return self._model.forward(data, capture=capture, should_stop=should_stop)
+
+    def masked(
+        self,
+        data: np.ndarray,
+        masks: Mapping[str, np.ndarray],
+        *,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """The output of one pass with head h of item i of layer L scaled by
+        ``masks[L][i, h]`` (`BuiltModel.head_mask`); the masks are gone after it."""
+        with self._model.head_mask(masks):
+            out, _ = self._model.forward(data, should_stop=should_stop)
+        return out
 
 
 def attention_length(layer: Layer, seq: int) -> int:
@@ -292,6 +324,10 @@ class Engine:
                 "with a larger --max-message-bytes"
             )
         return write_weights(entry.model.get_weights(), fmt)
+
+    def private_model(self, entry: CompiledModel) -> PrivateModel:
+        """A private copy of `entry`'s model (same weights and seed) on the server's device."""
+        return PrivateModel(entry.model.private_copy(seed=entry.seed, device=self.config.device))
 
     def lookup(self, model_id: str) -> CompiledModel | None:
         return self.cache.get(model_id)
