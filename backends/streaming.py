@@ -20,14 +20,10 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-# The block arithmetic is shared with the client; the server and the backends import it from
-# here, beside `Reduction`.
-from neural_attn.pooling import POOL_MODES, Pooling, block_counts
+from neural_attn.pooling import Pooling
 
 __all__ = [
-    "POOL_MODES",
     "Reduction",
-    "block_counts",
     "on_pass_thread",
     "running_passes",
     "stream_pass",

@@ -23,7 +23,7 @@ from neural_attn.backends.base import (
     sample_input,
     sample_shape,
 )
-from neural_attn.backends.streaming import POOL_MODES, Reduction
+from neural_attn.backends.streaming import Reduction
 from neural_attn.backends.weight_files import NPZ
 from neural_attn.backends.weight_files import write as write_weights
 from neural_attn.backends.weights import parameter_count
@@ -36,6 +36,7 @@ from neural_attn.errors import (
     ResourceLimitError,
     excerpt,
 )
+from neural_attn.pooling import POOL_MODES
 from neural_attn.server.cache import ModelCache
 from neural_attn.server.config import ServerConfig
 

@@ -65,7 +65,7 @@ from neural_attn.backends.base import (  # noqa: E402
     sample_input,
 )
 from neural_attn.backends.codegen import instantiate, render_call, render_module  # noqa: E402
-from neural_attn.backends.streaming import Reduction, block_counts  # noqa: E402
+from neural_attn.backends.streaming import Reduction  # noqa: E402
 from neural_attn.backends.tensorflow import blocks  # noqa: E402
 from neural_attn.backends.tensorflow.catalogue import constructor, variables  # noqa: E402
 from neural_attn.backends.tensorflow.weights import read_keras  # noqa: E402
@@ -73,6 +73,7 @@ from neural_attn.backends.weight_files import check_neutral  # noqa: E402
 from neural_attn.backends.weights import initial_weights  # noqa: E402
 from neural_attn.dsl.ir import Network  # noqa: E402
 from neural_attn.errors import InvalidInputError  # noqa: E402
+from neural_attn.pooling import block_counts, pooled_length  # noqa: E402
 
 # TF32 matmuls on Ampere+ GPUs round to 10 mantissa bits: attention must be float32-exact.
 tf.config.experimental.enable_tensor_float_32_execution(False)
@@ -262,7 +263,7 @@ def reduce_attention(probs: tf.Tensor, reduction: Reduction) -> tf.Tensor:
     if bq == bk == 1:
         return probs
     batch, heads, rows, cols = probs.shape
-    out_q, out_k = -(-rows // bq), -(-cols // bk)
+    out_q, out_k = pooled_length(rows, bq), pooled_length(cols, bk)
     if (out_q * bq, out_k * bk) != (rows, cols):
         return _pool_partial_blocks(probs, bq, bk, reduction.pool_mode)
     # One axis at a time: a 6-d reduction over two axes at once copies the layer first.
