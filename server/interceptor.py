@@ -117,15 +117,20 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 "(client: --token-file, NEURAL_ATTN_TOKEN or the SDK's token=)"
             )
 
-    def _begin(self, method: str, request: Any, context: grpc.ServicerContext) -> Call:
+    def _begin(self, method: str, request: Any, context: grpc.ServicerContext) -> tuple[Call, Any]:
+        """The call's record, and its request: a message, counted now, or a client stream's
+        iterator, whose messages are counted (and their waits timed) as they come."""
         metadata = context.invocation_metadata()
         call = Call(method, request_id_from(metadata), context.peer())
         call.context = context
-        call.received_bytes = request.ByteSize() if hasattr(request, "ByteSize") else 0
+        if hasattr(request, "ByteSize"):
+            call.received_bytes = request.ByteSize()
+        else:
+            request = self._requests(request, call)
         context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
         self.calls.add(call)
         self.metrics.in_flight.labels(method).inc()
-        return call
+        return call, request
 
     def _admitted(self, call: Call, context: grpc.ServicerContext) -> None:
         self._admit(context.invocation_metadata())
@@ -182,11 +187,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def _unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            call = self._begin(method, request, context)
+            call, request = self._begin(method, request, context)
             try:
                 self._admitted(call, context)
-                if not hasattr(request, "ByteSize"):  # a client stream
-                    request = self._requests(request, call)
                 response = behavior(request, context)
                 call.sent_messages, call.sent_bytes = 1, response.ByteSize()
                 return response
@@ -201,11 +204,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self, method: str, behavior: Callable[..., Iterator[Any]]
     ) -> Callable[..., Iterator[Any]]:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            call = self._begin(method, request, context)
+            call, request = self._begin(method, request, context)
             try:
                 self._admitted(call, context)
-                if not hasattr(request, "ByteSize"):  # a client stream
-                    request = self._requests(request, call)
                 for message in behavior(request, context):
                     call.sent_messages += 1
                     call.sent_bytes += message.ByteSize()
