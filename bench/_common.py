@@ -46,16 +46,19 @@ def interleaved(
 
     One warm-up call each first (not counted); the number of rounds follows from the warm-up
     times and `budget_s`, between `min_reps` and `max_reps`. `sync` (e.g. cuda synchronize) is
-    called before each clock read.
+    called before each clock read. A function marked `self_timed` (a `CleanFloor`) returns
+    the seconds it measured itself, and that is what counts.
     """
 
     def timed(fn: Fn) -> float:
         if sync:
             sync()
         start = time.perf_counter()
-        fn()
+        result = fn()
         if sync:
             sync()
+        if getattr(fn, "self_timed", False):
+            return float(result)
         return time.perf_counter() - start
 
     warm = {name: timed(fn) for name, fn in fns.items()}
@@ -270,6 +273,62 @@ def served(kind: str, *args: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class CleanFloor:
+    """A floor in a clean process of its own (`bench/_floor_worker.py SPEC`): calling it runs
+    the floor once there and returns the seconds that took, timed in that process.
+    `threads` is what that process reported of its threads once it was warm."""
+
+    self_timed = True
+
+    def __init__(self, **spec: Any) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "_floor_worker.py"), json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=str(ROOT),
+        )
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line.startswith("READY "):
+            self.close()
+            rc = self._proc.returncode
+            raise RuntimeError(f"the {spec['kind']} floor did not start (rc {rc})")
+        self.threads: dict[str, Any] = json.loads(line.split(" ", 1)[1])
+
+    def __call__(self) -> float:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write("run\n")
+        self._proc.stdin.flush()
+        answer = self._proc.stdout.readline()
+        if not answer.strip():
+            raise RuntimeError(f"the floor process ended (rc {self._proc.poll()})")
+        return float(answer)
+
+    def close(self) -> None:
+        if self._proc.stdin:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def __enter__(self) -> CleanFloor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def thread_note(threads: dict[str, Any]) -> str:
+    """A process's thread counts as one short note."""
+    return ", ".join(f"{k} {v}" for k, v in threads.items() if k != "loaded") + (
+        f"; loaded: {'+'.join(threads.get('loaded', [])) or 'numpy only'}"
+    )
 
 
 @contextlib.contextmanager

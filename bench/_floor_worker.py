@@ -1,0 +1,120 @@
+"""One floor in a clean process: nothing loaded but what the floor needs (no server, no other
+framework, no bench). The bench starts it with a JSON spec, waits for its "READY" line (which
+says the process's thread counts), then writes "run" once per timed call; each answer is the
+seconds the call took, measured here, so the pipe's round trip is not counted. EOF ends it.
+
+    python bench/_floor_worker.py '{"kind": "torch", "seq": 1024, "width": 256, ...}'
+
+Kinds:
+    torch    plain torch.nn.MultiheadAttention blocks (bench/_floors.py), every layer as numpy
+    keras    plain Keras 3 MultiHeadAttention blocks (bench/_floors.py), every layer as numpy
+    project  the project's own built model, `stream()` layer by layer on its pass thread, as
+             the server runs it (one framework loaded, no gRPC)
+    bare     the client of a bare gRPC stream (`_serve.py bare` at `target`): every message
+             received and dropped (grpc only)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _data(spec: dict[str, Any]):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((1, spec["seq"], spec["width"])).astype(np.float32)
+
+
+def _plain(spec: dict[str, Any]) -> Callable[[], Any]:
+    from _floors import keras_floor, torch_floor
+
+    shape = {"layers": spec["layers"], "heads": spec["heads"], "ff": spec["ff"]}
+    if spec["kind"] == "torch":
+        return torch_floor(_data(spec), device=spec.get("device", "cpu"), **shape)
+    return keras_floor(_data(spec), **shape)
+
+
+def _project(spec: dict[str, Any]) -> Callable[[], Any]:
+    from neural_attn.backends.base import get_backend
+    from neural_attn.dsl import compile_source
+
+    net = compile_source(spec["source"], filename="floor.neural")
+    names = [layer.name for _, layer in net.attention_sites]
+    model = get_backend(spec["backend"]).build(net, seed=0, device=spec.get("device", "cpu"))
+    data = _data(spec)
+
+    def stream() -> None:
+        n = 0
+        for _, a in model.stream(data, capture=names):
+            n += 1
+            del a
+        assert n == len(names), n
+
+    return stream
+
+
+def _bare(spec: dict[str, Any]) -> Callable[[], Any]:
+    import grpc
+    from _serve import BARE_METHOD
+
+    channel = grpc.insecure_channel(
+        spec["target"], options=[("grpc.max_receive_message_length", 512 * 1024 * 1024)]
+    )
+    call = channel.unary_stream(BARE_METHOD, request_serializer=None, response_deserializer=None)
+    total = spec["total"]
+
+    def drain() -> None:
+        received = sum(len(m) for m in call(b"", timeout=600))
+        assert received == total, received
+
+    return drain
+
+
+def threads() -> dict[str, Any]:
+    """This process's OS threads and, where loaded, each framework's own thread settings."""
+    info: dict[str, Any] = {"os_threads": threading.active_count()}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                info["os_threads"] = int(line.split()[1])
+    except OSError:
+        pass
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        info["torch_intra_op"] = torch.get_num_threads()
+        info["torch_inter_op"] = torch.get_num_interop_threads()
+    if "tensorflow" in sys.modules:
+        tf = sys.modules["tensorflow"]
+        info["tf_intra_op"] = tf.config.threading.get_intra_op_parallelism_threads()
+        info["tf_inter_op"] = tf.config.threading.get_inter_op_parallelism_threads()
+    info["loaded"] = sorted(m for m in ("torch", "tensorflow", "grpc") if m in sys.modules)
+    return info
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    make = {"torch": _plain, "keras": _plain, "project": _project, "bare": _bare}[spec["kind"]]
+    once = make(spec)
+    once()  # warm: compiled, caches filled
+    print("READY " + json.dumps(threads()), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            continue
+        start = time.perf_counter()
+        once()
+        print(f"{time.perf_counter() - start:.9f}", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main()
