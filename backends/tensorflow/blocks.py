@@ -304,7 +304,10 @@ def apply(block, x, *, key_mask=None, capture=None, training=False):
         gate = getattr(capture, "gate", None)
         if gate is not None:  # a stream may hold the pass here until the last layer is let go
             gate()
-        x, probs = block(x, key_mask=key_mask, training=training, return_attention_scores=True)
+        # A block the backend compiled (`compiled_call`, a tf.function of its call) is run
+        # through it directly: Keras's __call__ bookkeeping costs more than the graph at 128 tokens.
+        call = getattr(block, "compiled_call", None) or block
+        x, probs = call(x, key_mask=key_mask, training=training, return_attention_scores=True)
         if capture is not None:
             capture[block.name] = probs
         return x
