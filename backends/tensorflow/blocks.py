@@ -304,16 +304,21 @@ def apply(block, x, *, key_mask=None, capture=None, training=False):
         gate = getattr(capture, "gate", None)
         if gate is not None:  # a stream may hold the pass here until the last layer is let go
             gate()
-        # A block the backend compiled (`compiled_call`, a tf.function of its call) is run
-        # through it directly: Keras's __call__ bookkeeping costs more than the graph at 128 tokens.
-        call = getattr(block, "compiled_call", None) or block
-        x, probs = call(x, key_mask=key_mask, training=training, return_attention_scores=True)
+        x, probs = _call(block)(
+            x, key_mask=key_mask, training=training, return_attention_scores=True
+        )
         if capture is not None:
             capture[block.name] = probs
         return x
     if isinstance(block, ResidualBlock):
         return block.run(x, key_mask=key_mask, capture=capture, training=training)
-    return block(x, training=training)
+    return _call(block)(x, training=training)
+
+
+def _call(block):
+    """The block, or its `compiled_call` where the backend compiled it (a tf.function of the
+    block's whole call, so Keras's per-call bookkeeping is paid once, when it is traced)."""
+    return getattr(block, "compiled_call", None) or block
 
 
 class NeuralModel(keras.Model):

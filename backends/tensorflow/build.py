@@ -83,24 +83,24 @@ _NAMESPACE: dict[str, Any] = {"keras": keras, **vars(blocks)}
 
 
 def _compile_calls(layers: list[keras.layers.Layer]) -> None:
-    """Each block's `call` becomes a tf.function, so a pass runs one graph per block.
+    """Each block gets a `compiled_call`, a tf.function of its whole call, which `blocks.apply`
+    runs: one graph per block.
 
     Eagerly, Keras pays Python for every sub-layer and op: MiniLM-L6 at 128 tokens took 98 ms
-    that way and 32 ms compiled, the same numbers (to float rounding). Blocks stay separate
-    calls, so `blocks.apply` still gates and captures between them, one layer at a time; a
-    residual block's body is compiled layer by layer for the same reason. `reduce_retracing`:
-    after a second sequence length the trace is shape-generic, not one per length.
-    An attention block's compiled call is also its `compiled_call`, which `blocks.apply` calls
-    directly: Keras's `__call__` around it cost 1.5 of a 128-token block's 5.3 ms.
+    that way and 32 ms compiled, the same numbers (to float rounding); compiling the block's
+    `__call__`, not only its `call`, also leaves Keras's own bookkeeping to the trace (1.5 of
+    a 128-token encoder block's 5.3 ms). Blocks stay separate calls, so `blocks.apply` still
+    gates and captures between them, one layer at a time; a residual block's body is compiled
+    layer by layer for the same reason. `reduce_retracing`: after a second sequence length the
+    trace is shape-generic, not one per length.
     """
     for layer in layers:
         if isinstance(layer, blocks.ResidualBlock):
             _compile_calls(layer.body)
-            continue
-        layer.call = tf.function(layer.call, reduce_retracing=True)
-        if isinstance(layer, blocks.ATTENTION_BLOCKS):
+        else:
             # object.__setattr__: a function is not a layer for Keras to track.
-            object.__setattr__(layer, "compiled_call", layer.call)
+            compiled = tf.function(layer.__call__, reduce_retracing=True)
+            object.__setattr__(layer, "compiled_call", compiled)
 
 
 def _all_layers(layers: list[keras.layers.Layer]) -> Iterator[keras.layers.Layer]:
@@ -114,10 +114,8 @@ def _all_layers(layers: list[keras.layers.Layer]) -> Iterator[keras.layers.Layer
 def _mask_heads(block: Any, mha: Any, mask: np.ndarray) -> Callable[[], None]:
     """Wrap `mha`'s output projection to weigh each head by `mask` [batch, heads]; run `block`
     eagerly meanwhile. Returns what undoes both."""
-    compiled, original = block.call, mha._output_dense
-    if hasattr(compiled, "python_function"):
-        block.call = compiled.python_function
-        object.__setattr__(block, "compiled_call", None)
+    compiled, original = getattr(block, "compiled_call", None), mha._output_dense
+    object.__setattr__(block, "compiled_call", None)
     weights = keras.ops.convert_to_tensor(mask[:, None, :, None])
 
     def masked(context: Any, *args: Any, **kwargs: Any) -> Any:
@@ -128,9 +126,7 @@ def _mask_heads(block: Any, mha: Any, mask: np.ndarray) -> Callable[[], None]:
 
     def undo() -> None:
         object.__setattr__(mha, "_output_dense", original)
-        block.call = compiled
-        if hasattr(compiled, "python_function"):
-            object.__setattr__(block, "compiled_call", compiled)
+        object.__setattr__(block, "compiled_call", compiled)
 
     return undo
 
