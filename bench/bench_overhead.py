@@ -176,4 +176,4 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    section_main("2: served ExtractAttention vs in-process forward", run, add_args=add_args)
+    section_main("2: served ExtractAttention vs floors in clean processes", run, add_args=add_args)

@@ -8,7 +8,7 @@ bench/results.json. Benchmarks measure; they never assert timings (and a failed 
 Sections (each runnable alone as `python bench/bench_*.py`):
     0 bench_extract.py   the example model, served vs plain forward (the original `make bench`)
     1 bench_cli_long.py  2 x 8 x 4,096² through the installed CLI: completes, wall, peak RSS
-    2 bench_overhead.py  served ÷ in-process forward (project and plain-framework) at 128, 1,024
+    2 bench_overhead.py  served ÷ floors in clean processes (pass, plain MHA, bare gRPC), 128, 1,024
     3 bench_wire.py      512 MiB through ExtractAttention vs a bare gRPC stream
     4 bench_layers.py    12 layers in one pass vs 12 x one layer vs one sub-model per layer
     5 bench_pretrained.py  MiniLM-L6: served ÷ transformers at 128, 512; the page vs bertviz
