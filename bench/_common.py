@@ -265,14 +265,19 @@ def served(kind: str, *args: str) -> Iterator[str]:
             raise RuntimeError(f"the {kind} server did not start (rc {proc.returncode})")
         yield f"127.0.0.1:{int(line.split()[1])}"
     finally:
-        if proc.stdin:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a helper process that stops when its stdin closes (killed after 20 s)."""
+    if proc.stdin:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class CleanFloor:
@@ -308,14 +313,7 @@ class CleanFloor:
         return float(answer)
 
     def close(self) -> None:
-        if self._proc.stdin:
-            with contextlib.suppress(OSError):
-                self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        _stop(self._proc)
 
     def __enter__(self) -> CleanFloor:
         return self

@@ -65,19 +65,14 @@ def _project(spec: dict[str, Any]) -> Callable[[], Any]:
 
 def _bare(spec: dict[str, Any]) -> Callable[[], Any]:
     import grpc
+    from _common import MIB, drain
     from _serve import BARE_METHOD
 
     channel = grpc.insecure_channel(
-        spec["target"], options=[("grpc.max_receive_message_length", 512 * 1024 * 1024)]
+        spec["target"], options=[("grpc.max_receive_message_length", 512 * MIB)]
     )
     call = channel.unary_stream(BARE_METHOD, request_serializer=None, response_deserializer=None)
-    total = spec["total"]
-
-    def drain() -> None:
-        received = sum(len(m) for m in call(b"", timeout=600))
-        assert received == total, received
-
-    return drain
+    return lambda: drain(call, spec["total"])
 
 
 def threads() -> dict[str, Any]:
