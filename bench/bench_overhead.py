@@ -44,8 +44,8 @@ from _floor_worker import threads
 SECTION = "2"
 WIDTH, HEADS, FF = 256, 8, 512
 SIZES = {128: (3, "<= 1.15"), 1024: (4, "<= 1.3")}  # tokens: (layers, served ÷ pass target)
-FLOOR_TARGET = "<= 1.3"  # served ÷ plain floor (issue 19)
-WIRE_TARGET = {1024: "<= 1.15"}  # served ÷ (pass + bare stream), by tokens (issue 19)
+FLOOR_TARGET = "<= 1.3"  # served ÷ plain floor
+WIRE_TARGET = {1024: "<= 1.15"}  # served ÷ (pass + bare stream), by tokens
 
 
 def _tf_on_gpu() -> bool:
