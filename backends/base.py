@@ -12,12 +12,19 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Generator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from neural_attn.backends.streaming import Reduction, on_pass_thread, stream_pass
+from neural_attn.backends.streaming import (
+    Reduction,
+    Tile,
+    TileCut,
+    TiledReduction,
+    on_pass_thread,
+    stream_pass,
+)
 from neural_attn.backends.weight_files import (
     FORMATS,
     FRAMEWORK_FORMATS,
@@ -197,28 +204,42 @@ def _open_gate() -> None:
 
 
 class _Capture:
-    """The `capture` mapping attention blocks write their probabilities into: hands the wanted
-    layers to `take` at once and drops the others. A backend whose pass can run code right
-    before each attention block calls `gate()` there (see `BuiltModel.gates_attention`)."""
+    """The `capture` attention blocks hand their probabilities to: passes the wanted layers on
+    to `take` at once, as `Tile`s of framework tensors (a layer computed in one piece is one
+    whole tile), and drops the others. A backend whose pass can run code right before each
+    attention block calls `gate()` there (see `BuiltModel.gates_attention`)."""
 
     def __init__(
         self,
         wanted: Collection[str],
-        take: Callable[[str, Any], None],
+        take: Callable[[str, Tile], None],
         gate: Callable[[], None] = _open_gate,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.wanted = frozenset(wanted)
         self.take = take
         self.gate = gate
+        self.should_stop = should_stop
 
-        self._taken: set[str] = set()
+        self._done: set[str] = set()
+
+    def tile(self, name: str, start: int, probs: Any, queries: int, step: int) -> None:
+        """Query rows `start`.. of layer `name` ([batch, head, rows, key]), one of `queries`
+        rows that the pass computes `step` rows at a time, in order. A long layer stops
+        between its tiles when `should_stop()` says so."""
+        tile = Tile(start, queries, step, probs)
+        if name in self.wanted and name not in self._done:
+            if tile.last:
+                self._done.add(name)
+            self.take(name, tile)
+        if not tile.last and self.should_stop is not None and self.should_stop():
+            raise stopped()
 
     def __setitem__(self, name: str, probs: Any) -> None:
-        """A backend may hand a layer over early (from inside its block) and again when the
-        block returns: only the first reaches `take`."""
-        if name in self.wanted and name not in self._taken:
-            self._taken.add(name)
-            self.take(name, probs)
+        """A whole layer at once. A backend may hand a layer over early (from inside its block)
+        and again when the block returns: only the first reaches `take`."""
+        rows = int(probs.shape[-2])
+        self.tile(name, 0, probs, rows, max(rows, 1))
 
 
 class BuiltModel(ABC):
@@ -255,6 +276,16 @@ class BuiltModel(ABC):
         """A float32 (C-contiguous) numpy array of `tensor`, reduced first, on the model's
         device, when `reduction` says so. Shares memory with the tensor where it can."""
 
+    @abstractmethod
+    def _cut_to_numpy(self, tile: Any, cut: TileCut) -> np.ndarray:
+        """`cut` of one tile of probabilities [batch, head, rows, key], made on the model's
+        device, as float32 (C-contiguous) numpy."""
+
+    @abstractmethod
+    def set_tile_elements(self, budget: int) -> None:
+        """Compute attention in tiles of query rows of at most `budget` scores each (batch x
+        heads x rows x keys), from the next pass on; a layer within it is one tile."""
+
     def forward(
         self,
         data: np.ndarray,
@@ -279,11 +310,17 @@ class BuiltModel(ABC):
         def stop() -> bool:
             return interrupted.is_set() or (should_stop is not None and should_stop())
 
-        def take(name: str, probs: Any) -> None:
-            kept[name] = self._to_numpy(probs)
+        def take(name: str, tile: Tile) -> None:
+            values = self._to_numpy(tile.values)
+            if tile.is_whole:
+                kept[name] = values
+                return
+            if tile.start == 0:
+                kept[name] = np.empty((*values.shape[:2], tile.rows, values.shape[-1]), np.float32)
+            kept[name][:, :, tile.start : tile.stop] = values
 
         def run() -> np.ndarray:
-            out = self._pass(prepared, _Capture(capture, take), stop)
+            out = self._pass(prepared, _Capture(capture, take, should_stop=stop), stop)
             if out is None:
                 raise stopped()
             return self._to_numpy(out)
@@ -301,21 +338,43 @@ class BuiltModel(ABC):
         capture: Collection[str],
         reduction: Reduction | None = None,
         should_stop: Callable[[], bool] | None = None,
-    ) -> Generator[tuple[str, np.ndarray], None, None]:
-        """One forward pass that yields (layer name, attention) for each layer in `capture`
-        as soon as the pass has computed it, reduced beside the model by `reduction`.
+    ) -> Generator[tuple[str, Tile], None, None]:
+        """One forward pass that yields (layer name, `Tile` of numpy attention) for each layer
+        in `capture` as soon as the pass has computed it, reduced beside the model by
+        `reduction`: a layer computed in one piece, or pooled, comes as one whole tile; a long
+        layer's exact rows (all heads or one, a window or all) as tiles of rows, in order.
 
-        The pass waits while the caller holds a layer, and goes on when the caller asks for the
-        next: drop each array before asking, and at most one layer's attention exists at a time.
-        Closing the iterator stops the pass at its next attention layer.
+        The pass waits while the caller holds a tile, and goes on when the caller asks for the
+        next: drop each array before asking, and at most one tile (and the one the pass is
+        making) exists at a time. Closing the iterator stops the pass at its next tile.
         """
         prepared = prepare_input(self.network, data)
+        reducing = reduction is not None and not reduction.exact
 
-        def run(emit: Callable[[str, np.ndarray], None], gate: Callable[[], None]) -> None:
-            def take(name: str, probs: Any) -> None:
-                emit(name, self._to_numpy(probs, reduction))
+        def run(emit: Callable[[str, Tile], None], gate: Callable[[], None]) -> None:
+            layers: dict[str, TiledReduction] = {}
 
-            if self._pass(prepared, _Capture(capture, take, gate), should_stop) is None:
+            def take(name: str, tile: Tile) -> None:
+                if not reducing:
+                    emit(name, replace(tile, values=self._to_numpy(tile.values)))
+                    return
+                assert reduction is not None
+                if tile.is_whole:
+                    emit(name, Tile.whole(self._to_numpy(tile.values, reduction)))
+                    return
+                if name not in layers:
+                    shape = tuple(tile.values.shape)
+                    layers[name] = TiledReduction(reduction, (*shape[:2], tile.rows, shape[-1]))
+                cut = layers[name].cut(tile.start, tile.stop)
+                if cut is not None:
+                    reduced = layers[name].add(
+                        tile.start, tile.step, self._cut_to_numpy(tile.values, cut)
+                    )
+                    if reduced is not None:
+                        emit(name, reduced)
+
+            sink = _Capture(capture, take, gate, should_stop)
+            if self._pass(prepared, sink, should_stop) is None:
                 raise stopped()
 
         yield from stream_pass(run, gated=self.gates_attention)

@@ -8,6 +8,11 @@ one layer's attention exists at a time and a slow reader slows the pass instead 
 `Reduction` says what of each layer to keep (one head, a window, pooled blocks); backends apply
 it with their framework's ops, on the device that ran the pass, before anything is copied out.
 Its blocks are `neural_attn.pooling`'s, and `Reduction.pooling` the `Pooling` a layer became.
+
+At long lengths a pass computes each layer a tile of query rows at a time and lets each tile
+go before the next exists: what a stream hands over is a `Tile`, rows of the reduced layer.
+`TiledReduction` reduces one layer from its tiles: exact rows (a head, a window) leave as
+tiles, a pooled layer is accumulated from them (its cells are small) and leaves whole.
 """
 
 from __future__ import annotations
@@ -20,10 +25,14 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from neural_attn.pooling import Pooling
+import numpy as np
+
+from neural_attn.pooling import Pooling, block_counts, pooled_length
 
 __all__ = [
     "Reduction",
+    "Tile",
+    "TiledReduction",
     "on_pass_thread",
     "running_passes",
     "stream_pass",
@@ -73,6 +82,119 @@ class Reduction:
         return Pooling.of(
             source_shape, self.pool_size, self.pool_mode, query=self.query, key=self.key
         )
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Rows ``[start, start + values.shape[-2])`` of one layer's (reduced) attention
+    ``[batch, head, rows, key]``, which has ``rows`` rows in all. The pass tiled the source
+    rows in steps of ``step``, and row 0 here is source row ``origin`` (a query window's
+    start), so `schedule` tells a consumer every tile of the layer before it has them."""
+
+    start: int
+    rows: int
+    step: int
+    values: np.ndarray
+    origin: int = 0
+
+    @classmethod
+    def whole(cls, values: np.ndarray) -> Tile:
+        rows = int(values.shape[-2])
+        return cls(0, rows, max(rows, 1), values)
+
+    @property
+    def stop(self) -> int:
+        return self.start + int(self.values.shape[-2])
+
+    @property
+    def is_whole(self) -> bool:
+        return self.start == 0 and self.stop == self.rows
+
+    @property
+    def last(self) -> bool:
+        return self.stop >= self.rows
+
+    def schedule(self) -> list[tuple[int, int]]:
+        """Every tile of the layer as [start, stop) rows, in the order they come."""
+        first = (self.origin // self.step + 1) * self.step
+        inner = range(first, self.origin + self.rows, self.step)
+        cuts = [0, *(b - self.origin for b in inner), self.rows]
+        return list(zip(cuts, cuts[1:], strict=False))
+
+
+@dataclass(frozen=True)
+class TileCut:
+    """What a backend cuts from one tile on its device: one head (None: all), rows [a, b) of
+    the tile, keys [k0, k1), and keys pooled in blocks of `key_block` by `mode`."""
+
+    head: int | None
+    rows: tuple[int, int]
+    keys: tuple[int, int]
+    key_block: int
+    mode: str
+
+
+class TiledReduction:
+    """One layer's `Reduction` applied a tile of source query rows at a time.
+
+    `cut(start, stop)` says what the backend takes of source rows [start, stop) (None: the
+    tile is outside the query window); `add(start, step, cut_values)` takes that and
+    returns the `Tile` to hand on, if any: exact rows go on at once (their rows numbered from
+    the window's start), pooled rows are folded into the pooled layer, which goes on, whole,
+    with the layer's last tile.
+    """
+
+    def __init__(self, reduction: Reduction, source_shape: tuple[int, ...]) -> None:
+        q_len, k_len = int(source_shape[-2]), int(source_shape[-1])
+        self.head = reduction.head
+        self.mode = reduction.pool_mode
+        self.q0, self.q1, self.k0, self.k1 = reduction.window(q_len, k_len)
+        self.query_block, self.key_block = reduction.blocks(q_len, k_len)
+        self.pooled = self.query_block > 1 or self.key_block > 1
+        self._rows = pooled_length(self.q1 - self.q0, self.query_block)
+        self._cells: np.ndarray | None = None  # the pooled layer so far: max, or sums (float64)
+
+    def cut(self, start: int, stop: int) -> TileCut | None:
+        a, b = max(start, self.q0), min(stop, self.q1)
+        if a >= b:
+            return None
+        return TileCut(
+            self.head, (a - start, b - start), (self.k0, self.k1), self.key_block, self.mode
+        )
+
+    def add(self, start: int, step: int, values: np.ndarray) -> Tile | None:
+        """`values`: `cut(start, stop)` of the tile, on the host. The layer's last tile is the
+        one whose rows reach the end of the query window."""
+        a = max(start, self.q0) - self.q0  # window rows this tile holds: [a, a + rows)
+        end = a + int(values.shape[-2])
+        if not self.pooled:
+            return Tile(a, self._rows, step, values, origin=self.q0)
+        bq = self.query_block
+        first, last = a // bq, (end - 1) // bq  # the pooled rows these window rows reach
+        starts = np.arange(first * bq, end, bq) - a
+        starts[0] = 0
+        if self.mode == "max":
+            part = np.maximum.reduceat(values, starts, axis=-2) if bq > 1 else values
+        else:
+            part = np.add.reduceat(values, starts, axis=-2, dtype=np.float64)
+        if self._cells is None:
+            shape = (*values.shape[:2], self._rows, values.shape[-1])
+            if self.mode == "max":
+                self._cells = np.full(shape, -np.inf, dtype=np.float32)
+            else:
+                self._cells = np.zeros(shape)
+        cells = self._cells[:, :, first : last + 1]
+        if self.mode == "max":
+            np.maximum(cells, part, out=cells)
+        else:
+            cells += part
+        if self.q0 + end < self.q1:
+            return None
+        pooled, self._cells = self._cells, None
+        if self.mode == "mean":  # the keys were averaged on the device; now the rows
+            rows = block_counts(self.q1 - self.q0, bq, dtype=np.float64)
+            pooled = (pooled / rows[:, None]).astype(np.float32)
+        return Tile.whole(pooled)
 
 
 _Job = tuple[Callable[[], None], threading.Event]

@@ -1,16 +1,21 @@
 """Where streamed attention goes as its chunks arrive: one array in memory, an .npz or .npy files.
 
 `AttentionClient.extract_layers(..., sink=...)` calls a sink's `begin` once per layer, `write`
-for each chunk (flat C-order element offsets, in order), and `end` when the layer is complete;
+for each chunk (at its flat C-order element offset), and `end` when the layer is complete;
 what `end` returns is what the client yields for that layer. A sink never holds more than it
 must: `ArraySink` fills one preallocated array per layer, `NpzSink` and `NpyDirSink` write each
-chunk straight to disk and keep nothing.
+chunk to disk and keep nothing. A long layer arrives tile by tile, each (item, head)'s rows of a
+tile in turn, so its chunks come out of the file's order: the file sinks write what comes in
+order straight through and spool the rest to a scratch file beside the output, which is copied
+in, in order, when the layer is complete.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,14 +75,19 @@ class ArraySink:
 
 
 class _FileSink:
-    """Writes each layer as an .npy stream, front to back, as its chunks arrive."""
+    """Writes each layer as an .npy stream, front to back: chunks in order go straight to it,
+    the others (a tiled layer's) to a scratch file at their place, copied in at the end."""
 
     def __init__(self) -> None:
         self._out: BinaryIO | None = None
         self._header: LayerHeader | None = None
-        self._written = 0
+        self._written = 0  # elements written straight to the stream, front to back
+        self._spool: BinaryIO | None = None
 
     def _open(self, header: LayerHeader) -> BinaryIO:
+        raise NotImplementedError
+
+    def _scratch_dir(self) -> Path:
         raise NotImplementedError
 
     def _finish(self, header: LayerHeader) -> Any:
@@ -97,16 +107,29 @@ class _FileSink:
 
     def write(self, offset: int, values: np.ndarray) -> None:
         assert self._out is not None and self._header is not None
-        if offset != self._written:
+        data = np.ascontiguousarray(values).data.cast("B")
+        if self._spool is None and offset == self._written:
+            self._out.write(data)
+            self._written += values.size
+            return
+        if offset < self._written or offset + values.size > self._header.size:
             raise InvalidInputError(
-                f"chunk of `{self._header.name}` at element {offset} arrived out of order "
-                f"(expected {self._written}); a file sink needs chunks in order"
+                f"chunk of `{self._header.name}` at element {offset} overlaps what arrived "
+                "or lies outside the layer"
             )
-        self._out.write(np.ascontiguousarray(values).data.cast("B"))
-        self._written += values.size
+        if self._spool is None:
+            self._spool = tempfile.TemporaryFile(dir=self._scratch_dir(), prefix=".spool-")
+        os.pwrite(
+            self._spool.fileno(), data, (offset - self._written) * self._header.dtype.itemsize
+        )
 
     def end(self) -> Any:
         assert self._out is not None and self._header is not None
+        if self._spool is not None:
+            self._spool.seek(0)
+            shutil.copyfileobj(self._spool, self._out, 16 * 1024 * 1024)
+            self._spool.close()
+            self._spool = None
         self._out.close()
         self._out = None
         return self._finish(self._header)
@@ -127,7 +150,13 @@ class NpzSink(_FileSink):
     def _open(self, header: LayerHeader) -> BinaryIO:
         return self._zip.open(f"{header.name}.npy", "w", force_zip64=True)  # type: ignore[return-value]
 
+    def _scratch_dir(self) -> Path:
+        return self.path.parent
+
     def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
         if self._out is not None:
             self._out.close()
             self._out = None
@@ -154,6 +183,9 @@ class NpyDirSink(_FileSink):
 
     def _open(self, header: LayerHeader) -> BinaryIO:
         return open(self._path(header), "wb")  # noqa: SIM115 (closed in end)
+
+    def _scratch_dir(self) -> Path:
+        return self.directory
 
     def _finish(self, header: LayerHeader) -> np.ndarray:
         return np.load(self._path(header), mmap_mode="r")

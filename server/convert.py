@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +12,7 @@ from neural_attn import __version__, analysis, chunk_codec, wire
 from neural_attn.analysis import StopCheck, check_stop, row_tolerance
 from neural_attn.backends import info, weight_files
 from neural_attn.backends.base import BACKENDS, input_forms
-from neural_attn.backends.streaming import Reduction
+from neural_attn.backends.streaming import Reduction, Tile
 from neural_attn.dsl.ir import Network
 from neural_attn.errors import InvalidInputError, ResourceLimitError, excerpt
 from neural_attn.head_analysis import QUANTILES
@@ -220,39 +221,63 @@ def chunks(
     model_id: str,
     name: str,
     index: int,
-    array: np.ndarray,
+    tile: Tile,
     dtype: np.dtype,
     max_bytes: int,
     head: int | None,
     reduction: pb.Reduction | None = None,
 ) -> Iterator[chunk_codec.Serialized]:
-    """Split one layer's attention into AttentionChunk messages of at most `max_bytes` each.
+    """Split one tile of a layer's attention into AttentionChunk messages of at most
+    `max_bytes` each; a whole layer is one tile.
 
-    Each chunk's content is a view of `array` (converted to `dtype` a chunk at a time) copied
-    once, into the message's wire bytes (`chunk_codec`): no second copy of the layer is made.
+    Each chunk's content is a view of the tile (converted to `dtype` a chunk at a time) copied
+    once, into the message's wire bytes (`chunk_codec`): no second copy is made. A whole layer
+    goes front to back; a tile of rows goes as each (batch item, head)'s rows, which are
+    contiguous in the layer's C order. Every chunk says the layer's shape, where it lies
+    (offset) and its place among all the layer's chunks, counted over the tile schedule.
     """
     extra = reduction.ByteSize() + 4 if reduction is not None else 0
     overhead = _CHUNK_FIXED_OVERHEAD + extra + len(name.encode()) + len(model_id.encode())
     per_chunk = max(1, (max_bytes - overhead) // dtype.itemsize)
-    flat = np.ascontiguousarray(array).reshape(-1)  # a view: the backends hand C-order arrays
-    count = max(1, -(-flat.size // per_chunk))
+    values = np.ascontiguousarray(tile.values)  # a view: the backends hand C-order arrays
+    batch, heads, _, keys = values.shape
+    shape = (batch, heads, tile.rows, keys)
+
+    def count(start: int, stop: int) -> int:
+        if stop - start == tile.rows:
+            return max(1, -(-math.prod(shape) // per_chunk))
+        return batch * heads * -(-((stop - start) * keys) // per_chunk)
+
+    schedule = tile.schedule()
+    first = sum(count(a, b) for a, b in schedule if b <= tile.start)
     header = pb.AttentionChunk(
         model_id=model_id,
         layer_name=name,
         layer_index=index,
-        shape=list(array.shape),
+        shape=list(shape),
         dtype=wire.dtype_code(dtype),
-        num_chunks=count,
+        num_chunks=sum(count(a, b) for a, b in schedule),
         head=-1 if head is None else head,
     )
     if reduction is not None:
         header.reduction.CopyFrom(reduction)
-    for i in range(count):
-        part = flat[i * per_chunk : (i + 1) * per_chunk]
-        header.offset = i * per_chunk
-        header.element_count = int(part.size)
-        header.chunk_index = i
-        yield chunk_codec.encode(header, part.astype(dtype, copy=False))
+    if tile.is_whole:
+        ranges = [(0, values.reshape(-1))]
+    else:
+        ranges = [
+            (((b * heads + h) * tile.rows + tile.start) * keys, values[b, h].reshape(-1))
+            for b in range(batch)
+            for h in range(heads)
+        ]
+    i = first
+    for base, flat in ranges:
+        for start in range(0, max(flat.size, 1), per_chunk):
+            part = flat[start : start + per_chunk]
+            header.offset = base + start
+            header.element_count = int(part.size)
+            header.chunk_index = i
+            i += 1
+            yield chunk_codec.encode(header, part.astype(dtype, copy=False))
 
 
 # Rows of one block of the row-sum check: the float64 sums of a block are the extra memory.

@@ -23,7 +23,7 @@ from neural_attn.backends.base import (
     sample_input,
     sample_shape,
 )
-from neural_attn.backends.streaming import Reduction
+from neural_attn.backends.streaming import Reduction, Tile
 from neural_attn.backends.weight_files import NPZ
 from neural_attn.backends.weight_files import write as write_weights
 from neural_attn.backends.weights import parameter_count
@@ -409,6 +409,32 @@ class Engine:
             _check_window(reduction, attention_length(layer, seq), layer.name)
         return ExtractPlan(data, chosen, reduction)
 
+    def tiles(
+        self,
+        entry: CompiledModel,
+        plan: ExtractPlan,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Generator[tuple[int, Layer, Tile], None, None]:
+        """One forward pass; yields (index, layer, tile) per planned layer, in model order, as
+        soon as the pass has computed it, reduced as planned: a layer computed in one piece,
+        or pooled, as one whole tile; a long layer's exact rows as tiles of rows, in order.
+
+        Drop each tile before asking for the next: the pass waits for that, so at most one
+        tile exists at a time. `should_stop` is asked between layers and tiles.
+        """
+        layers = {layer.name: (index, layer) for index, layer in plan.layers}
+        stream = entry.model.stream(
+            plan.data, capture=layers, reduction=plan.reduction, should_stop=should_stop
+        )
+        try:
+            for name, tile in stream:
+                index, layer = layers[name]
+                yield index, layer, tile
+                del tile
+        finally:
+            stream.close()
+
     def stream(
         self,
         entry: CompiledModel,
@@ -416,23 +442,25 @@ class Engine:
         *,
         should_stop: Callable[[], bool] | None = None,
     ) -> Generator[tuple[int, Layer, np.ndarray], None, None]:
-        """One forward pass; yields (index, layer, attention) per planned layer, in model order,
-        as soon as the pass has computed it, reduced as planned.
+        """`tiles`, each layer put together whole: (index, layer, attention) per planned layer,
+        for callers that read whole layers (the plan's limits bound one layer).
 
-        Drop each array before asking for the next: the pass waits for that, so at most one
-        layer exists at a time. `should_stop` is asked between layers (cancelled, deadline).
+        Drop each array before asking for the next: at most one layer exists at a time.
         """
-        layers = {layer.name: (index, layer) for index, layer in plan.layers}
-        stream = entry.model.stream(
-            plan.data, capture=layers, reduction=plan.reduction, should_stop=should_stop
-        )
-        try:
-            for name, attention in stream:
-                index, layer = layers[name]
+        whole: np.ndarray | None = None
+        for index, layer, tile in self.tiles(entry, plan, should_stop=should_stop):
+            if tile.is_whole:
+                yield index, layer, tile.values
+                continue
+            if tile.start == 0:
+                values = tile.values
+                whole = np.empty((*values.shape[:2], tile.rows, values.shape[-1]), np.float32)
+            assert whole is not None
+            whole[:, :, tile.start : tile.stop] = tile.values
+            if tile.last:
+                attention, whole = whole, None
                 yield index, layer, attention
                 del attention
-        finally:
-            stream.close()
 
     def run(
         self,

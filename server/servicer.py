@@ -74,15 +74,16 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
         )
         if not context.is_active():
             return
-        # Each layer is sent as the pass computes it; `del` lets it go before the next exists.
-        layers = self.engine.stream(entry, plan, should_stop=_stopper(context))
+        # Each layer (a long one tile by tile) is sent as the pass computes it; `del` lets it
+        # go before the next exists.
+        tiles = self.engine.tiles(entry, plan, should_stop=_stopper(context))
         try:
-            for index, layer, attention in layers:
+            for index, layer, tile in tiles:
                 for chunk in convert.chunks(
                     model_id=entry.model_id,
                     name=layer.name,
                     index=index,
-                    array=attention,
+                    tile=tile,
                     dtype=dtype,
                     max_bytes=max_bytes,
                     head=plan.head,
@@ -91,9 +92,9 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
                     if not context.is_active():  # cancelled or past the deadline: stop the work
                         return
                     yield chunk
-                del attention
+                del tile
         finally:
-            layers.close()
+            tiles.close()
 
     def Analyze(
         self, request: pb.AnalyzeRequest, context: grpc.ServicerContext

@@ -62,8 +62,33 @@ class Dense(nn.Module):
         return ACTIVATIONS[self.activation](self.linear(x))
 
 
+# Query rows per tile are chosen so one tile's scores hold at most this many values (64 MiB of
+# float32): a layer is computed a tile of query rows at a time, each row's softmax over all its
+# keys, so memory per layer is O(rows x keys), never O(keys^2). Short sequences are one tile.
+TILE_ELEMENTS = 1 << 24
+
+
+def tile_rows(batch, heads, queries, keys, budget=TILE_ELEMENTS):
+    """Query rows per tile: as many as keep batch x heads x rows x keys within `budget`."""
+    return max(1, min(queries, budget // max(1, batch * heads * keys)))
+
+
+class AttentionTile(nn.Module):
+    """Identity at the point where the probabilities [batch, head, rows, key] of query rows
+    `start`.. of a `queries`-row layer, tiled `step` rows at a time, exist: forward hooks
+    read each tile there."""
+
+    def forward(self, probs, start, queries, step):
+        return probs
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention returning its output and per-head probabilities."""
+    """Multi-head self-attention returning its output and per-head probabilities.
+
+    The probabilities are computed a tile of query rows at a time (`tile_rows`, within
+    `tile_elements` values per tile) and each tile passes `self.tile`; when the layer is one
+    tile they are also returned, else None is (no whole layer ever exists).
+    """
 
     def __init__(
         self,
@@ -80,12 +105,14 @@ class SelfAttention(nn.Module):
         self.key_dim = key_dim
         self.causal = causal
         self.mask_padding = mask_padding
+        self.tile_elements = TILE_ELEMENTS
         inner = num_heads * key_dim
         self.query = nn.Linear(d_model, inner, bias=use_bias)
         self.key = nn.Linear(d_model, inner, bias=use_bias)
         self.value = nn.Linear(d_model, inner, bias=use_bias)
         self.output = nn.Linear(inner, d_model, bias=use_bias)
         self.dropout = nn.Dropout(dropout)
+        self.tile = AttentionTile()
 
     def _heads(self, t):
         batch, length, _ = t.shape
@@ -95,16 +122,36 @@ class SelfAttention(nn.Module):
         """key_mask: bool [batch, key], False at padding (token id 0); used when mask_padding."""
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         # Scale the queries, not the scores (as Keras does): no second [batch, head, q, k] tensor.
-        scores = torch.matmul(q * (1.0 / math.sqrt(self.key_dim)), k.transpose(-1, -2))
+        q = q * (1.0 / math.sqrt(self.key_dim))
+        k = k.transpose(-1, -2)
+        keys = key_mask[:, None, None, :] if self.mask_padding and key_mask is not None else None
+        batch, length = x.shape[0], x.shape[1]
+        rows = tile_rows(batch, self.num_heads, length, length, self.tile_elements)
+        if rows >= length:
+            probs = self.tile(self._probabilities(q, k, keys, 0), 0, length, length)
+            context = torch.matmul(self.dropout(probs), v)
+        else:
+            probs, context = None, torch.empty_like(v)
+            for start in range(0, length, rows):
+                stop = min(length, start + rows)
+                tile = self._probabilities(q[:, :, start:stop], k, keys, start)
+                tile = self.tile(tile, start, length, rows)
+                context[:, :, start:stop] = torch.matmul(self.dropout(tile), v)
+                del tile
+        return self.output(context.transpose(1, 2).flatten(2)), probs
+
+    def _probabilities(self, q, k, keys, start):
+        """softmax over all keys of query rows start.. (q: those rows, scaled; k: transposed)."""
+        scores = torch.matmul(q, k)  # [batch, head, rows, key]
         allowed = None
         if self.causal:
-            length = x.shape[1]
-            allowed = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-        if self.mask_padding and key_mask is not None:
-            keys = key_mask[:, None, None, :]  # [batch, 1, 1, key]
+            rows, length = scores.shape[-2:]
+            positions = torch.arange(start, start + rows, device=q.device)
+            allowed = torch.arange(length, device=q.device)[None, :] <= positions[:, None]
+        if keys is not None:
             allowed = keys if allowed is None else (allowed & keys)
-        # In inference the mask and the softmax work in place, so one [batch, head, q, k]
-        # tensor exists at a time: that is what lets long sequences fit. Autograd needs copies.
+        # In inference the mask and the softmax work in place, so one scores tensor exists at a
+        # time: that is what lets long sequences fit. Autograd needs copies.
         inplace = torch.is_inference_mode_enabled()
         if allowed is not None:
             # Keras's rule, kept for parity: a masked score becomes -1e9 before the softmax and
@@ -117,13 +164,9 @@ class SelfAttention(nn.Module):
             probs = torch.ops.aten._softmax.out(scores, -1, False, out=scores)
             if allowed is not None:
                 probs.masked_fill_(~allowed, 0.0)
-        else:
-            probs = torch.softmax(scores, dim=-1)
-            if allowed is not None:
-                probs = probs.masked_fill(~allowed, 0.0)
-        del scores  # probs: [batch, head, query, key]
-        context = torch.matmul(self.dropout(probs), v).transpose(1, 2).flatten(2)
-        return self.output(context), probs
+            return probs
+        probs = torch.softmax(scores, dim=-1)
+        return probs if allowed is None else probs.masked_fill(~allowed, 0.0)
 
 
 class TransformerEncoderBlock(nn.Module):
@@ -297,7 +340,7 @@ def apply(name, block, x, key_mask=None, capture=None):
     probabilities [batch, head, query, key] in `capture` under their layer name."""
     if isinstance(block, ATTENTION_BLOCKS):
         x, probs = block(x, key_mask)
-        if capture is not None:
+        if capture is not None and probs is not None:  # None: the layer went by in tiles
             capture[name] = probs
         return x
     if isinstance(block, Residual):

@@ -28,7 +28,7 @@ from neural_attn.backends.codegen import instantiate, render_call, render_module
 from neural_attn.backends.pytorch import blocks, recurrent, spatial
 from neural_attn.backends.pytorch.catalogue import constructor, parameters
 from neural_attn.backends.pytorch.weights import from_torch, read_state_dict, to_torch
-from neural_attn.backends.streaming import Reduction, on_pass_thread
+from neural_attn.backends.streaming import Reduction, TileCut, on_pass_thread
 from neural_attn.backends.weight_files import check_neutral
 from neural_attn.backends.weights import initial_weights, weight_shapes
 from neural_attn.dsl.ir import Network
@@ -86,17 +86,18 @@ class _PassHooks:
     runs on the calling thread: passes of one model run side by side (a stream whose reader
     stalls holds its own pass, never another caller's), each with its own `capture`.
 
-    Each layer's probabilities reach the pass's `capture` the moment its SelfAttention returns,
-    not when its block does, and `capture.gate()` runs right before the next scores are
-    computed (after the value projection): so a stream's consumer sends one layer while the
-    pass computes the rest of that block and the next one's projections, and one layer's
-    attention still exists at a time.
+    Each tile of a layer's probabilities (the whole layer, when it is one tile) reaches the
+    pass's `capture` the moment it exists (`blocks.AttentionTile`), not when its block
+    returns, and `capture.gate()` runs right before the next layer's scores are computed
+    (after the value projection): so a stream's consumer sends one layer while the pass
+    computes the rest of that block and the next one's projections, and one tile's attention
+    still exists at a time. A long layer is asked `should_stop` between its tiles.
     """
 
     def __init__(self, model: blocks.NeuralNet) -> None:
         self._local = threading.local()
         for name, attention in _attention_modules(model.blocks):
-            attention.register_forward_hook(functools.partial(self._emit, name))
+            attention.tile.register_forward_hook(functools.partial(self._emit, name))
             attention.value.register_forward_hook(self._gate)
 
     @contextmanager
@@ -111,10 +112,13 @@ class _PassHooks:
         finally:
             self._local.capture = self._local.should_stop = None
 
-    def _emit(self, name: str, _module: Any, _args: Any, out: Any) -> None:
+    def _emit(self, name: str, _module: Any, args: Any, probs: Any) -> None:
+        """A tile of query rows (`blocks.AttentionTile`)."""
         capture = getattr(self._local, "capture", None)
-        if capture is not None:
-            capture[name] = out[1]
+        if capture is None:
+            return
+        _, start, queries, step = args
+        capture.tile(name, start, probs, queries, step)
 
     def _gate(self, *_: Any) -> None:
         gate = getattr(getattr(self._local, "capture", None), "gate", None)
@@ -194,6 +198,24 @@ class PyTorchModel(BuiltModel):
         if reduction is not None and not reduction.exact:
             tensor = reduce_attention(tensor, reduction)
         return tensor.float().contiguous().cpu().numpy()
+
+    def _cut_to_numpy(self, tile: torch.Tensor, cut: TileCut) -> np.ndarray:
+        if cut.head is not None:
+            tile = tile[:, cut.head : cut.head + 1]
+        tile = tile[:, :, cut.rows[0] : cut.rows[1], cut.keys[0] : cut.keys[1]]
+        if cut.key_block > 1:  # ceil_mode: a partial last block, its mean over what it covers
+            if cut.mode == "max":
+                tile = F.max_pool2d(tile, (1, cut.key_block), ceil_mode=True)
+            else:
+                tile = F.avg_pool2d(
+                    tile, (1, cut.key_block), ceil_mode=True, count_include_pad=False
+                )
+        return self._to_numpy(tile)
+
+    @_on_pass_thread
+    def set_tile_elements(self, budget: int) -> None:
+        for _, attention in _attention_modules(self.model.blocks):
+            attention.tile_elements = budget
 
     def _all_parameters(self) -> dict[str, tuple[str, Any]]:
         """Neutral key -> (layout, torch tensor or tuple of them)."""

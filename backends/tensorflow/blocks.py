@@ -19,6 +19,7 @@ Every other layer is Keras's own (Conv1D/2D, pooling, BatchNormalization, LSTM, 
 SimpleRNN, ...), data channels-last, plus ResidualBlock and PositionalEncoding below.
 """
 
+import functools
 import math
 
 import keras
@@ -37,8 +38,24 @@ def activation(name):
     return gelu_tanh if name == "gelu_tanh" else name
 
 
+# Query rows per tile are chosen so one tile's scores hold at most this many values (64 MiB of
+# float32): a long layer is computed a tile of query rows at a time, each row's softmax over
+# all its keys, so memory per layer is O(rows x keys), never O(keys^2). Short ones are one tile.
+TILE_ELEMENTS = 1 << 24
+
+
+def tile_rows(batch, heads, queries, keys, budget=TILE_ELEMENTS):
+    """Query rows per tile: as many as keep batch x heads x rows x keys within `budget`."""
+    return max(1, min(queries, budget // max(1, batch * heads * keys)))
+
+
 class SelfAttention(keras.layers.Layer):
-    """Multi-head self-attention that can hand back its per-head probabilities."""
+    """Multi-head self-attention that can hand back its per-head probabilities.
+
+    A layer longer than one tile (`tiled`) is computed a tile of query rows at a time, in
+    Keras's own order of operations, and each tile of probabilities [batch, head, rows, key]
+    goes to `tiles(start, probs, queries, step)` instead of being returned.
+    """
 
     def __init__(
         self,
@@ -57,6 +74,7 @@ class SelfAttention(keras.layers.Layer):
         self.causal = causal
         self.use_bias = use_bias
         self.mask_padding = mask_padding
+        self.tile_elements = TILE_ELEMENTS
         # Keras 3 only materializes the probabilities when asked at call time
         # (return_attention_scores=True); we always ask when capturing.
         self.mha = keras.layers.MultiHeadAttention(
@@ -67,8 +85,21 @@ class SelfAttention(keras.layers.Layer):
         self.mha.build(input_shape, input_shape)
         self.built = True
 
-    def call(self, x, key_mask=None, training=False, return_attention_scores=False):
+    def tile_rows(self, x):
+        """Query rows per tile for input x (its whole length when the layer is one tile)."""
+        batch, length = x.shape[0], x.shape[1]
+        if batch is None or length is None:  # a shape-generic trace: never tiled
+            return length
+        return tile_rows(batch, self.num_heads, length, length, self.tile_elements)
+
+    def tiled(self, x):
+        return x.shape[1] is not None and self.tile_rows(x) < x.shape[1]
+
+    def call(self, x, key_mask=None, training=False, return_attention_scores=False, tiles=None):
         """key_mask: bool [batch, key], False at padding (token id 0); used when mask_padding."""
+        if self.tiled(x):
+            out = self._tiles(x, key_mask, training, tiles)
+            return (out, None) if return_attention_scores else out
         attention_mask = None
         if self.mask_padding and key_mask is not None:
             # [batch, query, key]: no query attends to a padding key. Keras sets masked scores
@@ -85,6 +116,31 @@ class SelfAttention(keras.layers.Layer):
             return_attention_scores=True,
         )
         return (out, probs) if return_attention_scores else out
+
+    def _tiles(self, x, key_mask, training, tiles):
+        """The layer a tile of query rows at a time: MultiHeadAttention's own projections,
+        equations, masked softmax and output projection, on rows start..stop each."""
+        mha, ops = self.mha, keras.ops
+        query = ops.multiply(mha._query_dense(x), 1.0 / math.sqrt(float(self.key_dim)))
+        key, value = mha._key_dense(x), mha._value_dense(x)
+        length, rows = x.shape[1], self.tile_rows(x)
+        keys = key_mask[:, None, :] if self.mask_padding and key_mask is not None else None
+        contexts = []
+        for start in range(0, length, rows):
+            stop = min(length, start + rows)
+            scores = ops.einsum(mha._dot_product_equation, key, query[:, start:stop])
+            mask = keys
+            if self.causal:  # key j is allowed for query i when j <= i
+                causal = ops.arange(length)[None, :] <= ops.arange(start, stop)[:, None]
+                mask = causal[None] if mask is None else ops.logical_and(mask, causal[None])
+            probs = mha._masked_softmax(scores, mask)
+            del scores
+            if tiles is not None:
+                tiles(start, probs, length, rows)
+            probs = mha._dropout_layer(probs, training=training)
+            contexts.append(ops.einsum(mha._combine_equation, probs, value))
+            del probs
+        return mha._output_dense(ops.concatenate(contexts, axis=1))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -154,20 +210,21 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.ffn_norm.build(input_shape)
         self.built = True
 
-    def call(self, x, key_mask=None, training=False, return_attention_scores=False):
+    def call(self, x, key_mask=None, training=False, return_attention_scores=False, tiles=None):
         if self.norm_first:
             a, probs = self.attention(
                 self.attention_norm(x),
                 key_mask=key_mask,
                 training=training,
                 return_attention_scores=True,
+                tiles=tiles,
             )
             x = x + self.attention_dropout(a, training=training)
             f = self.ffn_2(self.ffn_1(self.ffn_norm(x)))
             x = x + self.ffn_dropout(f, training=training)
             return (x, probs) if return_attention_scores else x
         a, probs = self.attention(
-            x, key_mask=key_mask, training=training, return_attention_scores=True
+            x, key_mask=key_mask, training=training, return_attention_scores=True, tiles=tiles
         )
         x = self.attention_norm(x + self.attention_dropout(a, training=training))
         f = self.ffn_2(self.ffn_1(x))
@@ -299,11 +356,17 @@ class ResidualBlock(keras.layers.Layer):
 
 def apply(block, x, *, key_mask=None, capture=None, training=False):
     """Run one block; attention blocks (also inside residual blocks) store their
-    probabilities [batch, head, query, key] in `capture` under their layer name."""
+    probabilities [batch, head, query, key] in `capture` under their layer name. A layer
+    longer than one tile runs eagerly, and hands each tile to `capture.tile(name, start,
+    probs, queries, step)` when the capture has one (its probabilities are never whole)."""
     if isinstance(block, ATTENTION_BLOCKS):
         gate = getattr(capture, "gate", None)
         if gate is not None:  # a stream may hold the pass here until the last layer is let go
             gate()
+        if _tiled(block, x):
+            tile = getattr(capture, "tile", None)
+            tiles = None if tile is None else functools.partial(tile, block.name)
+            return block(x, key_mask=key_mask, training=training, tiles=tiles)
         x, probs = _call(block)(
             x, key_mask=key_mask, training=training, return_attention_scores=True
         )
@@ -313,6 +376,13 @@ def apply(block, x, *, key_mask=None, capture=None, training=False):
     if isinstance(block, ResidualBlock):
         return block.run(x, key_mask=key_mask, capture=capture, training=training)
     return _call(block)(x, training=training)
+
+
+def _tiled(block, x):
+    """Whether an attention block computes input x in more than one tile (a block not built
+    yet has no attention to ask, and builds on one piece)."""
+    attention = block if isinstance(block, SelfAttention) else getattr(block, "attention", None)
+    return attention is not None and attention.tiled(x)
 
 
 def _call(block):

@@ -65,7 +65,7 @@ from neural_attn.backends.base import (  # noqa: E402
     sample_input,
 )
 from neural_attn.backends.codegen import instantiate, render_call, render_module  # noqa: E402
-from neural_attn.backends.streaming import Reduction  # noqa: E402
+from neural_attn.backends.streaming import Reduction, TileCut  # noqa: E402
 from neural_attn.backends.tensorflow import blocks  # noqa: E402
 from neural_attn.backends.tensorflow.catalogue import constructor, variables  # noqa: E402
 from neural_attn.backends.tensorflow.weights import read_keras  # noqa: E402
@@ -204,6 +204,21 @@ class TensorFlowModel(BuiltModel):
                 tensor = reduce_attention(tensor, reduction)
         return np.ascontiguousarray(tensor, dtype=np.float32)
 
+    def _cut_to_numpy(self, tile: tf.Tensor, cut: TileCut) -> np.ndarray:
+        with tf.device(self._tf_device):
+            if cut.head is not None:
+                tile = tile[:, cut.head : cut.head + 1]
+            tile = tile[:, :, cut.rows[0] : cut.rows[1], cut.keys[0] : cut.keys[1]]
+            if cut.key_block > 1:
+                tile = _pool_keys(tile, cut.key_block, cut.mode)
+        return np.ascontiguousarray(tile, dtype=np.float32)
+
+    def set_tile_elements(self, budget: int) -> None:
+        for layer in _all_layers(self.model.blocks):
+            attention = getattr(layer, "attention", layer)
+            if isinstance(attention, blocks.SelfAttention):
+                attention.tile_elements = budget
+
     def _all_variables(self) -> dict[str, Any]:
         built = {b.name: b for b in self.model.blocks}
         return {
@@ -277,6 +292,21 @@ def reduce_attention(probs: tf.Tensor, reduction: Reduction) -> tf.Tensor:
     if reduction.pool_mode == "max":
         return pooled
     return pooled / np.outer(block_counts(rows, bq), block_counts(cols, bk))
+
+
+def _pool_keys(probs: tf.Tensor, block: int, mode: str) -> tf.Tensor:
+    """The key axis of [batch, head, rows, key] pooled in blocks of `block` (the last partial,
+    its mean over the keys it has)."""
+    batch, heads, rows, cols = probs.shape
+    reduce = tf.reduce_max if mode == "max" else tf.reduce_mean
+    whole = cols // block * block
+    parts = []
+    if whole:
+        blocks_ = tf.reshape(probs[..., :whole], (batch, heads, rows, whole // block, block))
+        parts.append(reduce(blocks_, axis=4))
+    if whole < cols:
+        parts.append(reduce(probs[..., whole:], axis=3, keepdims=True))
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=3)
 
 
 def _pool_partial_blocks(probs: tf.Tensor, bq: int, bk: int, mode: str) -> tf.Tensor:

@@ -82,7 +82,7 @@ def test_builds_and_passes_from_any_caller_run_on_one_thread(backend: str, monke
     model = results["model"]
     names = _names(model)
     from_caller("forward", lambda: model.forward(DATA, capture=names))
-    from_caller("stream", lambda: dict(model.stream(DATA, capture=names)))
+    from_caller("stream", lambda: {n: t.values for n, t in model.stream(DATA, capture=names)})
     from_caller("weights", lambda: model.set_weights(model.get_weights()))
     _, kept = model.forward(DATA, capture=names)
     if backend == "pytorch":
@@ -131,7 +131,7 @@ def test_pytorch_passes_from_many_callers_add_no_openmp_threads() -> None:
     def caller() -> None:
         for _ in range(3):
             model.forward(DATA, capture=names)
-            dict(model.stream(DATA, capture=names))
+            {n: t.values for n, t in model.stream(DATA, capture=names)}
         done.wait()  # stay alive while the threads are counted
         go.wait()
 
