@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from neural_attn.pooling import Pooling, block_counts, pooled_length
+from neural_attn.pooling import Pooling, block_counts, fold_rows, pooled_length
 
 __all__ = [
     "Reduction",
@@ -173,10 +173,7 @@ class TiledReduction:
         first, last = a // bq, (end - 1) // bq  # the pooled rows these window rows reach
         starts = np.arange(first * bq, end, bq) - a
         starts[0] = 0
-        if self.mode == "max":
-            part = np.maximum.reduceat(values, starts, axis=-2) if bq > 1 else values
-        else:
-            part = np.add.reduceat(values, starts, axis=-2, dtype=np.float64)
+        part = values if bq == 1 and self.mode == "max" else fold_rows(values, starts, self.mode)
         if self._cells is None:
             shape = (*values.shape[:2], self._rows, values.shape[-1])
             if self.mode == "max":

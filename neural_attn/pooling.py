@@ -23,7 +23,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["POOL_MODES", "Pooling", "block_counts", "block_size", "pool", "pooled_length"]
+__all__ = [
+    "POOL_MODES",
+    "Pooling",
+    "block_counts",
+    "block_size",
+    "fold_rows",
+    "pool",
+    "pooled_length",
+]
 
 POOL_MODES = ("max", "mean")
 
@@ -64,6 +72,14 @@ def pool(arr: np.ndarray, query_block: int, key_block: int, mode: str) -> np.nda
     )
     result: np.ndarray = sums / counts
     return result
+
+
+def fold_rows(arr: np.ndarray, starts: np.ndarray, mode: str) -> np.ndarray:
+    """The rows (axis -2) of ``arr`` reduced in the segments that begin at ``starts``: their max
+    (``arr``'s dtype), or for "mean" their float64 sums (the caller divides by the counts)."""
+    if mode == "max":
+        return np.maximum.reduceat(arr, starts, axis=-2)
+    return np.add.reduceat(arr, starts, axis=-2, dtype=np.float64)
 
 
 @dataclass(frozen=True)

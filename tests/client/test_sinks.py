@@ -41,10 +41,13 @@ def test_files_written_chunk_by_chunk_equal_the_arrays(client, tmp_path, backend
             assert (tmp_path / "npy" / f"{name}.npy").is_file()
 
 
-def test_a_file_sink_refuses_chunks_out_of_order(tmp_path):
+def test_a_file_sink_refuses_chunks_that_overlap_or_lie_outside(tmp_path):
+    # Out of order is fine (a tiled layer's chunks come so); overlapping or outside is not.
     header = LayerHeader("layer_0", 0, (1, 1, 2, 2), np.dtype("<f4"), None, None)
     with NpzSink(tmp_path / "w.npz") as sink:
         sink.begin(header)
         sink.write(0, np.zeros(2, dtype=np.float32))
-        with pytest.raises(InvalidInputError, match="out of order"):
-            sink.write(3, np.zeros(1, dtype=np.float32))
+        with pytest.raises(InvalidInputError, match="overlaps"):
+            sink.write(1, np.zeros(1, dtype=np.float32))
+        with pytest.raises(InvalidInputError, match="outside"):
+            sink.write(3, np.zeros(2, dtype=np.float32))
