@@ -1,7 +1,8 @@
 """Keras 3 building blocks of neural-attn models.
 
 This file is self-contained on purpose (it imports only keras, numpy and the standard library):
-the code generator copies it verbatim into `compiled_model_tensorflow.py`, so the model a user reads is the model we run.
+the code generator copies it verbatim into `compiled_model_tensorflow.py`, so the model a user
+reads is the model we run.
 
 TransformerEncoder block (the documented architecture, identical in the PyTorch backend):
     a, p = SelfAttention(x)          # p: softmax(Q K^T / sqrt(key_dim)), [batch, head, q, k]
