@@ -200,16 +200,7 @@ class PyTorchModel(BuiltModel):
         return tensor.float().contiguous().cpu().numpy()
 
     def _cut_to_numpy(self, tile: torch.Tensor, cut: TileCut) -> np.ndarray:
-        if cut.head is not None:
-            tile = tile[:, cut.head : cut.head + 1]
-        tile = tile[:, :, cut.rows[0] : cut.rows[1], cut.keys[0] : cut.keys[1]]
-        if cut.key_block > 1:  # ceil_mode: a partial last block, its mean over what it covers
-            if cut.mode == "max":
-                tile = F.max_pool2d(tile, (1, cut.key_block), ceil_mode=True)
-            else:
-                tile = F.avg_pool2d(
-                    tile, (1, cut.key_block), ceil_mode=True, count_include_pad=False
-                )
+        tile = cut_attention(tile, cut.head, cut.rows, cut.keys, 1, cut.key_block, cut.mode)
         return self._to_numpy(tile)
 
     @_on_pass_thread
@@ -292,15 +283,29 @@ def generate_code(network: Network) -> str:
 def reduce_attention(probs: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     """One head, a window and block pooling of [batch, head, query, key], on probs' device."""
     _, _, q_len, k_len = probs.shape
-    if reduction.head is not None:
-        probs = probs[:, reduction.head : reduction.head + 1]
     q0, q1, k0, k1 = reduction.window(q_len, k_len)
-    probs = probs[:, :, q0:q1, k0:k1]
     bq, bk = reduction.blocks(q_len, k_len)
+    return cut_attention(probs, reduction.head, (q0, q1), (k0, k1), bq, bk, reduction.pool_mode)
+
+
+def cut_attention(
+    probs: torch.Tensor,
+    head: int | None,
+    query: tuple[int, int],
+    key: tuple[int, int],
+    bq: int,
+    bk: int,
+    mode: str,
+) -> torch.Tensor:
+    """One head (None: all), query rows and keys [start, stop), then blocks of bq x bk pooled
+    by `mode` (the last of an axis partial), of [batch, head, query, key]."""
+    if head is not None:
+        probs = probs[:, head : head + 1]
+    probs = probs[:, :, query[0] : query[1], key[0] : key[1]]
     if bq == bk == 1:
         return probs
     # ceil_mode keeps a partial last block; its mean is over the positions it covers.
-    if reduction.pool_mode == "max":
+    if mode == "max":
         return F.max_pool2d(probs, (bq, bk), ceil_mode=True)
     return F.avg_pool2d(probs, (bq, bk), ceil_mode=True, count_include_pad=False)
 

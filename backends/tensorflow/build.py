@@ -206,11 +206,7 @@ class TensorFlowModel(BuiltModel):
 
     def _cut_to_numpy(self, tile: tf.Tensor, cut: TileCut) -> np.ndarray:
         with tf.device(self._tf_device):
-            if cut.head is not None:
-                tile = tile[:, cut.head : cut.head + 1]
-            tile = tile[:, :, cut.rows[0] : cut.rows[1], cut.keys[0] : cut.keys[1]]
-            if cut.key_block > 1:
-                tile = _pool_keys(tile, cut.key_block, cut.mode)
+            tile = cut_attention(tile, cut.head, cut.rows, cut.keys, 1, cut.key_block, cut.mode)
         return np.ascontiguousarray(tile, dtype=np.float32)
 
     def set_tile_elements(self, budget: int) -> None:
@@ -273,40 +269,40 @@ def generate_code(network: Network) -> str:
 def reduce_attention(probs: tf.Tensor, reduction: Reduction) -> tf.Tensor:
     """One head, a window and block pooling of [batch, head, query, key], on probs' device."""
     _, _, q_len, k_len = probs.shape
-    if reduction.head is not None:
-        probs = probs[:, reduction.head : reduction.head + 1]
     q0, q1, k0, k1 = reduction.window(q_len, k_len)
-    if (q0, q1, k0, k1) != (0, q_len, 0, k_len):
-        probs = probs[:, :, q0:q1, k0:k1]
     bq, bk = reduction.blocks(q_len, k_len)
+    return cut_attention(probs, reduction.head, (q0, q1), (k0, k1), bq, bk, reduction.pool_mode)
+
+
+def cut_attention(
+    probs: tf.Tensor,
+    head: int | None,
+    query: tuple[int, int],
+    key: tuple[int, int],
+    bq: int,
+    bk: int,
+    mode: str,
+) -> tf.Tensor:
+    """One head (None: all), query rows and keys [start, stop), then blocks of bq x bk pooled
+    by `mode` (the last of an axis partial), of [batch, head, query, key]."""
+    _, _, q_len, k_len = probs.shape
+    if head is not None:
+        probs = probs[:, head : head + 1]
+    if (*query, *key) != (0, q_len, 0, k_len):
+        probs = probs[:, :, query[0] : query[1], key[0] : key[1]]
     if bq == bk == 1:
         return probs
     batch, heads, rows, cols = probs.shape
     out_q, out_k = pooled_length(rows, bq), pooled_length(cols, bk)
     if (out_q * bq, out_k * bk) != (rows, cols):
-        return _pool_partial_blocks(probs, bq, bk, reduction.pool_mode)
+        return _pool_partial_blocks(probs, bq, bk, mode)
     # One axis at a time: a 6-d reduction over two axes at once copies the layer first.
-    reduce = tf.reduce_max if reduction.pool_mode == "max" else tf.reduce_sum
+    reduce = tf.reduce_max if mode == "max" else tf.reduce_sum
     rows_pooled = reduce(tf.reshape(probs, (batch, heads, out_q, bq, out_k * bk)), axis=3)
     pooled = reduce(tf.reshape(rows_pooled, (batch, heads, out_q, out_k, bk)), axis=4)
-    if reduction.pool_mode == "max":
+    if mode == "max":
         return pooled
     return pooled / np.outer(block_counts(rows, bq), block_counts(cols, bk))
-
-
-def _pool_keys(probs: tf.Tensor, block: int, mode: str) -> tf.Tensor:
-    """The key axis of [batch, head, rows, key] pooled in blocks of `block` (the last partial,
-    its mean over the keys it has)."""
-    batch, heads, rows, cols = probs.shape
-    reduce = tf.reduce_max if mode == "max" else tf.reduce_mean
-    whole = cols // block * block
-    parts = []
-    if whole:
-        blocks_ = tf.reshape(probs[..., :whole], (batch, heads, rows, whole // block, block))
-        parts.append(reduce(blocks_, axis=4))
-    if whole < cols:
-        parts.append(reduce(probs[..., whole:], axis=3, keepdims=True))
-    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=3)
 
 
 def _pool_partial_blocks(probs: tf.Tensor, bq: int, bk: int, mode: str) -> tf.Tensor:
