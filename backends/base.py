@@ -22,6 +22,7 @@ from neural_attn.backends.streaming import (
     Tile,
     TileCut,
     TiledReduction,
+    assemble,
     on_pass_thread,
     stream_pass,
 )
@@ -311,13 +312,7 @@ class BuiltModel(ABC):
             return interrupted.is_set() or (should_stop is not None and should_stop())
 
         def take(name: str, tile: Tile) -> None:
-            values = self._to_numpy(tile.values)
-            if tile.is_whole:
-                kept[name] = values
-                return
-            if tile.start == 0:
-                kept[name] = np.empty((*values.shape[:2], tile.rows, values.shape[-1]), np.float32)
-            kept[name][:, :, tile.start : tile.stop] = values
+            kept[name] = assemble(replace(tile, values=self._to_numpy(tile.values)), kept.get(name))
 
         def run() -> np.ndarray:
             out = self._pass(prepared, _Capture(capture, take, should_stop=stop), stop)

@@ -33,6 +33,7 @@ __all__ = [
     "Reduction",
     "Tile",
     "TiledReduction",
+    "assemble",
     "on_pass_thread",
     "running_passes",
     "stream_pass",
@@ -120,6 +121,18 @@ class Tile:
         inner = range(first, self.origin + self.rows, self.step)
         cuts = [0, *(b - self.origin for b in inner), self.rows]
         return list(zip(cuts, cuts[1:], strict=False))
+
+
+def assemble(tile: Tile, layer: np.ndarray | None) -> np.ndarray:
+    """The whole layer `tile` belongs to, its rows written in: a whole tile's values, else
+    `layer` (the earlier tiles'; None for a layer's first tile, which allocates it)."""
+    if tile.is_whole:
+        return tile.values
+    values = tile.values
+    if tile.start == 0 or layer is None:
+        layer = np.empty((*values.shape[:2], tile.rows, values.shape[-1]), np.float32)
+    layer[:, :, tile.start : tile.stop] = values
+    return layer
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from neural_attn.backends.base import (
     sample_input,
     sample_shape,
 )
-from neural_attn.backends.streaming import Reduction, Tile
+from neural_attn.backends.streaming import Reduction, Tile, assemble
 from neural_attn.backends.weight_files import NPZ
 from neural_attn.backends.weight_files import write as write_weights
 from neural_attn.backends.weights import parameter_count
@@ -449,14 +449,7 @@ class Engine:
         """
         whole: np.ndarray | None = None
         for index, layer, tile in self.tiles(entry, plan, should_stop=should_stop):
-            if tile.is_whole:
-                yield index, layer, tile.values
-                continue
-            if tile.start == 0:
-                values = tile.values
-                whole = np.empty((*values.shape[:2], tile.rows, values.shape[-1]), np.float32)
-            assert whole is not None
-            whole[:, :, tile.start : tile.stop] = tile.values
+            whole = assemble(tile, whole)
             if tile.last:
                 attention, whole = whole, None
                 yield index, layer, attention
