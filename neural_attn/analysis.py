@@ -7,7 +7,10 @@ goes straight into ``json.dumps`` (it is the content of ``analysis.json``).
 
 Memory stays bounded for long sequences: metrics are summed one head at a time, and within a
 head one block of query rows at a time (about ``_BLOCK_BYTES`` of float64 per buffer), so a
-float16/float32 layer (or a read-only memmap of one) is never copied whole to float64.
+float16/float32 layer (or a read-only memmap of one) is never copied whole to float64. The sums
+are those of `LayerAccumulator`, which also takes a layer in tiles of query rows (in any order)
+for a layer that never exists whole; its metrics are exact, equal to the whole layer's up to
+the rounding of sums taken in another order.
 ``Rollout`` keeps the running ``n x n`` product and one head mean, not a list of layers.
 A ``should_stop`` callable, where a function takes one, is asked once per block (tens of ms of
 work): when it answers True the work ends with `CancelledError` (a server's call was cancelled
@@ -29,6 +32,7 @@ __all__ = [
     "METRICS",
     "PATTERN_LABELS",
     "HeadNumbers",
+    "LayerAccumulator",
     "LayerMetrics",
     "Metric",
     "Rollout",
@@ -99,7 +103,7 @@ class LayerMetrics(TypedDict, total=False):
 class HeadNumbers(TypedDict):
     """What a metric is computed from: one layer's per-head numbers averaged over the batch
     (``entropy``, ``row_max``, ``diagonal``, ``distance``, ``window_mass``, ``edge_mass``,
-    ``mean``, ``std``, ``min``, ``max``: arrays of one value per head, see `_head_metrics`) and
+    ``mean``, ``std``, ``min``, ``max``: arrays of one value per head, see `_head_numbers`) and
     the key length ``k``."""
 
     numbers: Mapping[str, np.ndarray]
@@ -396,7 +400,9 @@ def layer_metrics(attention: Any, *, should_stop: StopCheck = None) -> LayerMetr
     """One layer's entry of ``summarize_layers(...)["layers"]``: the metrics plus ``"shape"``.
 
     ``attention`` is one layer's ``(batch, heads, q, k)`` array (float16 or float32, a
-    read-only memmap included); it is read one head and block of query rows at a time.
+    read-only memmap included); it is read one head and block of query rows at a time. A layer
+    that arrives in tiles of query rows (never whole) goes through `LayerAccumulator`, the one
+    implementation behind this function, and gets the same record.
     """
     arr = _as_probabilities(attention)
     metrics = _analyze(arr, should_stop=should_stop)
@@ -405,88 +411,263 @@ def layer_metrics(attention: Any, *, should_stop: StopCheck = None) -> LayerMetr
 
 
 def _analyze(arr: np.ndarray, *, should_stop: StopCheck = None) -> LayerMetrics:
-    """analyze_attention_patterns on an array _as_probabilities has checked."""
+    """analyze_attention_patterns on an array _as_probabilities has checked: the whole layer
+    as one tile of a `LayerAccumulator`."""
     arr = _to_4d(arr)
-    batch, heads, _, k = arr.shape
-    per_head = [[_head_metrics(arr[b, h], should_stop) for h in range(heads)] for b in range(batch)]
-    m = {
-        name: np.mean([[numbers[name] for numbers in item] for item in per_head], axis=0)
-        for name in per_head[0][0]
-    }
-
-    numbers = HeadNumbers(numbers=m, k=int(k))
-    return cast(LayerMetrics, record(heads, {mt.key: mt.compute(numbers) for mt in METRICS}))
+    accumulator = LayerAccumulator(arr.shape)
+    accumulator.add(0, arr, should_stop=should_stop)
+    return accumulator._metrics()
 
 
-def _head_metrics(head: np.ndarray, should_stop: StopCheck = None) -> dict[str, float]:
-    """The numbers of one head's ``(q, k)`` matrix, summed in float64 block by block of rows.
+# The sums kept per (batch item, head) across blocks and tiles of query rows; with the running
+# min and max and the std's shift they are everything a head's numbers are made of.
+_SUMS = (
+    "total",
+    "entropy",
+    "row_max",
+    "diagonal",
+    "distance",
+    "window_mass",
+    "edge_mass",
+    "deviation",
+    "squared_deviation",
+)
 
-    Extra memory is two float64 buffers and one boolean buffer of a block, whatever ``q``.
+
+class LayerAccumulator:
+    """One layer's metrics summed from tiles of query rows, for a layer that is never whole.
+
+    ``LayerAccumulator((batch, heads, q, k))``; ``add(start, values)`` for each tile, where
+    ``values`` is ``(batch, heads, rows, k)`` holding query rows ``start:start + rows`` of
+    every batch item and head; ``result()`` once every row was added. The result equals
+    ``layer_metrics`` of the whole layer (``layer_metrics`` is this class fed one tile), up to
+    the rounding of sums taken in another order: tiles may come in any order.
+
+    State is a few float64 sums per (item, head) (see `_tile_sums`) and one flag per query
+    row. ``add`` walks a tile one head and block of rows at a time in float64 (about
+    ``_BLOCK_BYTES`` per buffer, three buffers), never copying the tile whole. The std is
+    taken around a shift, per (item, head) the mean of the first block seen, which keeps the
+    one-pass variance free of cancellation whatever the order of the tiles.
     """
-    q, k = head.shape
-    rows = min(q, _block_rows(k))
-    block = np.empty((rows, k))  # the probabilities, clipped at 0
-    weights = np.empty((rows, k))  # |i - j|, then the local window, then log p
-    positive = np.empty((rows, k), dtype=bool)
-    columns = np.arange(k, dtype=np.float64)
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        dims = tuple(shape)
+        if len(dims) != 4 or not all(
+            isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 1 for n in dims
+        ):
+            raise InvalidInputError(
+                f"a layer accumulator needs the layer's shape (batch, heads, query_len, "
+                f"key_len), four positive integers; got {dims}"
+            )
+        self.shape: tuple[int, int, int, int] = cast(
+            tuple[int, int, int, int], tuple(int(n) for n in dims)
+        )
+        batch, heads, q, _ = self.shape
+        self._sums = {name: np.zeros((batch, heads)) for name in _SUMS}
+        self._lowest = np.full((batch, heads), math.inf)
+        self._highest = np.full((batch, heads), -math.inf)
+        self._shift = np.full((batch, heads), math.nan)  # NaN: no block of the head seen yet
+        self._added = np.zeros(q, dtype=bool)
+
+    def add(self, start: int, values: Any, *, should_stop: StopCheck = None) -> None:
+        """Add query rows ``start:start + values.shape[2]`` of every batch item and head.
+
+        ``values``: a float16, float32 or float64 array ``(batch, heads, rows, k)`` of
+        softmax probabilities. A tile of another shape, rows outside ``[0, q)``, rows added
+        before, or values that are NaN, infinite or negative raise `InvalidInputError`;
+        ``should_stop`` is asked once per block (`CancelledError`). A tile that raises adds
+        nothing.
+        """
+        batch, heads, q, k = self.shape
+        tile = np.asarray(values)
+        if not np.issubdtype(tile.dtype, np.floating):
+            raise InvalidInputError(
+                f"a tile of attention holds float16, float32 or float64 probabilities; "
+                f"got dtype {tile.dtype}"
+            )
+        if (
+            tile.ndim != 4
+            or tile.shape[:2] != (batch, heads)
+            or tile.shape[3] != k
+            or tile.shape[2] < 1
+        ):
+            raise InvalidInputError(
+                f"a tile of this layer of shape {self.shape} has shape "
+                f"({batch}, {heads}, rows, {k}) with at least one row; got {tuple(tile.shape)}"
+            )
+        if isinstance(start, bool) or not isinstance(start, int | np.integer):
+            raise InvalidInputError(f"a tile's start is a query row (an int); got {start!r}")
+        start = int(start)
+        stop = start + tile.shape[2]
+        if start < 0 or stop > q:
+            raise InvalidInputError(
+                f"a tile of query rows {start}:{stop} lies outside the layer's rows [0, {q})"
+            )
+        already = self._added[start:stop]
+        if already.any():
+            row = start + int(np.argmax(already))
+            raise InvalidInputError(
+                f"a tile of query rows {start}:{stop} overlaps rows added before (row {row}); "
+                "each query row is added once"
+            )
+        buffers = _Buffers(min(tile.shape[2], _block_rows(k)), k)
+        sums = [
+            [
+                _tile_sums(tile[b, h], start, q, float(self._shift[b, h]), buffers, should_stop)
+                for h in range(heads)
+            ]
+            for b in range(batch)
+        ]
+        for b, item in enumerate(sums):
+            for h, head in enumerate(item):
+                for name in _SUMS:
+                    self._sums[name][b, h] += head[name]
+                self._lowest[b, h] = min(self._lowest[b, h], head["min"])
+                self._highest[b, h] = max(self._highest[b, h], head["max"])
+                if math.isnan(self._shift[b, h]):
+                    self._shift[b, h] = head["shift"]
+        self._added[start:stop] = True
+
+    def result(self) -> LayerMetrics:
+        """The layer's `LayerMetrics`, ``"shape"`` included: what ``layer_metrics`` of the
+        whole layer returns. `InvalidInputError` while some query rows were never added."""
+        metrics = self._metrics()
+        metrics["shape"] = list(self.shape)
+        return metrics
+
+    def _metrics(self) -> LayerMetrics:
+        """The record without ``"shape"`` (analyze_attention_patterns')."""
+        batch, heads, q, k = self.shape
+        if not self._added.all():
+            missing = np.flatnonzero(~self._added)
+            raise InvalidInputError(
+                f"{len(missing)} of the layer's {q} query rows were never added (the first is "
+                f"row {int(missing[0])}); every row needs a tile before the metrics are known"
+            )
+        per_head = [
+            [
+                _head_numbers(
+                    {name: float(self._sums[name][b, h]) for name in _SUMS},
+                    lowest=float(self._lowest[b, h]),
+                    highest=float(self._highest[b, h]),
+                    q=q,
+                    k=k,
+                )
+                for h in range(heads)
+            ]
+            for b in range(batch)
+        ]
+        m = {
+            name: np.mean([[numbers[name] for numbers in item] for item in per_head], axis=0)
+            for name in per_head[0][0]
+        }
+        numbers = HeadNumbers(numbers=m, k=int(k))
+        return cast(LayerMetrics, record(heads, {mt.key: mt.compute(numbers) for mt in METRICS}))
+
+
+class _Buffers:
+    """The float64 work space of one block of rows: the probabilities clipped at 0, the
+    weights (``|i - j|``, then the local window, then ``log p``), where ``p > 0``, and the
+    key positions."""
+
+    def __init__(self, rows: int, k: int) -> None:
+        self.block = np.empty((rows, k))
+        self.weights = np.empty((rows, k))
+        self.positive = np.empty((rows, k), dtype=bool)
+        self.columns = np.arange(k, dtype=np.float64)
+
+
+def _tile_sums(
+    head: np.ndarray,
+    start: int,
+    q: int,
+    shift: float,
+    buffers: _Buffers,
+    should_stop: StopCheck = None,
+) -> dict[str, float]:
+    """The sums of one head's query rows ``start:start + len(head)`` (a ``(rows, k)`` slice of
+    a ``q``-row matrix), in float64 block by block of rows: those of `_SUMS`, ``min`` and
+    ``max``, and ``shift``, the std's shift (the first block's mean when ``shift`` is NaN)."""
+    rows, k = head.shape
+    step = len(buffers.block)
     window = max(1, k // 10)
     edge = max(1, k // 20)
     n_diag = min(q, k)
-    total = entropy = row_max = distance = window_mass = edge_mass = diagonal = 0.0
+    out = dict.fromkeys(_SUMS, 0.0)
     lowest, highest = math.inf, -math.inf
-    # std from sums around a shift near the mean (the first block's), which keeps the
-    # one-pass variance free of cancellation.
-    shift: float | None = None
-    deviation = squared_deviation = 0.0
-    for start in range(0, q, rows):
+    for first in range(0, rows, step):
         check_stop(should_stop)
-        stop = min(q, start + rows)
-        p = block[: stop - start]
-        np.copyto(p, head[start:stop])
+        last = min(rows, first + step)
+        top, bottom = start + first, start + last  # the block's rows in the layer
+        p = buffers.block[: last - first]
+        np.copyto(p, head[first:last])
+        raw_min = float(p.min())
+        if not math.isfinite(raw_min):
+            raise InvalidInputError(
+                f"attention rows {top}:{bottom} hold NaN or infinite values; expected softmax "
+                "probabilities (finite, rows summing to 1)"
+            )
+        if raw_min < -_NEGATIVE_TOLERANCE:
+            raise InvalidInputError(
+                f"attention rows {top}:{bottom} hold negative values (min {raw_min:.3g}); "
+                "expected softmax probabilities, not raw scores"
+            )
         np.maximum(p, 0.0, out=p)
+        lowest = min(lowest, max(raw_min, 0.0))  # the min of the clipped block
         block_total = float(p.sum())
-        total += block_total
+        if not math.isfinite(block_total):
+            raise InvalidInputError(
+                f"attention rows {top}:{bottom} hold NaN or infinite values; expected softmax "
+                "probabilities (finite, rows summing to 1)"
+            )
+        out["total"] += block_total
         maxima = p.max(axis=1)
-        row_max += float(maxima.sum())
+        out["row_max"] += float(maxima.sum())
         highest = max(highest, float(maxima.max()))
-        lowest = min(lowest, float(p.min()))
-        if start < n_diag:
-            on_diagonal = np.arange(start, min(stop, n_diag))
-            diagonal += float(p[on_diagonal - start, on_diagonal].sum())
+        if top < n_diag:
+            on_diagonal = np.arange(top, min(bottom, n_diag))
+            out["diagonal"] += float(p[on_diagonal - top, on_diagonal].sum())
         if 2 * edge >= k:
-            edge_mass += block_total
+            out["edge_mass"] += block_total
         else:
-            edge_mass += float(p[:, :edge].sum() + p[:, k - edge :].sum())
+            out["edge_mass"] += float(p[:, :edge].sum() + p[:, k - edge :].sum())
 
-        w = weights[: stop - start]
-        np.subtract.outer(np.arange(start, stop, dtype=np.float64), columns, out=w)
+        w = buffers.weights[: last - first]
+        np.subtract.outer(np.arange(top, bottom, dtype=np.float64), buffers.columns, out=w)
         np.abs(w, out=w)
-        distance += float(np.vdot(p, w))
+        out["distance"] += float(np.vdot(p, w))
         np.less_equal(w, window, out=w)
-        window_mass += float(np.vdot(p, w))
-        mask = positive[: stop - start]
+        out["window_mass"] += float(np.vdot(p, w))
+        mask = buffers.positive[: last - first]
         np.greater(p, 0.0, out=mask)
         w.fill(0.0)  # 0 log 0 = 0
         np.log(p, out=w, where=mask)
-        entropy -= float(np.vdot(p, w))
+        out["entropy"] -= float(np.vdot(p, w))
 
-        if shift is None:
+        if math.isnan(shift):
             shift = block_total / p.size
         np.subtract(p, shift, out=p)
-        deviation += float(p.sum())
-        squared_deviation += float(np.vdot(p, p))
+        out["deviation"] += float(p.sum())
+        out["squared_deviation"] += float(np.vdot(p, p))
+    out["min"], out["max"], out["shift"] = lowest, highest, shift
+    return out
 
+
+def _head_numbers(
+    sums: Mapping[str, float], *, lowest: float, highest: float, q: int, k: int
+) -> dict[str, float]:
+    """One (item, head)'s numbers (`HeadNumbers`' names) from its sums over all ``q`` rows."""
     size = q * k
-    mean = total / size
-    variance = max(0.0, squared_deviation / size - (deviation / size) ** 2)
-    diagonal_mean = diagonal / n_diag
+    mean = sums["total"] / size
+    variance = max(0.0, sums["squared_deviation"] / size - (sums["deviation"] / size) ** 2)
+    diagonal_mean = sums["diagonal"] / min(q, k)
     return {
-        "entropy": entropy / q,
-        "row_max": row_max / q,
+        "entropy": sums["entropy"] / q,
+        "row_max": sums["row_max"] / q,
         "diagonal": diagonal_mean / mean if mean > 0 else 0.0,
-        "distance": distance / q,
-        "window_mass": window_mass / q,
-        "edge_mass": edge_mass / q,
+        "distance": sums["distance"] / q,
+        "window_mass": sums["window_mass"] / q,
+        "edge_mass": sums["edge_mass"] / q,
         "mean": mean,
         "std": math.sqrt(variance),
         "min": lowest,
