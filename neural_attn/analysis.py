@@ -1,6 +1,7 @@
 """Attention metrics: the documented per-head numbers, a pattern label, and rollout.
 
-Shared by the thin client and the server, so it imports numpy and the standard library only.
+Shared by the thin client and the server, so it imports numpy, the standard library and
+`neural_attn.pooling` (numpy only).
 Attention is softmax probabilities of shape ``[batch, head, query_pos, key_pos]``: rows sum to 1
 and masked keys are exactly 0. Every result is plain Python (floats, ints, lists, dicts) so it
 goes straight into ``json.dumps`` (it is the content of ``analysis.json``).
@@ -11,7 +12,12 @@ float16/float32 layer (or a read-only memmap of one) is never copied whole to fl
 are those of `LayerAccumulator`, which also takes a layer in tiles of query rows (in any order)
 for a layer that never exists whole; its metrics are exact, equal to the whole layer's up to
 the rounding of sums taken in another order.
-``Rollout`` keeps the running ``n x n`` product and one head mean, not a list of layers.
+``Rollout`` keeps the running product and one head mean, not a list of layers, and it too takes
+a layer whole or in tiles of query rows. It is exact (``n x n``) while ``n <= ROLLOUT_EXACT_MAX``;
+a longer rollout is the product of each layer's head mean pooled to ``ROLLOUT_POOLED_SIZE``
+cells a side in `neural_attn.pooling`'s blocks (mean over a block's query rows, sum over its key
+columns), summed from the tiles without ever holding ``n x n``; ``Rollout.pooling`` and
+``summarize_layers``' ``"rollout_pooling"`` say so.
 A ``should_stop`` callable, where a function takes one, is asked once per block (tens of ms of
 work): when it answers True the work ends with `CancelledError` (a server's call was cancelled
 or ran past its deadline).
@@ -27,10 +33,13 @@ from typing import Any, TypedDict, cast
 import numpy as np
 
 from neural_attn.errors import CancelledError, InvalidInputError
+from neural_attn.pooling import block_counts, block_size, fold_rows, pooled_length
 
 __all__ = [
     "METRICS",
     "PATTERN_LABELS",
+    "ROLLOUT_EXACT_MAX",
+    "ROLLOUT_POOLED_SIZE",
     "HeadNumbers",
     "LayerAccumulator",
     "LayerMetrics",
@@ -701,45 +710,92 @@ def _pattern_label(
     return "mixed"
 
 
+# The rollout is exact up to this many positions (two n x n float64 arrays: 256 MiB at 4096);
+# a longer one is computed on matrices pooled to ROLLOUT_POOLED_SIZE cells a side.
+ROLLOUT_EXACT_MAX = 4096
+ROLLOUT_POOLED_SIZE = 1024
+_ROLLOUT_POOLING_METHOD = "mean over query rows, sum over key columns"
+
+
 class Rollout:
     """Attention rollout (Abnar & Zuidema, 2020), folded in one layer at a time.
 
-    ``add(layer)`` per layer, first layer first; ``result()`` is ``R = A_L @ ... @ A_1``, an
-    ``(n, n)`` float64 array: how much each output position draws on each input position
-    through the whole stack. Each ``A`` is the layer's head mean for batch item 0; with
-    ``add_residual`` (the default) it becomes ``A + I`` with its rows renormalized to sum
-    to 1, modelling the residual connection. Holds the running product and one head mean.
+    Per layer, first layer first: ``add(layer)`` with the whole layer, or ``begin(n)``, then
+    ``add_rows(start, values)`` for each tile of query rows (any order), then ``end()``;
+    ``add`` is those three calls. ``result()`` is ``R = A_L @ ... @ A_1``, a float64 array:
+    how much each output position draws on each input position through the whole stack.
+    Each ``A`` is the layer's head mean for batch item 0, summed in float64; with
+    ``add_residual`` (the default) it becomes ``A + I`` with its rows renormalized to sum to 1,
+    modelling the residual connection.
+
+    Exact while ``n <= ROLLOUT_EXACT_MAX``: ``R`` is ``(n, n)`` and the rollout holds the
+    running product and the layer's head mean. Longer, it is pooled: with the blocks of
+    `neural_attn.pooling` (``block_size(n, ROLLOUT_POOLED_SIZE)`` positions, the last block
+    partial, the blocks the display pooling uses), each head mean ``A`` becomes the ``P x P``
+    matrix ``Â[I, J] = (1 / |I|) sum_{i in I} sum_{j in J} A[i, j]`` (mean over a block's query
+    rows, sum over its key columns, so rows still sum to 1), summed from the tiles' rows
+    without ever holding ``n x n``. The residual is ``Â + I`` renormalized, which is exactly
+    the pooling of ``A + I`` renormalized (pooling is linear and pools ``I`` to ``I``), and
+    ``R`` is the product of the ``Â``: ``(P, P)``, an approximation of the pooled exact
+    rollout (pooling does not commute with the product). ``pooling`` says which one it is.
     """
 
     def __init__(self, *, add_residual: bool = True) -> None:
         self.add_residual = add_residual
         self.problem: str | None = None  # why there is no rollout, once a layer ruled it out
         self._layers = 0
-        self._size: int | None = None
+        self._size: int | None = None  # n, set by the first layer
+        self._block = 1  # source positions per cell of the matrices; 1: exact
         self._product: np.ndarray | None = None
+        self._open = False  # between begin() and end()
+        self._mixed: np.ndarray | None = None  # the open layer's head sums, when it fits
+        self._added: np.ndarray | None = None  # which of its query rows were added
+        self._heads: int | None = None
+
+    @property
+    def pooling(self) -> dict[str, Any] | None:
+        """``None`` while the rollout is exact (or before a layer); when pooled, ``{"size": n,
+        "pooled_size": P, "block": b, "method": ...}`` with ``b`` the block length of
+        `neural_attn.pooling.block_size` and ``P`` the cells a side."""
+        if self._size is None or self._block == 1:
+            return None
+        return {
+            "size": self._size,
+            "pooled_size": pooled_length(self._size, self._block),
+            "block": self._block,
+            "method": _ROLLOUT_POOLING_METHOD,
+        }
 
     def add(self, attention: Any) -> None:
         """Fold in the next layer: ``(batch, heads, n, n)`` (item 0 is used), ``(heads, n, n)``
         or ``(n, n)``. A layer that is not square, or not the size of the first, leaves no
         rollout (``problem`` says why)."""
-        self._fold(_as_probabilities(attention))
+        self._add_checked(_as_probabilities(attention))
 
-    def result(self) -> np.ndarray | None:
-        """The rollout so far, or ``None`` when no layer was added or a layer ruled it out."""
-        return None if self.problem is not None else self._product
-
-    def _fold(self, arr: np.ndarray) -> None:
-        """add() on an array _as_probabilities has checked."""
+    def begin(self, n: int, *, queries: int | None = None) -> None:
+        """Start the next layer: ``n`` keys and ``queries`` query rows (default ``n``). A layer
+        that is not square, or not the size of the first, leaves no rollout (``problem``
+        says why); its tiles are then ignored."""
+        if self._open:
+            raise InvalidInputError(
+                f"rollout layer {self._layers - 1} was begun and not ended; end() it first"
+            )
+        queries = n if queries is None else queries
+        for value in (n, queries):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise InvalidInputError(
+                    f"a rollout layer's size is a positive number of positions; got {value!r}"
+                )
+        n, queries = int(n), int(queries)
         index = self._layers
         self._layers += 1
+        self._open = True
         if self.problem is not None:
             return
-        item = arr[0] if arr.ndim == 4 else arr
-        q, n = item.shape[-2:]
-        if q != n:
+        if queries != n:
             self._give_up(
-                f"rollout layer {index} has shape {tuple(item.shape)}; rollout needs square "
-                "self-attention (heads, n, n) of one batch item"
+                f"rollout layer {index} has {queries} query rows and {n} keys; rollout needs "
+                "square self-attention (heads, n, n) of one batch item"
             )
             return
         if self._size is not None and n != self._size:
@@ -748,26 +804,132 @@ class Rollout:
                 "every layer needs the same (heads, n, n) shape"
             )
             return
-        self._size = n
-        heads = item.reshape(-1, n, n)
-        rows = _block_rows(n)
-        mixed = np.zeros((n, n))
-        for head in heads:  # the head mean, summed in float64 a block of rows at a time
-            for start in range(0, n, rows):
-                mixed[start : start + rows] += np.maximum(head[start : start + rows], 0.0)
-        mixed /= len(heads)
+        if self._size is None:
+            self._size = n
+            self._block = 1 if n <= ROLLOUT_EXACT_MAX else block_size(n, ROLLOUT_POOLED_SIZE)
+        cells = pooled_length(n, self._block)
+        self._mixed = np.zeros((cells, cells))
+        self._added = np.zeros(n, dtype=bool)
+        self._heads = None
+
+    def add_rows(self, start: int, values: Any) -> None:
+        """Add query rows ``start:start + rows`` of the open layer: ``values`` is ``(batch,
+        heads, rows, n)`` (item 0 is used; negative values count as 0). Rows outside
+        ``[0, n)``, rows added before, another shape or another number of heads than the
+        layer's first tile raise `InvalidInputError`."""
+        if not self._open:
+            raise InvalidInputError("Rollout.add_rows needs a layer begun with begin(n)")
+        if self._mixed is None or self._added is None or self._size is None:
+            return  # a layer ruled the rollout out
+        n = self._size
+        tile = np.asarray(values)
+        if not np.issubdtype(tile.dtype, np.floating):
+            raise InvalidInputError(
+                f"a tile of attention holds float16, float32 or float64 probabilities; "
+                f"got dtype {tile.dtype}"
+            )
+        if tile.ndim != 4 or tile.shape[3] != n or 0 in tile.shape:
+            raise InvalidInputError(
+                f"a rollout tile of a layer of size {n} has shape (batch, heads, rows, {n}), "
+                f"every axis at least 1; got {tuple(tile.shape)}"
+            )
+        heads, rows = tile.shape[1], tile.shape[2]
+        if self._heads is not None and heads != self._heads:
+            raise InvalidInputError(
+                f"a rollout tile has {heads} heads but the layer's first tile had {self._heads}"
+            )
+        if isinstance(start, bool) or not isinstance(start, int | np.integer):
+            raise InvalidInputError(f"a tile's start is a query row (an int); got {start!r}")
+        start = int(start)
+        stop = start + rows
+        if start < 0 or stop > n:
+            raise InvalidInputError(
+                f"a rollout tile of query rows {start}:{stop} lies outside the layer's rows "
+                f"[0, {n})"
+            )
+        already = self._added[start:stop]
+        if already.any():
+            row = start + int(np.argmax(already))
+            raise InvalidInputError(
+                f"a rollout tile of query rows {start}:{stop} overlaps rows added before "
+                f"(row {row}); each query row is added once"
+            )
+        self._heads = heads
+        item = tile[0]
+        step = _block_rows(n)
+        block = self._block
+        if block == 1:  # the head sum, in float64 a block of rows at a time
+            for head in item:
+                for first in range(0, rows, step):
+                    last = min(rows, first + step)
+                    self._mixed[start + first : start + last] += np.maximum(head[first:last], 0.0)
+        else:  # a block of rows summed over key blocks and heads, then into its cells' rows
+            columns = np.arange(0, n, block)
+            for first in range(0, rows, step):
+                last = min(rows, first + step)
+                sums = np.zeros((last - first, len(columns)))
+                for head in item:  # keys first: the fold runs along the contiguous axis
+                    sums += fold_rows(np.maximum(head[first:last], 0.0).T, columns, "mean").T
+                cells = np.arange(start + first, start + last) // block
+                segments = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
+                self._mixed[cells[segments]] += fold_rows(sums, segments, "mean")
+        self._added[start:stop] = True
+
+    def end(self) -> None:
+        """Finish the open layer and fold it into the product. `InvalidInputError` (and no
+        rollout from then on) when some of its query rows were never added."""
+        if not self._open:
+            raise InvalidInputError("Rollout.end needs a layer begun with begin(n)")
+        self._open = False
+        mixed, added, heads = self._mixed, self._added, self._heads
+        self._mixed = self._added = None
+        if mixed is None or added is None:
+            return  # a layer ruled the rollout out
+        index = self._layers - 1
+        if not added.all():
+            missing = np.flatnonzero(~added)
+            problem = (
+                f"rollout layer {index}: {len(missing)} of its query rows were never added "
+                f"(the first is row {int(missing[0])}); every row needs a tile"
+            )
+            self._give_up(problem)
+            raise InvalidInputError(problem)
+        assert heads is not None  # set by the first tile, and every row came in one
+        mixed /= heads
+        if self._block > 1:  # the mean over each cell's query rows
+            mixed /= block_counts(len(added), self._block, dtype=np.float64)[:, None]
+        if not math.isfinite(float(mixed.sum())):
+            problem = f"rollout layer {index} holds NaN or infinite values"
+            self._give_up(problem)
+            raise InvalidInputError(problem)
+        cells = len(mixed)
         if self.add_residual:
-            mixed.flat[:: n + 1] += 1.0
+            mixed.flat[:: cells + 1] += 1.0
             mixed /= mixed.sum(axis=-1, keepdims=True)
         if self._product is not None:
             # Row i of A @ R needs only row i of A, so the product overwrites A block by block.
-            for start in range(0, n, rows):
+            rows = _block_rows(cells)
+            for start in range(0, cells, rows):
                 mixed[start : start + rows] = mixed[start : start + rows] @ self._product
         self._product = mixed
+
+    def result(self) -> np.ndarray | None:
+        """The rollout of the layers ended so far, or ``None`` when none was or a layer ruled
+        it out: ``(n, n)`` when exact, ``(P, P)`` when pooled (see ``pooling``)."""
+        return None if self.problem is not None else self._product
+
+    def _add_checked(self, arr: np.ndarray) -> None:
+        """add() on an array _as_probabilities has checked."""
+        item = arr[0] if arr.ndim == 4 else arr
+        q, n = item.shape[-2:]
+        self.begin(n, queries=q)
+        self.add_rows(0, item.reshape(1, -1, q, n))
+        self.end()
 
     def _give_up(self, problem: str) -> None:
         self.problem = problem
         self._product = None
+        self._mixed = self._added = None
 
 
 def attention_rollout(layers: Sequence[Any], *, add_residual: bool = True) -> np.ndarray:
@@ -780,14 +942,15 @@ def attention_rollout(layers: Sequence[Any], *, add_residual: bool = True) -> np
             ``A + I`` with its rows renormalized to sum to 1.
 
     Returns:
-        ``R = A_L @ ... @ A_1``, an ``(n, n)`` float64 array: how much each output position
-        draws on each input position through the whole stack (see ``Rollout``).
+        ``R = A_L @ ... @ A_1``, a float64 array: how much each output position draws on
+        each input position through the whole stack, ``(n, n)`` and exact while
+        ``n <= ROLLOUT_EXACT_MAX``, else ``(P, P)`` on pooled matrices (see ``Rollout``).
     """
     if len(layers) == 0:
         raise InvalidInputError("attention_rollout needs at least one layer's attention")
     rollout = Rollout(add_residual=add_residual)
     for layer in layers:
-        rollout._fold(_as_probabilities(layer, max_rank=3))
+        rollout._add_checked(_as_probabilities(layer, max_rank=3))
         if rollout.problem is not None:
             raise InvalidInputError(rollout.problem)
     result = rollout.result()
@@ -802,8 +965,10 @@ def summarize_layers(
 
     Returns ``{"layers": {name: layer_metrics(attention)}}`` plus ``"rollout"`` (batch item 0,
     layers in the mapping's order) when every layer is square and of the same size: a list
-    of rows, or with ``rollout_as_list=False`` the ``(n, n)`` array, for writing it to its
-    own file rather than into ``analysis.json``. Layers are read one at a time.
+    of rows, or with ``rollout_as_list=False`` the array, for writing it to its own file
+    rather than into ``analysis.json``. The rollout is exact, ``(n, n)``, while
+    ``n <= ROLLOUT_EXACT_MAX``; beyond, it is pooled (see ``Rollout``) and
+    ``"rollout_pooling"`` (``Rollout.pooling``) says how. Layers are read one at a time.
     """
     layers: dict[str, Any] = {}
     rollout = Rollout()
@@ -812,9 +977,11 @@ def summarize_layers(
         metrics = _analyze(arr)
         metrics["shape"] = [int(n) for n in arr.shape]
         layers[name] = metrics
-        rollout._fold(arr)
+        rollout._add_checked(arr)
     summary: dict[str, Any] = {"layers": layers}
     matrix = rollout.result()
     if matrix is not None:
         summary["rollout"] = matrix.tolist() if rollout_as_list else matrix
+        if rollout.pooling is not None:
+            summary["rollout_pooling"] = rollout.pooling
     return summary

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from neural_attn import analysis
-from neural_attn.analysis import LayerAccumulator, layer_metrics
+from neural_attn.analysis import (
+    LayerAccumulator,
+    Rollout,
+    attention_rollout,
+    layer_metrics,
+    summarize_layers,
+)
 from neural_attn.errors import InvalidInputError
+from neural_attn.pooling import Pooling
 
 
 def _stochastic(rng: np.random.Generator, shape: tuple[int, ...], scale: float = 2.0) -> np.ndarray:
@@ -176,3 +183,175 @@ def test_missing_overlapping_and_misshapen_tiles_are_refused() -> None:
         LayerAccumulator((2, 3, 37))
     with pytest.raises(InvalidInputError, match="shape"):
         LayerAccumulator((2, 0, 37, 37))
+
+
+# -- rollout ------------------------------------------------------------------------------------
+
+
+def _head_mean(layer: np.ndarray) -> np.ndarray:
+    return layer[0].astype(np.float64).mean(axis=0)
+
+
+def _residual(a: np.ndarray) -> np.ndarray:
+    a = a + np.eye(len(a))
+    return a / a.sum(axis=1, keepdims=True)
+
+
+def _product(matrices: list[np.ndarray]) -> np.ndarray:
+    result = matrices[0]
+    for a in matrices[1:]:
+        result = a @ result
+    return result
+
+
+def _pooled(a: np.ndarray, size: int) -> np.ndarray:
+    """Â[I, J] = (1 / |I|) sum over rows i of I and columns j of J of a[i, j], blocks of
+    ceil(n / size) positions, the last one partial."""
+    n = len(a)
+    block = -(-n // size) if n > size else 1
+    cells = -(-n // block)
+    member = np.zeros((cells, n))
+    member[np.arange(n) // block, np.arange(n)] = 1.0
+    return (member @ a @ member.T) / member.sum(axis=1, keepdims=True)
+
+
+def _layers(n: int, count: int = 3, seed: int = 5, dtype: type = np.float32) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    layers = [_stochastic(rng, (2, 3, n, n)).astype(dtype) for _ in range(count - 1)]
+    layers.append(_causal(rng, 2, 3, n).astype(dtype))
+    return layers
+
+
+def _tiled_rollout(layers: list[np.ndarray], seed: int, **kwargs: bool) -> Rollout:
+    rollout = Rollout(**kwargs)
+    rng = np.random.default_rng(seed)
+    for layer in layers:
+        n = layer.shape[-1]
+        rollout.begin(n)
+        for start, stop in _tiles(n, rng):
+            rollout.add_rows(start, layer[:, :, start:stop])
+        rollout.end()
+    return rollout
+
+
+@pytest.mark.parametrize("block_rows", [None, 3])
+@pytest.mark.parametrize("n", [37, 50])
+def test_exact_rollout_from_tiles_is_the_product_of_the_head_means(
+    n: int, block_rows: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(analysis, "ROLLOUT_EXACT_MAX", n)  # n itself is still exact
+    if block_rows is not None:
+        monkeypatch.setattr(analysis, "_BLOCK_BYTES", 8 * n * block_rows)
+    layers = _layers(n)
+    expected = _product([_residual(_head_mean(layer)) for layer in layers])
+    for seed in (1, 2):
+        rollout = _tiled_rollout(layers, seed)
+        assert rollout.pooling is None and rollout.problem is None
+        result = rollout.result()
+        assert result is not None and result.shape == (n, n) and result.dtype == np.float64
+        np.testing.assert_allclose(result, expected, rtol=1e-9, atol=1e-12)
+    whole = Rollout()
+    for layer in layers:
+        whole.add(layer)
+    np.testing.assert_allclose(whole.result(), expected, rtol=1e-9, atol=1e-12)
+    summary = summarize_layers({str(i): a for i, a in enumerate(layers)}, rollout_as_list=False)
+    np.testing.assert_allclose(summary["rollout"], expected, rtol=1e-9, atol=1e-12)
+    assert "rollout_pooling" not in summary
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("add_residual", [True, False])
+@pytest.mark.parametrize("block_rows", [None, 3])
+@pytest.mark.parametrize("n", [37, 50])
+def test_pooled_rollout_is_the_product_of_the_pooled_head_means(
+    n: int,
+    block_rows: int | None,
+    add_residual: bool,
+    dtype: type,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    size = 8
+    monkeypatch.setattr(analysis, "ROLLOUT_EXACT_MAX", n - 1)
+    monkeypatch.setattr(analysis, "ROLLOUT_POOLED_SIZE", size)
+    if block_rows is not None:  # blocks of rows that straddle the pooled cells
+        monkeypatch.setattr(analysis, "_BLOCK_BYTES", 8 * n * block_rows)
+    layers = _layers(n, seed=n, dtype=dtype)
+    pooled = [_pooled(_head_mean(layer), size) for layer in layers]
+    if add_residual:
+        pooled = [_residual(a) for a in pooled]
+    expected = _product(pooled)
+    block = -(-n // size)
+    cells = -(-n // block)
+    for seed in (3, 4):
+        rollout = _tiled_rollout(layers, seed, add_residual=add_residual)
+        result = rollout.result()
+        assert result is not None and result.shape == (cells, cells)
+        np.testing.assert_allclose(result, expected, rtol=1e-9, atol=1e-12)
+        # Rows sum to 1 as the layers' rows do (float32 rows: to about 1e-7 each).
+        np.testing.assert_allclose(
+            result.sum(axis=1), 1.0, rtol=1e-9 if add_residual or dtype == np.float64 else 1e-6
+        )
+        assert rollout.pooling == {
+            "size": n,
+            "pooled_size": cells,
+            "block": block,
+            "method": "mean over query rows, sum over key columns",
+        }
+        # The display pooling's blocks for the same length and target.
+        assert Pooling.of((n, n), size, "mean").query_block == block
+    if add_residual:
+        summary = summarize_layers({str(i): a for i, a in enumerate(layers)})
+        np.testing.assert_allclose(summary["rollout"], expected, rtol=1e-9, atol=1e-12)
+        assert summary["rollout_pooling"]["pooled_size"] == cells
+        np.testing.assert_allclose(
+            attention_rollout([a[0] for a in layers]), expected, rtol=1e-9, atol=1e-12
+        )
+
+
+def test_pooled_residual_is_the_pooling_of_the_exact_residual(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One layer: the pooled rollout is the pooled A + I, renormalized.
+    n, size = 37, 8
+    monkeypatch.setattr(analysis, "ROLLOUT_EXACT_MAX", 10)
+    monkeypatch.setattr(analysis, "ROLLOUT_POOLED_SIZE", size)
+    layer = _layers(n, count=1, dtype=np.float64)[0]  # rows summing to 1 to float64 rounding
+    a = _head_mean(layer)
+    rollout = _tiled_rollout([layer], seed=9)
+    np.testing.assert_allclose(rollout.result(), _pooled(_residual(a), size), rtol=1e-9, atol=1e-12)
+
+
+def test_rollout_problems_and_tile_errors() -> None:
+    square = _layers(6, count=1)[0]
+    cross = Rollout()
+    cross.begin(6, queries=4)
+    cross.add_rows(0, square[:, :, :4])  # ignored: the layer ruled the rollout out
+    cross.end()
+    assert cross.result() is None and "square" in (cross.problem or "")
+    sizes = Rollout()
+    sizes.add(square)
+    sizes.begin(7)
+    sizes.end()
+    sizes.add(square)  # a later fitting layer does not bring it back
+    assert sizes.result() is None and "layer 0 has 6" in (sizes.problem or "")
+
+    rollout = Rollout()
+    with pytest.raises(InvalidInputError, match="begin"):
+        rollout.add_rows(0, square)
+    with pytest.raises(InvalidInputError, match="begin"):
+        rollout.end()
+    rollout.begin(6)
+    with pytest.raises(InvalidInputError, match="end"):
+        rollout.begin(6)
+    rollout.add_rows(0, square[:, :, :3])
+    with pytest.raises(InvalidInputError, match="overlaps"):
+        rollout.add_rows(2, square[:, :, 2:4])
+    with pytest.raises(InvalidInputError, match="outside"):
+        rollout.add_rows(5, square[:, :, 3:5])
+    with pytest.raises(InvalidInputError, match="shape"):
+        rollout.add_rows(3, square[:, :, 3:, :5])
+    with pytest.raises(InvalidInputError, match="heads"):
+        rollout.add_rows(3, square[:, :2, 3:])
+    with pytest.raises(InvalidInputError, match="never added"):
+        rollout.end()
+    assert rollout.result() is None and "never added" in (rollout.problem or "")
