@@ -128,6 +128,7 @@ def analysis_json(
     npz: str | None,
     npz_window: tuple[tuple[int, int], tuple[int, int]] | None,
     pooling: Mapping[str, Pooling],
+    notes: Sequence[str] = (),
 ) -> None:
     """analysis.json: the metrics and what every other file holds (no tensors)."""
     record = {
@@ -145,6 +146,7 @@ def analysis_json(
         "attention_weights": npz,
         "attention_weights_window": npz_window,
         "display_pooling": {k: p.as_dict() for k, p in pooling.items()} or None,
+        "notes": list(notes),
     }
     path = out.path / "analysis.json"
     path.write_text(json.dumps(record, indent=2), encoding="utf-8")
@@ -217,6 +219,7 @@ class Fetched:
     weights: Mapping[str, np.ndarray]
     npz: str | None
     npz_window: tuple[tuple[int, int], tuple[int, int]] | None
+    notes: Sequence[str] = ()  # what was left out and why (an npz over its budget)
 
 
 def write_all(
@@ -255,6 +258,7 @@ def write_all(
         npz=got.npz,
         npz_window=got.npz_window,
         pooling=got.pooling,
+        notes=got.notes,
     )
     return figure
 
@@ -278,4 +282,5 @@ def result(
         token_ids=None if split is None else list(split.ids),
         tokenizer_tokens=tokenizer_tokens(split),
         summary=console_summary(got.analysis),
+        notes=list(got.notes),
     )

@@ -66,6 +66,8 @@ def print_visualization(result: Mapping[str, Any], *, output_dir: str, fmt: str 
     compiled: CompileResult = result["model"]
     for warning in compiled.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for note in result.get("notes", ()):
+        print(f"note: {note}", file=sys.stderr)
     if fmt == "json":
         _dump(
             {
@@ -75,6 +77,7 @@ def print_visualization(result: Mapping[str, Any], *, output_dir: str, fmt: str 
                 "tokens": result.get("tokens"),
                 "layers": result["analysis"]["layers"],
                 "files": result["files"],
+                "notes": result.get("notes", []),
             }
         )
         return

@@ -23,7 +23,7 @@ from neural_attn.client._embedded import server_target
 from neural_attn.client._figures import parse_formats
 from neural_attn.client._inputs import check_tokens, text_input
 from neural_attn.client._outputs import VisualizationResult
-from neural_attn.client._progress import StreamProgress, expected_bytes
+from neural_attn.client._progress import NPZ_MAX_BYTES, StreamProgress, expected_bytes, npz_too_big
 from neural_attn.client._sinks import ArraySink, NpzSink
 from neural_attn.client._tokenize import (
     PretrainedTokenizer,
@@ -238,6 +238,7 @@ class AttentionVisualizer:
         dtype: str = "float32",
         write_npz: bool = True,
         npz_window: tuple[tuple[int, int], tuple[int, int]] | None = None,
+        npz_max_bytes: int | None = NPZ_MAX_BYTES,
         display_size: int = render.DISPLAY_SIZE,
         text: str | None = None,
         tokenize: Vocabulary | PretrainedTokenizer | str | os.PathLike[str] | None = None,
@@ -259,6 +260,8 @@ class AttentionVisualizer:
         lazily (each layer read when asked for); for short sequences it is the arrays.
         `dtype="float16"` halves what travels and what the npz takes; `npz_window=((q0, q1),
         (k0, k1))` keeps only that query range x key range in the npz (a stop of 0: the end).
+        An npz over `npz_max_bytes` (None: no budget) is not written; the result's "notes"
+        say how big it would be and how to ask for it.
 
         `text` with `tokenize` (a `Vocabulary`, a vocab.txt path, a checkpoint's tokenizer
         folder or a `PretrainedTokenizer`) replaces `input_data` and
@@ -272,7 +275,7 @@ class AttentionVisualizer:
         check_tokens(compiled, input_data, tokens)
         ask = _Ask(compiled, input_data, [layer_name] if layer_name else None, tokens, dtype)
         out = outputs.OutputDir(output_dir, self._progress)
-        got = self._fetch(ask, out, head_index, display_size, write_npz, npz_window)
+        got = self._fetch(ask, out, head_index, display_size, write_npz, npz_window, npz_max_bytes)
         figure = outputs.write_all(
             out,
             compiled,
@@ -295,6 +298,7 @@ class AttentionVisualizer:
         display_size: int,
         write_npz: bool,
         npz_window: tuple[tuple[int, int], tuple[int, int]] | None,
+        npz_max_bytes: int | None,
     ) -> outputs.Fetched:
         """The metrics, the attention to draw, and the npz (written as it streams in)."""
         analysis = self._metrics(ask, head_index)
@@ -302,11 +306,17 @@ class AttentionVisualizer:
         shown, pooling = self._for_display(ask, shapes, display_size)
         npz = out.path / "attention_weights.npz"
         weights: Mapping[str, np.ndarray] = shown
+        notes = []
+        if write_npz:
+            over = npz_too_big(shapes, dtype=ask.dtype, window=npz_window, budget=npz_max_bytes)
+            if over:
+                notes.append(over)
+                write_npz = False
         if write_npz:
             weights = self._npz(ask, npz, shapes, shown if not pooling else None, npz_window)
             out.written("npz", npz)
         npz_name = npz.name if write_npz else None
-        return outputs.Fetched(analysis, shown, pooling, weights, npz_name, npz_window)
+        return outputs.Fetched(analysis, shown, pooling, weights, npz_name, npz_window, notes)
 
     def _metrics(self, ask: _Ask, head_index: int | None) -> dict[str, Any]:
         """Every layer's metrics and the rollout, computed on the server (no tensors move)."""

@@ -2,7 +2,8 @@
 
     neural-attn-client visualize model.neural --attention [--backend tensorflow|pytorch]
         [--data input.npy] [--tokens "The,cat,sat"] [--layer NAME] [--head N]
-        [--server host:port] [--output-dir DIR] [--dtype float16] [--window Q0:Q1,K0:K1] [--no-npz]
+        [--server host:port] [--output-dir DIR] [--dtype float16] [--window Q0:Q1,K0:K1]
+        [--npz-max-bytes SIZE | --no-npz]
         [--text "The cat sat" --vocab vocab.txt | --tokenizer DIR] [--figure-format png,svg,pdf]
         [--dpi N]
         [--format table|json] [--quiet]
@@ -13,6 +14,7 @@ Without --server (or $NEURAL_ATTN_SERVER) an embedded server runs in this proces
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ from neural_attn.client._cli_common import (
     model_options,
     token_option,
 )
+from neural_attn.client._progress import NPZ_MAX_BYTES
 from neural_attn.errors import NeuralAttnError
 
 if TYPE_CHECKING:
@@ -89,6 +92,14 @@ def _visualize_parser(sub: Any) -> None:
         "0:256,: ; an empty bound is the start or the end)",
     )
     v.add_argument(
+        "--npz-max-bytes",
+        type=_bytes,
+        default=NPZ_MAX_BYTES,
+        metavar="SIZE",
+        help="write attention_weights.npz only when it takes at most SIZE (e.g. 500M, 64G; "
+        "none: any size; default 2G); over it, the CLI says how big it would be",
+    )
+    v.add_argument(
         "--no-npz",
         action="store_true",
         help="skip attention_weights.npz: only pooled attention and metrics leave the server",
@@ -123,6 +134,24 @@ def _visualize_text_and_outputs(v: argparse.ArgumentParser) -> None:
         default="table",
         help="console report: a table (default) or one JSON document on stdout",
     )
+
+
+def _bytes(text: str) -> int | None:
+    """'2G' -> 2 * 1024**3 (K, M, G, T: binary units; a plain number is bytes); 'none' -> None."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    if value == "NONE":
+        return None
+    scale = 1024 ** (" KMGT".index(value[-1]) if value and value[-1] in "KMGT" else 0)
+    try:
+        size = float(value.rstrip("KMGT")) * scale
+    except ValueError:
+        size = -1.0
+    if not math.isfinite(size) or size < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: write bytes or a number with K, M, G or T (e.g. 500M, "
+            "64G), or none"
+        )
+    return int(size)
 
 
 def _window(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -198,6 +227,7 @@ def _visualize(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         write_npz=not args.no_npz,
         npz_window=args.window,
+        npz_max_bytes=args.npz_max_bytes,
         text=args.text,
         tokenize=tokenize,
         figure_formats=args.figure_format or ("png",),

@@ -18,8 +18,14 @@ class ServerConfig:
     max_message_bytes: int = 512 * MIB  # largest request (inline weights files are large)
     max_source_bytes: int = 1 * MIB  # largest .neural source
     max_input_elements: int = 16 * MIB  # elements of one input tensor
-    max_sequence_length: int = 8192
-    max_attention_elements: int = 256 * MIB  # elements of one attention layer (extract, Analyze)
+    max_sequence_length: int = 65536
+    # Scores of one tile of query rows (batch x heads x rows x keys): a longer attention layer
+    # is computed a tile at a time, so no more of it exists at once.
+    tile_elements: int = 16 * MIB
+    # Attention values a request may hold at once: one tile and the reduced layer for
+    # ExtractAttention and Analyze (which read layers in tiles), a whole layer for the analyses
+    # that need one.
+    max_attention_elements: int = 256 * MIB
     max_activation_elements: int = 256 * MIB  # elements of the largest tensor of a pass
     default_chunk_bytes: int = 1 * MIB
     max_chunk_bytes: int = 4 * MIB - 64 * 1024  # stays under gRPC's default 4 MiB message cap

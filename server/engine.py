@@ -224,6 +224,7 @@ class Engine:
                 raise ResourceLimitError(
                     f"network `{net.name}` nests too deeply for this server to build"
                 ) from None
+            model.set_tile_elements(self.config.tile_elements)
             return CompiledModel(model_id, net, model, seed, digest)
 
         return self.cache.get_or_build(model_id, build)
@@ -239,7 +240,8 @@ class Engine:
             )
         shape, _ = sample_shape(net, length=2)  # TensorFlow builds with a length-2 sample
         self._check_input(net, shape)
-        self._check_pass(net, batch=1, seq=shape[1] if len(shape) > 1 else 1)
+        # The build keeps no attention: the limits bound the tile it computes.
+        self._check_pass(net, batch=1, seq=shape[1] if len(shape) > 1 else 1, reduction=Reduction())
 
     def _check_input(self, net: Network, shape: tuple[int, ...]) -> None:
         size = math.prod(shape)
@@ -250,23 +252,54 @@ class Engine:
                 f"this server accepts inputs of at most {self.config.max_input_elements:,}"
             )
 
-    def _check_pass(self, net: Network, *, batch: int, seq: int) -> None:
+    def _check_pass(
+        self,
+        net: Network,
+        *,
+        batch: int,
+        seq: int,
+        reduction: Reduction | None = None,
+        kept: Collection[str] = (),
+    ) -> None:
         """Refuse a pass of `batch` items of length `seq` whose largest tensors would be over
-        the limits: one attention layer (a pass holds one at a time, every layer is computed,
-        requested or not) and the widest activation."""
-        attention = [layer for _, layer in net.attention_sites]
-        if attention:
-            largest = max(
-                batch * int(layer["num_heads"]) * attention_length(layer, seq) ** 2
-                for layer in attention
-            )
-            if largest > self.config.max_attention_elements:
+        the limits: the attention it holds at once and the widest activation.
+
+        Every attention layer is computed, requested or not, a tile of query rows at a time
+        (`tile_elements` scores). With `reduction` (a caller that reads layers in tiles) the
+        pass holds one tile, plus each `kept` layer's reduced attention where it is pooled
+        (exact rows leave tile by tile); without, the caller holds a whole layer.
+        """
+        limit = self.config.max_attention_elements
+        for _, layer in net.attention_sites:
+            heads, n = int(layer["num_heads"]), attention_length(layer, seq)
+            if reduction is None:
+                held = batch * heads * n * n
+                if held > limit:
+                    raise ResourceLimitError(
+                        f"one attention layer of this request would hold {held:,} values "
+                        f"(batch {batch} x {heads} heads x {n:,}^2); the limit is {limit:,}: "
+                        "send a shorter sequence or fewer items"
+                    )
+                continue
+            row = batch * heads * n
+            rows = max(1, min(n, self.config.tile_elements // row))
+            if row * rows > limit:
                 raise ResourceLimitError(
-                    f"one attention layer of this request would hold {largest:,} values (batch "
-                    f"{batch}, sequence {seq}); the limit is "
-                    f"{self.config.max_attention_elements:,}: send a shorter sequence or fewer "
-                    "items"
+                    f"one tile of `{layer.name}` would hold {row * rows:,} scores (batch "
+                    f"{batch} x {heads} heads x {rows:,} query rows x {n:,} keys); the limit "
+                    f"is {limit:,}: send a shorter sequence or fewer items"
                 )
+            pooling = reduction.pooling((n, n)) if layer.name in kept else None
+            if pooling is not None and reduction.pool_size:
+                shown = 1 if reduction.head is not None else heads
+                out_q, out_k = pooling.shape
+                pooled = batch * shown * out_q * out_k
+                if pooled > limit:
+                    raise ResourceLimitError(
+                        f"`{layer.name}` pooled would hold {pooled:,} values (batch {batch} x "
+                        f"{shown} heads x {out_q:,} x {out_k:,}); the limit is {limit:,}: ask "
+                        "for a smaller pooling size or fewer items"
+                    )
         widest, layer_name = peak_activation(net, seq)
         if batch * widest > self.config.max_activation_elements:
             raise ResourceLimitError(
@@ -328,7 +361,9 @@ class Engine:
 
     def private_model(self, entry: CompiledModel) -> PrivateModel:
         """A private copy of `entry`'s model (same weights and seed) on the server's device."""
-        return PrivateModel(entry.model.private_copy(seed=entry.seed, device=self.config.device))
+        model = entry.model.private_copy(seed=entry.seed, device=self.config.device)
+        model.set_tile_elements(self.config.tile_elements)
+        return PrivateModel(model)
 
     def lookup(self, model_id: str) -> CompiledModel | None:
         return self.cache.get(model_id)
@@ -344,9 +379,12 @@ class Engine:
         window: tuple[tuple[int, int], tuple[int, int]] | None = None,
         pool_size: int = 0,
         pool_mode: str = "max",
+        tiled: bool = False,
     ) -> ExtractPlan:
         """Check the request against the model and the limits before running anything.
 
+        `tiled`: the caller reads each layer tile by tile (`tiles`), so the limits bound one
+        tile and the reduced layers; otherwise (`stream`, `run`) they bound a whole layer.
         (The size of a sent input is checked by the caller, before it is decoded.)
         """
         net = entry.network
@@ -395,9 +433,6 @@ class Engine:
                     f"head {head} does not exist in `{layer.name}`, which has {heads} heads "
                     f"(0..{heads - 1})"
                 )
-        self._check_pass(net, batch=batch, seq=seq)
-        if data is None:
-            data = sample_input(net, seed=entry.seed, length=sequence_length or None)
         reduction = Reduction(
             head=head,
             query=window[0] if window else None,
@@ -407,6 +442,11 @@ class Engine:
         )
         for _, layer in chosen:
             _check_window(reduction, attention_length(layer, seq), layer.name)
+        kept = {layer.name for _, layer in chosen}
+        held = reduction if tiled else None
+        self._check_pass(net, batch=batch, seq=seq, reduction=held, kept=kept)
+        if data is None:
+            data = sample_input(net, seed=entry.seed, length=sequence_length or None)
         return ExtractPlan(data, chosen, reduction)
 
     def tiles(

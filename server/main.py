@@ -63,7 +63,10 @@ _HELP = {
     "max_source_bytes": "largest .neural source",
     "max_input_elements": "elements of one input tensor",
     "max_sequence_length": "longest sequence a request may run",
-    "max_attention_elements": "elements of all attention one request may produce",
+    "tile_elements": "attention scores a layer computes at once (batch x heads x query rows x "
+    "keys); a longer layer is computed in tiles of query rows",
+    "max_attention_elements": "attention values one request may hold at once (one tile and the "
+    "reduced layer when extracting; a whole layer for the head analyses)",
     "max_activation_elements": "elements of the largest tensor of a forward pass",
     "default_chunk_bytes": "attention chunk size when a request names none",
     "max_chunk_bytes": "largest attention chunk a request may ask for",

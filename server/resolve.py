@@ -55,7 +55,9 @@ class Resolver:
             return self.compile(request.compile)[0]
         raise InvalidInputError("an extract request needs a model_id or an inline compile request")
 
-    def plan(self, request: pb.ExtractRequest, entry: CompiledModel) -> ExtractPlan:
+    def plan(
+        self, request: pb.ExtractRequest, entry: CompiledModel, *, tiled: bool = False
+    ) -> ExtractPlan:
         data = None
         if request.HasField("input"):
             data = convert.input_array(request.input, max_elements=self.config.max_input_elements)
@@ -69,4 +71,5 @@ class Resolver:
             window=convert.window(request),
             pool_size=pool_size,
             pool_mode=pool_mode,
+            tiled=tiled,
         )

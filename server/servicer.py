@@ -64,7 +64,7 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
         self, request: pb.ExtractRequest, context: grpc.ServicerContext
     ) -> Iterator[Serialized]:  # AttentionChunk messages, already serialized (chunk_codec)
         entry = self.resolve.model(request)
-        plan = self.resolve.plan(request, entry)
+        plan = self.resolve.plan(request, entry, tiled=True)
         dtype = convert.output_dtype(request.output_dtype)
         max_bytes = convert.chunk_bytes(
             request.max_chunk_bytes,

@@ -114,6 +114,33 @@ def test_visualize_pytorch_tokens_layer_and_head(tmp_path):
     assert "w31" in (out / "attention_interactive.html").read_text()
 
 
+def test_an_npz_over_its_budget_is_not_written_and_the_cli_says_how_to_get_it(tmp_path):
+    """4 + 2 heads x 32 x 32 float32 is 24 KiB: over an 8K budget only a window of it is written."""
+    model = str(EXAMPLES / "text_classification.neural")
+    args = ["visualize", model, "--attention", "--backend", "pytorch", "--npz-max-bytes", "8K"]
+    result = _run(*args, "--output-dir", "whole", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    note = re.search(r"^note: attention_weights\.npz not written: .*$", result.stderr, re.M)
+    assert note is not None, result.stderr
+    assert "(2 layers, float32, up to 32 x 32 per head) would take 24 KiB, over the 8 KiB" in (
+        note.group(0)
+    )
+    assert "--npz-max-bytes 1G" in note.group(0) and "--window Q0:Q1,K0:K1" in note.group(0)
+    out = tmp_path / "whole"
+    assert not (out / "attention_weights.npz").exists()
+    _png_is_a_picture(out / "attention_heatmap.png")  # the rest is all there
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["attention_weights"] is None
+    assert analysis["notes"] == [note.group(0).removeprefix("note: ")]
+
+    window = _run(*args, "--window", "0:8,:", "--output-dir", "part", cwd=tmp_path)
+    assert window.returncode == 0 and "note:" not in window.stderr, window.stderr
+    with np.load(tmp_path / "part" / "attention_weights.npz") as npz:
+        assert npz["multi_head_attention_0"].shape == (1, 2, 8, 32)
+    bad = _run(*args[:-1], "lots", cwd=tmp_path)
+    assert bad.returncode == 2 and "'lots' is not a size" in bad.stderr
+
+
 def test_bad_arguments_fail_with_a_message(tmp_path):
     source = tmp_path / "bad.neural"
     source.write_text("network Bad {\n  input: (10, 16)\n  layers:\n    Dense(units=\n}\n")

@@ -17,6 +17,7 @@ from serverproc import health_status, metric
 from neural_attn import wire
 from neural_attn.client import AttentionClient
 from neural_attn.errors import InvalidInputError, ResourceLimitError
+from neural_attn.server.config import ServerConfig
 from neural_attn.v1 import attention_pb2 as pb
 from neural_attn.v1 import attention_pb2_grpc as pb_grpc
 
@@ -175,7 +176,8 @@ def test_mask_positions_are_bounded_collapsed_sorted_and_checked(client, stub):
     )
     error = _error(lambda: stub.AnalyzeHeads(request, timeout=30))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "1,000,000 positions" in error.details() and "8,192" in error.details()
+    longest = f"{ServerConfig().max_sequence_length:,}"
+    assert "1,000,000 positions" in error.details() and longest in error.details()
     # Duplicates and the two names of one position are one position, echoed once, sorted.
     request = pb.HeadsRequest(
         attention=_attention(1, n), mask=pb.AnalysisMask(positions=[5, 0, -1, 0] * 2000)

@@ -235,7 +235,7 @@ network Huge {
 """
     model = client.compile(huge, backend="pytorch")
     with pytest.raises(ResourceLimitError, match="over this server's limit"):
-        list(client.extract_attention(model, np.zeros((1, 9000, 16), np.float32)))
+        list(client.extract_attention(model, np.zeros((1, 70_000, 16), np.float32)))
 
 
 def test_sdk_resends_the_source_when_a_replica_lacks_the_model(server_target):

@@ -1,9 +1,12 @@
 """A long layer travels as row tiles through the real gRPC server on loopback: exact rows, one
 head, windows crossing tile edges, small chunks and an .npz written straight from the stream
-all equal the layer computed whole (tiles forced on the served model)."""
+all equal the layer computed whole by a server whose tiles hold it all. The limits then bound
+one tile and what a request keeps, not a whole layer."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,37 +14,73 @@ import pytest
 
 from neural_attn.client import AttentionClient
 from neural_attn.client._sinks import NpzSink
+from neural_attn.errors import ResourceLimitError
 from neural_attn.server.app import build_server
+from neural_attn.server.config import ServerConfig
 
 SOURCE = (Path(__file__).parents[1] / "backends" / "test_query_tiles.py").read_text()
 SOURCE = SOURCE.split('SOURCE = """')[1].split('"""')[0]
 
 
-@pytest.mark.parametrize("backend", ["pytorch", "tensorflow"])
-def test_row_tiles_over_grpc_equal_the_whole_layer(backend, tmp_path):
-    app = build_server(host="127.0.0.1", port=0)
+ROW = 2 * 4 * 37  # scores of one query row: 2 items x 4 heads x 37 keys
+
+
+@contextmanager
+def serving(config: ServerConfig | None = None) -> Iterator[AttentionClient]:
+    app = build_server(host="127.0.0.1", port=0, config=config)
     app.server.start()
     try:
         with AttentionClient(f"127.0.0.1:{app.port}") as client:
-            model = client.compile(SOURCE, backend=backend)
-            ids = np.random.default_rng(0).integers(1, 40, size=(2, 37))
-            whole = {k: np.array(v) for k, v in client.extract_attention(model, ids)}
-            entry = app.servicer.engine.cache.get(model.model_id)
-            entry.model.set_tile_elements(2 * 4 * 37 * 5)  # 5 query rows per tile
-            cases = [
-                ({}, lambda a: a),
-                ({"head": 1}, lambda a: a[:, [1]]),
-                ({"window": ((3, 29), (2, 30))}, lambda a: a[:, :, 3:29, 2:30]),
-                ({"max_chunk_bytes": 1024}, lambda a: a),
-            ]
-            for options, expected in cases:
-                got = dict(client.extract_attention(model, ids, **options))
-                for name, layer in whole.items():
-                    np.testing.assert_allclose(got[name], expected(layer), atol=1e-6)
-            with NpzSink(tmp_path / "a.npz") as sink:
-                list(client.extract_attention(model, ids, sink=sink, max_chunk_bytes=2048))
-            written = np.load(tmp_path / "a.npz")
-            for name, layer in whole.items():
-                np.testing.assert_allclose(written[name], layer, atol=1e-6)
+            yield client
     finally:
         app.server.stop(0)
+
+
+@pytest.mark.parametrize("backend", ["pytorch", "tensorflow"])
+def test_row_tiles_over_grpc_equal_the_whole_layer(backend, tmp_path):
+    ids = np.random.default_rng(0).integers(1, 40, size=(2, 37))
+    with serving() as client:
+        model = client.compile(SOURCE, backend=backend)
+        whole = {k: np.array(v) for k, v in client.extract_attention(model, ids)}
+    # 5 query rows per tile, and no request may hold more than 10 rows of a layer at once
+    tiled = ServerConfig(tile_elements=5 * ROW, max_attention_elements=10 * ROW)
+    with serving(tiled) as client:
+        model = client.compile(SOURCE, backend=backend)
+        cases = [
+            ({}, lambda a: a),
+            ({"head": 1}, lambda a: a[:, [1]]),
+            ({"window": ((3, 29), (2, 30))}, lambda a: a[:, :, 3:29, 2:30]),
+            ({"max_chunk_bytes": 1024}, lambda a: a),
+            ({"pool_size": 8, "pool_mode": "mean"}, None),
+        ]
+        for options, expected in cases:
+            got = {layer.name: layer for layer in client.extract_layers(model, ids, **options)}
+            for name, layer in whole.items():
+                if expected is None:  # pooled on the server from the tiles
+                    want = got[name].pooling.apply(layer)
+                    np.testing.assert_allclose(got[name].value, want, atol=1e-6)
+                else:
+                    np.testing.assert_allclose(got[name].value, expected(layer), atol=1e-6)
+        with NpzSink(tmp_path / "a.npz") as sink:
+            list(client.extract_attention(model, ids, sink=sink, max_chunk_bytes=2048))
+        written = np.load(tmp_path / "a.npz")
+        for name, layer in whole.items():
+            np.testing.assert_allclose(written[name], layer, atol=1e-6)
+
+        # What must hold a whole layer (37 rows) is refused, with the numbers.
+        with pytest.raises(ResourceLimitError, match=r"10,952 values .*4 heads x 37\^2"):
+            client.analyze_heads(model=model, data=ids)
+        with pytest.raises(ResourceLimitError, match=r"pooled would hold 10,952 values"):
+            list(client.extract_attention(model, ids, pool_size=37))
+
+
+def test_a_tile_is_never_over_the_limit(tmp_path):
+    """One query row over the limit cannot be tiled smaller: refused before the pass."""
+    config = ServerConfig(tile_elements=ROW // 2, max_attention_elements=ROW - 1)
+    with serving(config) as client:
+        model = client.compile(SOURCE, backend="pytorch")
+        ids = np.ones((2, 37), dtype=np.int64)
+        with pytest.raises(ResourceLimitError, match=r"one tile of `\w+` would hold 296 scores"):
+            list(client.extract_attention(model, ids))
+        small = np.ones((1, 37), dtype=np.int64)  # one item: a row is half as long
+        assert len(dict(client.extract_attention(model, small))) == 2
