@@ -12,6 +12,7 @@ Sections (each runnable alone as `python bench/bench_*.py`):
     3 bench_wire.py      512 MiB through ExtractAttention vs a bare gRPC stream
     4 bench_layers.py    12 layers in one pass vs 12 x one layer vs one sub-model per layer
     5 bench_pretrained.py  MiniLM-L6: served ÷ transformers at 128, 512; the page vs bertviz
+    6 bench_any_length.py  the CLI at 32,768 (PyTorch) and 16,384 (TF) tokens; tiled ÷ whole
 
 Where CUDA is present (torch.cuda.is_available()) sections 0, 2, 3 and 4 run again with the
 models on the GPU, and their rows are kept apart in the table and in results.json.
@@ -37,9 +38,10 @@ SECTIONS = {
     "3": "bench_wire.py",
     "4": "bench_layers.py",
     "5": "bench_pretrained.py",
+    "6": "bench_any_length.py",
 }
 GPU_SECTIONS = ("0", "2", "3", "4")  # section 1's CLI picks the GPU itself (device auto)
-ORDER = ("1", "2", "3", "4", "5", "0")  # the long CLI first, on a quiet machine
+ORDER = ("1", "6", "2", "3", "4", "5", "0")  # the long CLI first, on a quiet machine
 # Sections timing both frameworks run once per backend, each in a fresh process: a process that
 # has run TensorFlow can slow PyTorch's next passes (thread pools fighting over the cores).
 PER_BACKEND = ("0", "2", "4", "5")
