@@ -15,7 +15,7 @@ from neural_attn.analysis import (
     layer_metrics,
     summarize_layers,
 )
-from neural_attn.errors import InvalidInputError
+from neural_attn.errors import CancelledError, InvalidInputError
 from neural_attn.pooling import Pooling
 
 
@@ -355,3 +355,24 @@ def test_rollout_problems_and_tile_errors() -> None:
     with pytest.raises(InvalidInputError, match="never added"):
         rollout.end()
     assert rollout.result() is None and "never added" in (rollout.problem or "")
+
+
+def test_a_stopped_tile_adds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    attention = _cases()["square"]
+    monkeypatch.setattr(analysis, "_BLOCK_BYTES", 8 * 37 * 4)  # blocks of 4 rows
+    asked: list[int] = []
+
+    def stop_on_the_third_block() -> bool:
+        asked.append(1)
+        return len(asked) == 3
+
+    accumulator = LayerAccumulator(attention.shape)
+    with pytest.raises(CancelledError):
+        accumulator.add(0, attention[:, :, :20], should_stop=stop_on_the_third_block)
+    accumulator.add(0, attention[:, :, :20], should_stop=stop_on_the_third_block)
+    accumulator.add(20, attention[:, :, 20:])
+    np.testing.assert_allclose(
+        accumulator.result()["attention_entropy"],
+        layer_metrics(attention)["attention_entropy"],
+        rtol=1e-12,
+    )
