@@ -228,7 +228,13 @@ def page_html(
         "colormap": _colormap_hex(),
         "masked_color": MASKED_COLOR,
         "layers": layers,
-        "rollout": _rollout_data(rollout, items, tokens, list(attention_by_layer)),
+        "rollout": _rollout_data(
+            rollout,
+            items,
+            tokens,
+            list(attention_by_layer),
+            pooled=None if analysis is None else analysis.get("rollout_pooling"),
+        ),
     }
     return _PAGE.format(
         title=html.escape(title),

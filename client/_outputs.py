@@ -143,6 +143,8 @@ def analysis_json(
         "tokenizer_tokens": tokenizer_tokens(split),
         "layers": analysis["layers"],
         "rollout": "attention_rollout.npy" if analysis.get("rollout") is not None else None,
+        # set when the rollout is of pooled layers (longer than analysis.ROLLOUT_EXACT_MAX)
+        "rollout_pooling": analysis.get("rollout_pooling"),
         "attention_weights": npz,
         "attention_weights_window": npz_window,
         "display_pooling": {k: p.as_dict() for k, p in pooling.items()} or None,

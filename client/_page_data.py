@@ -221,9 +221,19 @@ def _head_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _rollout_data(
-    rollout: Any, items: list[int], tokens: Sequence[str] | None, layers: list[str]
+    rollout: Any,
+    items: list[int],
+    tokens: Sequence[str] | None,
+    layers: list[str],
+    *,
+    pooled: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The rollout view: one matrix per batch item (or one for all), pooled like a head."""
+    """The rollout view: one matrix per batch item (or one for all), pooled like a head.
+
+    `pooled` (``analysis["rollout_pooling"]``): the rollout is of pooled matrices, a cell per
+    block of ``block`` positions of ``size``; the page then labels cells with those positions
+    and says so.
+    """
     if rollout is None:
         return None
     arr = np.asarray(rollout, dtype=np.float64)
@@ -238,17 +248,30 @@ def _rollout_data(
     for b, matrix in per_item.items():
         shown = matrix if pooling is None else pooling.apply(matrix)
         entries.append({"index": b, "data": _encode(shown)})
-    q, k = (int(n) for n in arr.shape[-2:])
+    rows, cols = pooling.shape if pooling else (int(arr.shape[-2]), int(arr.shape[-1]))
+    title = f"attention rollout through {', '.join(layers)}"
+    note = "" if pooling is None else pooling.note()
+    if pooled:  # each cell's source positions: the rollout's blocks, times the display's
+        n, block = int(pooled["size"]), int(pooled["block"])
+        scale = pooling.query_block if pooling else 1
+        pooling = Pooling((n, n), (0, n), (0, n), block * scale, block * scale, "mean")
+        title += f" (of layers pooled to blocks of {block} positions)"
+        exact_max = analysis.ROLLOUT_EXACT_MAX
+        note = (
+            f"rollout of each layer pooled to {arr.shape[-1]}×{arr.shape[-1]} (block {block}: "
+            f"{pooled['method']}), then multiplied; exact only up to {exact_max:,} positions"
+            + (f"; {note} for display" if note else "")
+        )
+    q, k = pooling.source_len if pooling else (rows, cols)
     query_tokens, key_tokens = axis_tokens(tokens, q, k) if tokens else (None, None)
     blocks = (pooling.query_block, pooling.key_block) if pooling else (1, 1)
-    rows, cols = pooling.shape if pooling else (q, k)
     exact = pooling is None
     return {
         "label": "rollout",
-        "title": f"attention rollout through {', '.join(layers)}",
+        "title": title,
         "display_shape": [rows, cols],
         "pooling": None if pooling is None else _pooling_data(pooling),
-        "note": "" if pooling is None else pooling.note(),
+        "note": note,
         "y": _axis_labels(query_tokens, q, (0, q), blocks[0], exact),
         "x": _axis_labels(key_tokens, k, (0, k), blocks[1], exact),
         "items": entries,

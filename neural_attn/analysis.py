@@ -25,8 +25,12 @@ or ran past its deadline).
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
@@ -56,6 +60,7 @@ __all__ = [
     "numbers",
     "per_head_lists",
     "record",
+    "rollout_pooling",
     "summarize_layers",
 ]
 
@@ -311,6 +316,10 @@ _NEGATIVE_TOLERANCE = 1e-6
 
 # float64 bytes of one block of query rows; a few buffers of this size are the extra memory.
 _BLOCK_BYTES = 16 * 2**20
+# Values of one block of rows (every head) the metrics work on at once: two buffers of it, in
+# float32 about 1 MiB each, stay in the cache through the dozen passes over them.
+_METRIC_BLOCK_ELEMENTS = 2**18
+_MAX_METRIC_THREADS = 4  # threads that sum the blocks of one tile
 
 _SHAPES_THAT_WORK = (
     "(batch, heads, query_len, key_len), (heads, query_len, key_len) "
@@ -519,22 +528,40 @@ class LayerAccumulator:
                 f"a tile of query rows {start}:{stop} overlaps rows added before (row {row}); "
                 "each query row is added once"
             )
-        buffers = _Buffers(min(tile.shape[2], _block_rows(k)), k)
-        sums = [
-            [
-                _tile_sums(tile[b, h], start, q, float(self._shift[b, h]), buffers, should_stop)
-                for h in range(heads)
-            ]
-            for b in range(batch)
-        ]
-        for b, item in enumerate(sums):
-            for h, head in enumerate(item):
-                for name in _SUMS:
-                    self._sums[name][b, h] += head[name]
-                self._lowest[b, h] = min(self._lowest[b, h], head["min"])
-                self._highest[b, h] = max(self._highest[b, h], head["max"])
-                if math.isnan(self._shift[b, h]):
-                    self._shift[b, h] = head["shift"]
+        rows = tile.shape[2]
+        step = max(1, min(rows, _METRIC_BLOCK_ELEMENTS // (batch * heads * k)))
+        shift = self._shift.copy()
+        unset = np.isnan(shift)  # a head's first block seen sets its shift: that block's mean
+        if unset.any():
+            first = tile[:, :, :step].sum(axis=(2, 3), dtype=np.float64) / (step * k)
+            shift[unset] = first[unset]
+        starts = range(0, rows, step)
+        workers = max(1, min(_metric_threads(), len(starts)))
+        parts = [starts[w::workers] for w in range(workers)]
+        halt = _shared_stop(should_stop)
+
+        def run(part: range) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+            sums = {name: np.zeros((batch, heads)) for name in _SUMS}
+            lowest, highest = np.full((batch, heads), math.inf), np.full((batch, heads), -math.inf)
+            work = _Work(tile.dtype, (batch, heads, step, k), q)
+            for first in part:
+                check_stop(halt)
+                block = tile[:, :, first : first + step]
+                low, high = _block_sums(block, start + first, q, shift, work, sums)
+                np.minimum(lowest, low, out=lowest)
+                np.maximum(highest, high, out=highest)
+            return sums, lowest, highest
+
+        if workers == 1:
+            done = [run(parts[0])]
+        else:  # numpy lets go of the GIL: the blocks of a tile are summed on every core
+            done = list(_metric_pool().map(run, parts))
+        for sums, lowest, highest in done:  # nothing is kept of a tile that raised
+            for name in _SUMS:
+                self._sums[name] += sums[name]
+            np.minimum(self._lowest, lowest, out=self._lowest)
+            np.maximum(self._highest, highest, out=self._highest)
+        self._shift = shift
         self._added[start:stop] = True
 
     def result(self) -> LayerMetrics:
@@ -574,92 +601,125 @@ class LayerAccumulator:
         return cast(LayerMetrics, record(heads, {mt.key: mt.compute(numbers) for mt in METRICS}))
 
 
-class _Buffers:
-    """The float64 work space of one block of rows: the probabilities clipped at 0, the
-    weights (``|i - j|``, then the local window, then ``log p``), where ``p > 0``, and the
-    key positions."""
+def _shared_stop(should_stop: StopCheck) -> StopCheck:
+    """`should_stop` for several threads: asked by one at a time, and never again once it said
+    stop (so a stop costs each thread at most the block it is in)."""
+    if should_stop is None:
+        return None
+    lock, said = threading.Lock(), []
 
-    def __init__(self, rows: int, k: int) -> None:
-        self.block = np.empty((rows, k))
-        self.weights = np.empty((rows, k))
-        self.positive = np.empty((rows, k), dtype=bool)
-        self.columns = np.arange(k, dtype=np.float64)
+    def asked() -> bool:
+        with lock:
+            if not said and should_stop():
+                said.append(True)
+            return bool(said)
+
+    return asked
 
 
-def _tile_sums(
-    head: np.ndarray,
-    start: int,
+def _metric_threads() -> int:
+    return min(_MAX_METRIC_THREADS, os.cpu_count() or 1)
+
+
+@functools.cache
+def _metric_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_metric_threads(), thread_name_prefix="metrics")
+
+
+class _Work:
+    """The work space of one block of rows of every head: the probabilities in the working
+    dtype when they need a copy (float64 input stays float64, the rest is float32), a product
+    buffer, and |i - j| and the local window as rows of strided views (no (rows, k) made)."""
+
+    def __init__(self, dtype: np.dtype, shape: tuple[int, int, int, int], q: int) -> None:
+        self.dtype = np.dtype(np.float64 if dtype == np.float64 else np.float32)
+        self.block = np.empty(shape, self.dtype)
+        self.product = np.empty(shape, self.dtype)
+        k = shape[-1]
+        self.q = q
+        # distances[q - 1 - i + j] = |i - j|: row i of the |i - j| matrix is a slice of it
+        self.distances = np.abs(np.arange(1 - q, k)).astype(self.dtype)
+        self.local = (self.distances <= max(1, k // 10)).astype(self.dtype)
+
+    def rows(self, base: np.ndarray, top: int, rows: int, k: int) -> np.ndarray:
+        """Rows ``top:top + rows`` of the (q, k) matrix whose row i is ``base[q-1-i:][:k]``:
+        a view, each row starting one element before the last."""
+        step = base.strides[0]
+        start = base[self.q - 1 - top :]
+        return np.lib.stride_tricks.as_strided(start, shape=(rows, k), strides=(-step, step))
+
+
+def _block_sums(
+    block: np.ndarray,
+    top: int,
     q: int,
-    shift: float,
-    buffers: _Buffers,
-    should_stop: StopCheck = None,
-) -> dict[str, float]:
-    """The sums of one head's query rows ``start:start + len(head)`` (a ``(rows, k)`` slice of
-    a ``q``-row matrix), in float64 block by block of rows: those of `_SUMS`, ``min`` and
-    ``max``, and ``shift``, the std's shift (the first block's mean when ``shift`` is NaN)."""
-    rows, k = head.shape
-    step = len(buffers.block)
-    window = max(1, k // 10)
+    shift: np.ndarray,
+    work: _Work,
+    sums: dict[str, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add the `_SUMS` of `block`, rows ``top:top + rows`` of every (item, head) ``(batch,
+    heads, rows, k)``, into `sums`; return each head's min and max there. Elementwise work
+    is in the working dtype, each row summed pairwise (numpy's sum), rows added in float64.
+    `shift`: each head's shift of the std."""
+    batch, heads, rows, k = block.shape
+    x = block
+    if x.dtype != work.dtype:
+        x = work.block[:, :, :rows]
+        np.copyto(x, block)
+    lowest = x.min(axis=(2, 3))
+    if not np.isfinite(lowest).all():
+        raise InvalidInputError(
+            f"attention rows {top}:{top + rows} hold NaN or infinite values; expected softmax "
+            "probabilities (finite, rows summing to 1)"
+        )
+    if lowest.min() < -_NEGATIVE_TOLERANCE:
+        raise InvalidInputError(
+            f"attention rows {top}:{top + rows} hold negative values (min "
+            f"{float(lowest.min()):.3g}); expected softmax probabilities, not raw scores"
+        )
+    if lowest.min() < 0:  # a hair below 0: counted as 0
+        x = np.maximum(x, 0, out=work.block[:, :, :rows])
+        lowest = np.maximum(lowest, 0)
+    f64 = np.float64
+    totals = x.sum(axis=3).sum(axis=2, dtype=f64)
+    if not np.isfinite(totals).all():
+        raise InvalidInputError(
+            f"attention rows {top}:{top + rows} hold NaN or infinite values; expected softmax "
+            "probabilities (finite, rows summing to 1)"
+        )
+    sums["total"] += totals
+    maxima = x.max(axis=3)
+    sums["row_max"] += maxima.sum(axis=2, dtype=f64)
+    on_diagonal = np.arange(top, min(top + rows, q, k))
+    if len(on_diagonal):
+        sums["diagonal"] += x[:, :, on_diagonal - top, on_diagonal].sum(axis=2, dtype=f64)
     edge = max(1, k // 20)
-    n_diag = min(q, k)
-    out = dict.fromkeys(_SUMS, 0.0)
-    lowest, highest = math.inf, -math.inf
-    for first in range(0, rows, step):
-        check_stop(should_stop)
-        last = min(rows, first + step)
-        top, bottom = start + first, start + last  # the block's rows in the layer
-        p = buffers.block[: last - first]
-        np.copyto(p, head[first:last])
-        raw_min = float(p.min())
-        if not math.isfinite(raw_min):
-            raise InvalidInputError(
-                f"attention rows {top}:{bottom} hold NaN or infinite values; expected softmax "
-                "probabilities (finite, rows summing to 1)"
-            )
-        if raw_min < -_NEGATIVE_TOLERANCE:
-            raise InvalidInputError(
-                f"attention rows {top}:{bottom} hold negative values (min {raw_min:.3g}); "
-                "expected softmax probabilities, not raw scores"
-            )
-        np.maximum(p, 0.0, out=p)
-        lowest = min(lowest, max(raw_min, 0.0))  # the min of the clipped block
-        block_total = float(p.sum())
-        if not math.isfinite(block_total):
-            raise InvalidInputError(
-                f"attention rows {top}:{bottom} hold NaN or infinite values; expected softmax "
-                "probabilities (finite, rows summing to 1)"
-            )
-        out["total"] += block_total
-        maxima = p.max(axis=1)
-        out["row_max"] += float(maxima.sum())
-        highest = max(highest, float(maxima.max()))
-        if top < n_diag:
-            on_diagonal = np.arange(top, min(bottom, n_diag))
-            out["diagonal"] += float(p[on_diagonal - top, on_diagonal].sum())
-        if 2 * edge >= k:
-            out["edge_mass"] += block_total
-        else:
-            out["edge_mass"] += float(p[:, :edge].sum() + p[:, k - edge :].sum())
+    if 2 * edge >= k:
+        sums["edge_mass"] += totals
+    else:
+        edges = x[..., :edge].sum(axis=3) + x[..., k - edge :].sum(axis=3)
+        sums["edge_mass"] += edges.sum(axis=2, dtype=f64)
 
-        w = buffers.weights[: last - first]
-        np.subtract.outer(np.arange(top, bottom, dtype=np.float64), buffers.columns, out=w)
-        np.abs(w, out=w)
-        out["distance"] += float(np.vdot(p, w))
-        np.less_equal(w, window, out=w)
-        out["window_mass"] += float(np.vdot(p, w))
-        mask = buffers.positive[: last - first]
-        np.greater(p, 0.0, out=mask)
-        w.fill(0.0)  # 0 log 0 = 0
-        np.log(p, out=w, where=mask)
-        out["entropy"] -= float(np.vdot(p, w))
+    def weighted(weights: np.ndarray) -> np.ndarray:
+        np.multiply(x, weights, out=t)
+        return t.sum(axis=3).sum(axis=2, dtype=f64)
 
-        if math.isnan(shift):
-            shift = block_total / p.size
-        np.subtract(p, shift, out=p)
-        out["deviation"] += float(p.sum())
-        out["squared_deviation"] += float(np.vdot(p, p))
-    out["min"], out["max"], out["shift"] = lowest, highest, shift
-    return out
+    t = work.product[:, :, :rows]
+    sums["distance"] += weighted(work.rows(work.distances, top, rows, k))
+    sums["window_mass"] += weighted(work.rows(work.local, top, rows, k))
+    if lowest.min() > 0:
+        np.log(x, out=t)
+    else:  # log(tiny) is finite, so 0 log 0 = 0
+        np.maximum(x, np.finfo(work.dtype).tiny, out=t)
+        np.log(t, out=t)
+    t *= x
+    sums["entropy"] -= t.sum(axis=3).sum(axis=2, dtype=f64)
+    around = shift[:, :, None, None].astype(work.dtype)
+    sums["deviation"] += totals - shift * (rows * k)
+    np.subtract(x, around, out=t)
+    t *= t
+    sums["squared_deviation"] += t.sum(axis=3).sum(axis=2, dtype=f64)
+    return lowest.astype(f64), maxima.max(axis=2).astype(f64)
 
 
 def _head_numbers(
@@ -717,6 +777,17 @@ ROLLOUT_POOLED_SIZE = 1024
 _ROLLOUT_POOLING_METHOD = "mean over query rows, sum over key columns"
 
 
+def rollout_pooling(size: int, block: int) -> dict[str, Any]:
+    """How a rollout of ``size`` positions pooled to blocks of ``block`` is described
+    (`Rollout.pooling`, ``summarize_layers``' and the service's ``"rollout_pooling"``)."""
+    return {
+        "size": int(size),
+        "pooled_size": pooled_length(int(size), int(block)),
+        "block": int(block),
+        "method": _ROLLOUT_POOLING_METHOD,
+    }
+
+
 class Rollout:
     """Attention rollout (Abnar & Zuidema, 2020), folded in one layer at a time.
 
@@ -759,12 +830,7 @@ class Rollout:
         `neural_attn.pooling.block_size` and ``P`` the cells a side."""
         if self._size is None or self._block == 1:
             return None
-        return {
-            "size": self._size,
-            "pooled_size": pooled_length(self._size, self._block),
-            "block": self._block,
-            "method": _ROLLOUT_POOLING_METHOD,
-        }
+        return rollout_pooling(self._size, self._block)
 
     def add(self, attention: Any) -> None:
         """Fold in the next layer: ``(batch, heads, n, n)`` (item 0 is used), ``(heads, n, n)``
@@ -867,9 +933,13 @@ class Rollout:
             columns = np.arange(0, n, block)
             for first in range(0, rows, step):
                 last = min(rows, first + step)
-                sums = np.zeros((last - first, len(columns)))
-                for head in item:  # keys first: the fold runs along the contiguous axis
-                    sums += fold_rows(np.maximum(head[first:last], 0.0).T, columns, "mean").T
+                heads_block = item[:, first:last]
+                if heads_block.min() < 0:
+                    heads_block = np.maximum(heads_block, 0.0)
+                # the heads' sum first, then keys (in float64): the fold runs along the
+                # contiguous axis, over one matrix instead of one per head
+                total = heads_block.sum(axis=0)
+                sums = fold_rows(total.T, columns, "mean").T
                 cells = np.arange(start + first, start + last) // block
                 segments = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
                 self._mixed[cells[segments]] += fold_rows(sums, segments, "mean")

@@ -396,6 +396,10 @@ def analyze_response(
         )
     response = pb.AnalyzeResponse(model_id=model_id, layers=layers)
     rollout = summary.pop("rollout", None)
+    pooled = summary.pop("rollout_pooling", None)
+    if rollout is not None and pooled is not None:
+        response.rollout_pooling.source_length = pooled["size"]
+        response.rollout_pooling.block = pooled["block"]
     if rollout is not None:
         # Each copy lets the one before it go (float64 -> float32 -> bytes -> the message),
         # so at most two sizes of the matrix exist at once, not a list of floats.

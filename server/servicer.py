@@ -9,9 +9,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from neural_attn.analysis import Rollout, layer_metrics
+from neural_attn.analysis import LayerAccumulator, Rollout, layer_metrics
 from neural_attn.backends.base import stopped
+from neural_attn.backends.streaming import Tile
 from neural_attn.chunk_codec import Serialized
+from neural_attn.dsl.ir import Layer
 from neural_attn.errors import (
     InvalidInputError,
 )
@@ -38,7 +40,40 @@ def _metrics(layers: Mapping[str, np.ndarray], context: grpc.ServicerContext) ->
             raise stopped()
         metrics[name] = layer_metrics(attention, should_stop=_stopper(context))
         rollout.add(attention)
-    return {"layers": metrics, "rollout": rollout.result()}
+    return _summary(metrics, rollout)
+
+
+def _summary_of_tiles(
+    tiles: Iterator[tuple[int, Layer, Tile]], should_stop: Callable[[], bool]
+) -> dict[str, Any]:
+    """`summarize_layers`' dict, summed tile by tile as the pass computes them: the metrics
+    and the rollout never need a whole layer (the rollout is pooled beyond its exact size)."""
+    layers: dict[str, Any] = {}
+    rollout = Rollout()
+    metrics: LayerAccumulator | None = None
+    for _, layer, tile in tiles:
+        values, start, last = tile.values, tile.start, tile.last
+        if metrics is None:
+            batch, heads, _, keys = values.shape
+            metrics = LayerAccumulator((batch, heads, tile.rows, keys))
+            rollout.begin(keys, queries=tile.rows)
+        del tile
+        metrics.add(start, values, should_stop=should_stop)
+        rollout.add_rows(start, values)
+        del values
+        if last:
+            layers[layer.name] = metrics.result()
+            rollout.end()
+            metrics = None
+    return _summary(layers, rollout)
+
+
+def _summary(layers: dict[str, Any], rollout: Rollout) -> dict[str, Any]:
+    """`analysis.summarize_layers`' dict: the metrics, the rollout and how it was pooled."""
+    summary: dict[str, Any] = {"layers": layers, "rollout": rollout.result()}
+    if rollout.pooling is not None:
+        summary["rollout_pooling"] = rollout.pooling
+    return summary
 
 
 class AttentionServicer(pb_grpc.AttentionServiceServicer):
@@ -118,22 +153,15 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
                     "Analyze computes metrics of the exact attention: leave out window and pooling"
                 )
             entry = self.resolve.model(request.extract)
-            plan = self.resolve.plan(request.extract, entry)
-            # Layer by layer as the pass computes them: metrics never need every layer at once.
-            layers: dict[str, Any] = {}
-            rollout = Rollout()
-            stream = self.engine.stream(entry, plan, should_stop=_stopper(context))
+            plan = self.resolve.plan(request.extract, entry, tiled=True)
+            stop = _stopper(context)
+            tiles = self.engine.tiles(entry, plan, should_stop=stop)
             try:
-                for _, layer, attention in stream:
-                    layers[layer.name] = layer_metrics(attention, should_stop=_stopper(context))
-                    rollout.add(attention)
-                    del attention
+                summary = _summary_of_tiles(tiles, stop)
             finally:
-                stream.close()
+                tiles.close()
             return convert.analyze_response(
-                {"layers": layers, "rollout": rollout.result()},
-                model_id=entry.model_id,
-                first_head=plan.head or 0,
+                summary, model_id=entry.model_id, first_head=plan.head or 0
             )
         raise InvalidInputError("an analyze request needs attention tensors or an extract request")
 

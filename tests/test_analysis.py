@@ -400,7 +400,8 @@ def test_metrics_equal_the_whole_layer_implementation(
 ) -> None:
     attention = _cases()[case]
     if block_rows is not None:  # force several blocks of query rows per head
-        monkeypatch.setattr(analysis, "_BLOCK_BYTES", 8 * attention.shape[-1] * block_rows)
+        size = int(np.prod(np.shape(attention)[:-2])) * attention.shape[-1] * block_rows
+        monkeypatch.setattr(analysis, "_METRIC_BLOCK_ELEMENTS", size)
     _assert_same_numbers(analyze_attention_patterns(attention), _reference_metrics(attention))
 
 

@@ -364,14 +364,24 @@ class LayerAnalysis(_message.Message):
     def __init__(self, layer_name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., num_heads: _Optional[int] = ..., heads: _Optional[_Iterable[_Union[HeadMetrics, _Mapping]]] = ..., avg_entropy: _Optional[float] = ..., avg_max_attention: _Optional[float] = ..., avg_diagonal_strength: _Optional[float] = ...) -> None: ...
 
 class AnalyzeResponse(_message.Message):
-    __slots__ = ("model_id", "layers", "rollout")
+    __slots__ = ("model_id", "layers", "rollout", "rollout_pooling")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_POOLING_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     layers: _containers.RepeatedCompositeFieldContainer[LayerAnalysis]
     rollout: Tensor
-    def __init__(self, model_id: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerAnalysis, _Mapping]]] = ..., rollout: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    rollout_pooling: RolloutPooling
+    def __init__(self, model_id: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerAnalysis, _Mapping]]] = ..., rollout: _Optional[_Union[Tensor, _Mapping]] = ..., rollout_pooling: _Optional[_Union[RolloutPooling, _Mapping]] = ...) -> None: ...
+
+class RolloutPooling(_message.Message):
+    __slots__ = ("source_length", "block")
+    SOURCE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    source_length: int
+    block: int
+    def __init__(self, source_length: _Optional[int] = ..., block: _Optional[int] = ...) -> None: ...
 
 class AnalysisMask(_message.Message):
     __slots__ = ("mask_padding", "padding_id", "positions")

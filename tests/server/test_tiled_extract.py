@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from neural_attn import analysis
 from neural_attn.client import AttentionClient
 from neural_attn.client._sinks import NpzSink
 from neural_attn.errors import ResourceLimitError
@@ -84,3 +85,30 @@ def test_a_tile_is_never_over_the_limit(tmp_path):
             list(client.extract_attention(model, ids))
         small = np.ones((1, 37), dtype=np.int64)  # one item: a row is half as long
         assert len(dict(client.extract_attention(model, small))) == 2
+
+
+@pytest.mark.parametrize("backend", ["pytorch", "tensorflow"])
+def test_metrics_and_the_pooled_rollout_from_tiles_equal_the_whole_layers(backend, monkeypatch):
+    """Analyze sums the metrics and the rollout tile by tile (no layer whole on the server, which
+    refuses to hold one): equal to numpy's on the whole layers, the rollout pooled as labelled."""
+    ids = np.random.default_rng(1).integers(1, 40, size=(2, 37))
+    with serving() as client:
+        model = client.compile(SOURCE, backend=backend)
+        whole = {k: np.array(v) for k, v in client.extract_attention(model, ids)}
+    monkeypatch.setattr(analysis, "ROLLOUT_EXACT_MAX", 36)  # 37 positions: pooled
+    monkeypatch.setattr(analysis, "ROLLOUT_POOLED_SIZE", 8)
+    local = analysis.summarize_layers(whole, rollout_as_list=False)
+    tiled = ServerConfig(tile_elements=5 * ROW, max_attention_elements=10 * ROW)
+    with serving(tiled) as client:
+        got = client.analyze(model=client.compile(SOURCE, backend=backend), data=ids)
+    assert list(got["layers"]) == list(whole)
+    for name, want in local["layers"].items():
+        for metric in analysis.numbers():
+            heads = range(want["num_heads"])
+            values = [analysis.head_value(got["layers"][name], metric, h) for h in heads]
+            wanted = [analysis.head_value(want, metric, h) for h in heads]
+            np.testing.assert_allclose(values, wanted, rtol=1e-6, atol=1e-9, err_msg=metric.key)
+        assert got["layers"][name]["pattern_per_head"] == want["pattern_per_head"]
+    assert got["rollout_pooling"] == local["rollout_pooling"] == analysis.rollout_pooling(37, 5)
+    assert got["rollout"].shape == (8, 8)
+    np.testing.assert_allclose(got["rollout"], local["rollout"], rtol=1e-5, atol=1e-7)
