@@ -27,13 +27,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from neural_attn.pooling import Pooling, block_counts, fold_rows, pooled_length
+from neural_attn.pooling import Pooling, block_counts, fold_rows, pool, pooled_length
 
 __all__ = [
     "Reduction",
     "Tile",
     "TiledReduction",
     "assemble",
+    "cut_on_host",
     "on_pass_thread",
     "running_passes",
     "stream_pass",
@@ -205,6 +206,15 @@ class TiledReduction:
             rows = block_counts(self.q1 - self.q0, bq, dtype=np.float64)
             pooled = (pooled / rows[:, None]).astype(np.float32)
         return Tile.whole(pooled)
+
+
+def cut_on_host(values: np.ndarray, cut: TileCut) -> np.ndarray:
+    """`cut` of an exact tile that is on the host already: what a backend's device cut makes
+    of it (one head, its rows and keys, the keys pooled), for `TiledReduction.add`."""
+    heads = slice(None) if cut.head is None else slice(cut.head, cut.head + 1)
+    (a, b), (k0, k1) = cut.rows, cut.keys
+    part = values[:, heads, a:b, k0:k1]
+    return part if cut.key_block == 1 else pool(part, 1, cut.key_block, cut.mode)
 
 
 _Job = tuple[Callable[[], None], threading.Event]

@@ -236,12 +236,11 @@ def _args(parser: argparse.ArgumentParser) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--forward-child":
         parsed = argparse.ArgumentParser()
-        parsed.add_argument("flag")
         parsed.add_argument("backend")
         parsed.add_argument("model")
         parsed.add_argument("--repeats", type=int, default=0)
         parsed.add_argument("--tile-elements", type=int, default=0)
-        a = parsed.parse_args()
+        a = parsed.parse_args(sys.argv[2:])
         forward_child(a.backend, a.model, a.repeats, a.tile_elements)
     else:
         section_main("6: any length, exact attention in tiles", run, add_args=_args)

@@ -382,18 +382,26 @@ class AttentionClient(ExtractionMixin, HeadAnalysisMixin):
         layers: Sequence[str] | None = None,
         head: int | None = None,
         sequence_length: int = 0,
+        pool_size: int = 0,
+        pool_mode: str = "max",
     ) -> dict[str, Any]:
         """Metrics per layer and head: for `attention` you send, or for a `model` the server runs.
 
         Returns {"model_id", "layers": {name: metrics}, "rollout"} with the documented
-        metric names (the same dict `neural_attn.analysis.summarize_layers` makes locally).
+        metric names (the same dict `neural_attn.analysis.summarize_layers` makes locally),
+        and "rollout_pooling" when the rollout is of pooled layers. With `pool_size` (a
+        model's pass), "pooled" is {name: `ExtractedLayer`} of the layers that pooling to
+        `pool_size` positions shrinks, from the same pass as the metrics, when the server
+        could send them with the answer (the others: `extract_layers(..., pool_size=)`).
         """
         if (attention is None) == (model is None):
             raise InvalidInputError("analyze needs either attention tensors or a model, not both")
         if attention is not None:
             return self._analyze(pb.AnalyzeRequest(attention=attention_set(attention)))
         assert model is not None
-        options = ExtractOptions(layers, head, sequence_length=sequence_length)
+        options = ExtractOptions(
+            layers, head, sequence_length=sequence_length, pool_size=pool_size, pool_mode=pool_mode
+        )
 
         def call(inline: bool) -> Iterator[dict[str, Any]]:
             request = self._extract_request(model, data, options, inline=inline)

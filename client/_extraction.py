@@ -6,59 +6,23 @@ A mixin of `AttentionClient` (which has the channel and the remembered sources).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from neural_attn import chunk_codec, wire
 from neural_attn.client import _connection as _conn
-from neural_attn.client._messages import ExtractOptions
+from neural_attn.client._messages import ExtractedLayer, ExtractOptions, pooling_of
 from neural_attn.client._results import CompileResult
-from neural_attn.client._sinks import LayerHeader, LayerSink, Pooling
+from neural_attn.client._sinks import LayerHeader, LayerSink
 from neural_attn.errors import InvalidInputError, ModelNotFoundError
 from neural_attn.v1 import attention_pb2 as pb
 
 _T = TypeVar("_T")
 
 
-@dataclass(frozen=True)
-class ExtractedLayer:
-    """One layer of an extraction: its header fields and what the sink made of it."""
-
-    name: str
-    index: int
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any]
-    head: int | None
-    pooling: Pooling | None
-    value: Any
-
-    @classmethod
-    def of(cls, header: LayerHeader, value: Any) -> ExtractedLayer:
-        return cls(
-            header.name,
-            header.index,
-            header.shape,
-            header.dtype,
-            header.head,
-            header.pooling,
-            value,
-        )
-
-
 def _layer_header(chunk: pb.AttentionChunk) -> LayerHeader:
-    pooling = None
-    if chunk.HasField("reduction"):
-        r = chunk.reduction
-        pooling = Pooling(
-            source_shape=tuple(int(n) for n in r.source_shape),
-            query=(int(r.query_start), int(r.query_stop)),
-            key=(int(r.key_start), int(r.key_stop)),
-            query_block=int(r.query_block),
-            key_block=int(r.key_block),
-            mode="mean" if r.mode == pb.MEAN else "max",
-        )
+    pooling = pooling_of(chunk.reduction) if chunk.HasField("reduction") else None
     return LayerHeader(
         name=chunk.layer_name,
         index=chunk.layer_index,

@@ -1,11 +1,14 @@
 """What `AttentionVisualizer` sends as input: text made into token ids with the model's own
-vocabulary or tokenizer, and token labels checked against the sequence length."""
+vocabulary or tokenizer, token labels checked against the sequence length, and `Ask`, what
+every call of one visualization asks."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,3 +67,26 @@ def text_input(
         split = split_text(text, vocabulary)
     check_ids(split, compiled.vocab_size, compiled.embedding_layer)
     return split.as_batch(), list(split.labels), split
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What every call of one `visualize_from_dsl` asks the server about."""
+
+    model: CompileResult
+    data: np.ndarray | None
+    layers: list[str] | None
+    tokens: Sequence[str] | None
+    dtype: str
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens) if self.tokens else 0
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.dtype).itemsize
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"layers": self.layers, "sequence_length": self.length, "dtype": self.dtype}

@@ -8,7 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from neural_attn import analysis, wire
+from neural_attn.client._sinks import LayerHeader
+from neural_attn.pooling import Pooling
 from neural_attn.v1 import attention_pb2 as pb
 
 
@@ -30,7 +34,53 @@ def analysis_dict(r: pb.AnalyzeResponse) -> dict[str, Any]:
         summary["rollout_pooling"] = analysis.rollout_pooling(
             r.rollout_pooling.source_length, r.rollout_pooling.block
         )
+    if r.pooled:
+        summary["pooled"] = {p.layer_name: pooled_layer(p) for p in r.pooled}
     return summary
+
+
+def pooling_of(r: pb.Reduction) -> Pooling:
+    """A `Reduction` message as the `Pooling` it describes."""
+    return Pooling(
+        source_shape=tuple(int(n) for n in r.source_shape),
+        query=(int(r.query_start), int(r.query_stop)),
+        key=(int(r.key_start), int(r.key_stop)),
+        query_block=int(r.query_block),
+        key_block=int(r.key_block),
+        mode="mean" if r.mode == pb.MEAN else "max",
+    )
+
+
+def pooled_layer(p: pb.PooledAttention) -> ExtractedLayer:
+    """One of an AnalyzeResponse's pooled layers."""
+    value = wire.from_proto(p.attention)
+    pooling = pooling_of(p.reduction) if p.HasField("reduction") else None
+    return ExtractedLayer(p.layer_name, -1, tuple(value.shape), value.dtype, None, pooling, value)
+
+
+@dataclass(frozen=True)
+class ExtractedLayer:
+    """One layer of an extraction: its header fields and what the sink made of it."""
+
+    name: str
+    index: int
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    head: int | None
+    pooling: Pooling | None
+    value: Any
+
+    @classmethod
+    def of(cls, header: LayerHeader, value: Any) -> ExtractedLayer:
+        return cls(
+            header.name,
+            header.index,
+            header.shape,
+            header.dtype,
+            header.head,
+            header.pooling,
+            value,
+        )
 
 
 @dataclass(frozen=True)

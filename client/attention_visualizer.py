@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +17,10 @@ import numpy as np
 from neural_attn.analysis import analyze_attention_patterns, summarize_layers
 from neural_attn.client import _outputs as outputs
 from neural_attn.client import render
-from neural_attn.client._client import AttentionClient, CompileResult
+from neural_attn.client._client import AttentionClient, CompileResult, ExtractedLayer
 from neural_attn.client._embedded import server_target
 from neural_attn.client._figures import parse_formats
-from neural_attn.client._inputs import check_tokens, text_input
+from neural_attn.client._inputs import Ask, check_tokens, text_input
 from neural_attn.client._outputs import VisualizationResult
 from neural_attn.client._progress import NPZ_MAX_BYTES, StreamProgress, expected_bytes, npz_too_big
 from neural_attn.client._sinks import ArraySink, NpzSink
@@ -40,29 +39,6 @@ Progress = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     pass
-
-
-@dataclass(frozen=True)
-class _Ask:
-    """What every call of one `visualize_from_dsl` asks the server about."""
-
-    model: CompileResult
-    data: np.ndarray | None
-    layers: list[str] | None
-    tokens: Sequence[str] | None
-    dtype: str
-
-    @property
-    def length(self) -> int:
-        return len(self.tokens) if self.tokens else 0
-
-    @property
-    def itemsize(self) -> int:
-        return np.dtype(self.dtype).itemsize
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return {"layers": self.layers, "sequence_length": self.length, "dtype": self.dtype}
 
 
 def _path(path: str | os.PathLike[str] | None) -> Path | None:
@@ -273,7 +249,7 @@ class AttentionVisualizer:
         compiled = self.compile(str(dsl_file), backend)
         input_data, tokens, split = text_input(compiled, input_data, tokens, text, tokenize)
         check_tokens(compiled, input_data, tokens)
-        ask = _Ask(compiled, input_data, [layer_name] if layer_name else None, tokens, dtype)
+        ask = Ask(compiled, input_data, [layer_name] if layer_name else None, tokens, dtype)
         out = outputs.OutputDir(output_dir, self._progress)
         got = self._fetch(ask, out, head_index, display_size, write_npz, npz_window, npz_max_bytes)
         figure = outputs.write_all(
@@ -292,7 +268,7 @@ class AttentionVisualizer:
     # -- what visualize_from_dsl fetches ----------------------------------------------------------
     def _fetch(
         self,
-        ask: _Ask,
+        ask: Ask,
         out: outputs.OutputDir,
         head_index: int | None,
         display_size: int,
@@ -301,9 +277,10 @@ class AttentionVisualizer:
         npz_max_bytes: int | None,
     ) -> outputs.Fetched:
         """The metrics, the attention to draw, and the npz (written as it streams in)."""
-        analysis = self._metrics(ask, head_index)
-        shapes = [tuple(int(n) for n in m["shape"]) for m in analysis["layers"].values()]
-        shown, pooling = self._for_display(ask, shapes, display_size)
+        analysis = self._metrics(ask, head_index, display_size)
+        layers = {name: tuple(int(n) for n in m["shape"]) for name, m in analysis["layers"].items()}
+        shown, pooling = self._for_display(ask, layers, display_size, analysis.pop("pooled", {}))
+        shapes = list(layers.values())
         npz = out.path / "attention_weights.npz"
         weights: Mapping[str, np.ndarray] = shown
         notes = []
@@ -318,11 +295,16 @@ class AttentionVisualizer:
         npz_name = npz.name if write_npz else None
         return outputs.Fetched(analysis, shown, pooling, weights, npz_name, npz_window, notes)
 
-    def _metrics(self, ask: _Ask, head_index: int | None) -> dict[str, Any]:
-        """Every layer's metrics and the rollout, computed on the server (no tensors move)."""
+    def _metrics(self, ask: Ask, head_index: int | None, display_size: int) -> dict[str, Any]:
+        """Every layer's metrics and the rollout, computed on the server, and from the same
+        pass the layers longer than `display_size` pooled to it (when they fit a reply)."""
         self._progress("computing metrics on the server")
         analysis = self.client.analyze(
-            model=ask.model, data=ask.data, layers=ask.layers, sequence_length=ask.length
+            model=ask.model,
+            data=ask.data,
+            layers=ask.layers,
+            sequence_length=ask.length,
+            pool_size=display_size,
         )
         for name, metrics in analysis["layers"].items():
             if head_index is not None and not 0 <= head_index < metrics["num_heads"]:
@@ -333,31 +315,42 @@ class AttentionVisualizer:
         return analysis
 
     def _for_display(
-        self, ask: _Ask, shapes: list[tuple[int, ...]], display_size: int
+        self,
+        ask: Ask,
+        shapes: Mapping[str, tuple[int, ...]],
+        display_size: int,
+        pooled: Mapping[str, ExtractedLayer],
     ) -> tuple[dict[str, np.ndarray], dict[str, Pooling]]:
-        """Each layer pooled on the server to `display_size` positions when it is longer;
+        """Each layer pooled on the server to `display_size` positions when it is longer (the
+        `pooled` ones came with the metrics; the others are asked for here), in model order;
         the layers that were, with their pooling."""
-        shown: dict[str, np.ndarray] = {}
-        pooling: dict[str, Pooling] = {}
-        total = expected_bytes(shapes, itemsize=ask.itemsize, pool_size=display_size)
-        with self._bar("attention for display", layers=len(shapes), total=total) as bar:
-            for layer in self.client.extract_layers(
-                ask.model,
-                ask.data,
-                pool_size=display_size,
-                sink=bar.wrap(ArraySink()),
-                **ask.options,
-            ):
-                if not self._progress_bar:
-                    self._progress(f"received {layer.name} {tuple(layer.shape)} for display")
-                shown[layer.name] = layer.value
-                if layer.pooling is not None and layer.pooling.pooled:
-                    pooling[layer.name] = layer.pooling
+        got = dict(pooled)
+        missing = [name for name in shapes if name not in got]
+        if missing:
+            rest = [shapes[name] for name in missing]
+            total = expected_bytes(rest, itemsize=ask.itemsize, pool_size=display_size)
+            with self._bar("attention for display", layers=len(rest), total=total) as bar:
+                for layer in self.client.extract_layers(
+                    ask.model,
+                    ask.data,
+                    pool_size=display_size,
+                    sink=bar.wrap(ArraySink()),
+                    **{**ask.options, "layers": missing},
+                ):
+                    if not self._progress_bar:
+                        self._progress(f"received {layer.name} {tuple(layer.shape)} for display")
+                    got[layer.name] = layer
+        shown = {name: got[name].value for name in shapes}
+        pooling = {
+            name: got[name].pooling
+            for name in shapes
+            if got[name].pooling is not None and got[name].pooling.pooled
+        }
         return shown, pooling
 
     def _npz(
         self,
-        ask: _Ask,
+        ask: Ask,
         npz: Path,
         shapes: list[tuple[int, ...]],
         exact: Mapping[str, np.ndarray] | None,

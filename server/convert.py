@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -369,12 +369,17 @@ def _check_rows(name: str, array: np.ndarray, should_stop: StopCheck = None) -> 
 
 
 def analyze_response(
-    summary: dict[str, Any], *, model_id: str = "", first_head: int = 0
+    summary: dict[str, Any],
+    *,
+    model_id: str = "",
+    first_head: int = 0,
+    reductions: Mapping[str, pb.Reduction | None] | None = None,
 ) -> pb.AnalyzeResponse:
     """Turn `analysis.summarize_layers` output into the response message (the rollout is
     taken out of `summary`, so that it can be freed early).
 
-    `first_head`: the model's index of the first head analysed (when one head was chosen).
+    `first_head`: the model's index of the first head analysed (when one head was chosen);
+    `reductions`: how each of ``summary["pooled"]``'s layers was cut and pooled.
     """
     layers = []
     for name, metrics in summary["layers"].items():
@@ -395,6 +400,12 @@ def analyze_response(
             )
         )
     response = pb.AnalyzeResponse(model_id=model_id, layers=layers)
+    for name, attention in summary.pop("pooled", {}).items():
+        entry = response.pooled.add(layer_name=name)
+        entry.attention.CopyFrom(wire.to_proto(np.asarray(attention, dtype=np.float32)))
+        reduction = (reductions or {}).get(name)
+        if reduction is not None:
+            entry.reduction.CopyFrom(reduction)
     rollout = summary.pop("rollout", None)
     pooled = summary.pop("rollout_pooling", None)
     if rollout is not None and pooled is not None:

@@ -290,7 +290,7 @@ class Engine:
                     f"is {limit:,}: send a shorter sequence or fewer items"
                 )
             pooling = reduction.pooling((n, n)) if layer.name in kept else None
-            if pooling is not None and reduction.pool_size:
+            if pooling is not None and pooling.pooled:  # else its exact rows leave as tiles
                 shown = 1 if reduction.head is not None else heads
                 out_q, out_k = pooling.shape
                 pooled = batch * shown * out_q * out_k

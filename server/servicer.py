@@ -4,6 +4,7 @@ here: errors are raised and the interceptor turns them into statuses."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -11,7 +12,7 @@ import numpy as np
 
 from neural_attn.analysis import LayerAccumulator, Rollout, layer_metrics
 from neural_attn.backends.base import stopped
-from neural_attn.backends.streaming import Tile
+from neural_attn.backends.streaming import Reduction, Tile, TiledReduction, cut_on_host
 from neural_attn.chunk_codec import Serialized
 from neural_attn.dsl.ir import Layer
 from neural_attn.errors import (
@@ -19,7 +20,7 @@ from neural_attn.errors import (
 )
 from neural_attn.server import convert
 from neural_attn.server.analyses import HeadAnalyses
-from neural_attn.server.engine import Engine
+from neural_attn.server.engine import Engine, ExtractPlan
 from neural_attn.server.resolve import Resolver
 from neural_attn.v1 import attention_pb2 as pb
 from neural_attn.v1 import attention_pb2_grpc as pb_grpc
@@ -44,28 +45,44 @@ def _metrics(layers: Mapping[str, np.ndarray], context: grpc.ServicerContext) ->
 
 
 def _summary_of_tiles(
-    tiles: Iterator[tuple[int, Layer, Tile]], should_stop: Callable[[], bool]
+    tiles: Iterator[tuple[int, Layer, Tile]],
+    should_stop: Callable[[], bool],
+    pooling: Reduction | None = None,
 ) -> dict[str, Any]:
     """`summarize_layers`' dict, summed tile by tile as the pass computes them: the metrics
-    and the rollout never need a whole layer (the rollout is pooled beyond its exact size)."""
+    and the rollout never need a whole layer (the rollout is pooled beyond its exact size).
+    With `pooling`, "pooled" holds the layers it shrinks, pooled from the same exact tiles."""
     layers: dict[str, Any] = {}
+    pooled: dict[str, np.ndarray] = {}
     rollout = Rollout()
     metrics: LayerAccumulator | None = None
+    reducer: TiledReduction | None = None
     for _, layer, tile in tiles:
-        values, start, last = tile.values, tile.start, tile.last
+        values, start, step, last = tile.values, tile.start, tile.step, tile.last
         if metrics is None:
             batch, heads, _, keys = values.shape
             metrics = LayerAccumulator((batch, heads, tile.rows, keys))
             rollout.begin(keys, queries=tile.rows)
+            if pooling is not None:
+                reducer = TiledReduction(pooling, (batch, heads, tile.rows, keys))
+        rows = int(values.shape[-2])
         del tile
         metrics.add(start, values, should_stop=should_stop)
         rollout.add_rows(start, values)
+        if reducer is not None and reducer.pooled:
+            cut = reducer.cut(start, start + rows)
+            done = reducer.add(start, step, cut_on_host(values, cut)) if cut else None
+            if done is not None:
+                pooled[layer.name] = done.values
         del values
         if last:
             layers[layer.name] = metrics.result()
             rollout.end()
-            metrics = None
-    return _summary(layers, rollout)
+            metrics = reducer = None
+    summary = _summary(layers, rollout)
+    if pooling is not None:
+        summary["pooled"] = pooled
+    return summary
 
 
 def _summary(layers: dict[str, Any], rollout: Rollout) -> dict[str, Any]:
@@ -148,22 +165,45 @@ class AttentionServicer(pb_grpc.AttentionServiceServicer):
             del arrays  # the tensors' bytes can go before the response is made
             return convert.analyze_response(summary)
         if which == "extract":
-            if request.extract.HasField("window") or request.extract.HasField("pooling"):
+            if request.extract.HasField("window"):
                 raise InvalidInputError(
-                    "Analyze computes metrics of the exact attention: leave out window and pooling"
+                    "Analyze computes metrics of the exact attention: leave out the window "
+                    "(ask ExtractAttention for one)"
                 )
             entry = self.resolve.model(request.extract)
-            plan = self.resolve.plan(request.extract, entry, tiled=True)
+            plan = self.resolve.plan(request.extract, entry, tiled=True)  # pooled layers held
+            pooling = self._pooled_in_reply(plan)
+            exact = replace(plan, reduction=Reduction(head=plan.head))
             stop = _stopper(context)
-            tiles = self.engine.tiles(entry, plan, should_stop=stop)
+            tiles = self.engine.tiles(entry, exact, should_stop=stop)
             try:
-                summary = _summary_of_tiles(tiles, stop)
+                summary = _summary_of_tiles(tiles, stop, pooling)
             finally:
                 tiles.close()
+            reductions = {
+                layer.name: convert.reduction_message(plan.reduction, plan.source_shape(layer))
+                for _, layer in plan.layers
+            }
             return convert.analyze_response(
-                summary, model_id=entry.model_id, first_head=plan.head or 0
+                summary, model_id=entry.model_id, first_head=plan.head or 0, reductions=reductions
             )
         raise InvalidInputError("an analyze request needs attention tensors or an extract request")
+
+    def _pooled_in_reply(self, plan: ExtractPlan) -> Reduction | None:
+        """The plan's pooling, without its head (the exact tiles have it), when the layers it
+        shrinks fit in half of a message together; else None (none are sent)."""
+        if not plan.reduction.pool_size:
+            return None
+        size = 0
+        for _, layer in plan.layers:
+            batch, heads, q, k = plan.source_shape(layer)
+            pooling = plan.reduction.pooling((q, k))
+            if pooling is not None and pooling.pooled:
+                rows, cols = pooling.shape
+                size += batch * (1 if plan.head is not None else heads) * rows * cols * 4
+        if size > self.config.max_message_bytes // 2:
+            return None
+        return Reduction(pool_size=plan.reduction.pool_size, pool_mode=plan.reduction.pool_mode)
 
     def ExportWeights(
         self, request: pb.ExportWeightsRequest, context: grpc.ServicerContext

@@ -364,16 +364,28 @@ class LayerAnalysis(_message.Message):
     def __init__(self, layer_name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., num_heads: _Optional[int] = ..., heads: _Optional[_Iterable[_Union[HeadMetrics, _Mapping]]] = ..., avg_entropy: _Optional[float] = ..., avg_max_attention: _Optional[float] = ..., avg_diagonal_strength: _Optional[float] = ...) -> None: ...
 
 class AnalyzeResponse(_message.Message):
-    __slots__ = ("model_id", "layers", "rollout", "rollout_pooling")
+    __slots__ = ("model_id", "layers", "rollout", "rollout_pooling", "pooled")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_POOLING_FIELD_NUMBER: _ClassVar[int]
+    POOLED_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     layers: _containers.RepeatedCompositeFieldContainer[LayerAnalysis]
     rollout: Tensor
     rollout_pooling: RolloutPooling
-    def __init__(self, model_id: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerAnalysis, _Mapping]]] = ..., rollout: _Optional[_Union[Tensor, _Mapping]] = ..., rollout_pooling: _Optional[_Union[RolloutPooling, _Mapping]] = ...) -> None: ...
+    pooled: _containers.RepeatedCompositeFieldContainer[PooledAttention]
+    def __init__(self, model_id: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerAnalysis, _Mapping]]] = ..., rollout: _Optional[_Union[Tensor, _Mapping]] = ..., rollout_pooling: _Optional[_Union[RolloutPooling, _Mapping]] = ..., pooled: _Optional[_Iterable[_Union[PooledAttention, _Mapping]]] = ...) -> None: ...
+
+class PooledAttention(_message.Message):
+    __slots__ = ("layer_name", "attention", "reduction")
+    LAYER_NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    layer_name: str
+    attention: Tensor
+    reduction: Reduction
+    def __init__(self, layer_name: _Optional[str] = ..., attention: _Optional[_Union[Tensor, _Mapping]] = ..., reduction: _Optional[_Union[Reduction, _Mapping]] = ...) -> None: ...
 
 class RolloutPooling(_message.Message):
     __slots__ = ("source_length", "block")

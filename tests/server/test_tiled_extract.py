@@ -71,8 +71,8 @@ def test_row_tiles_over_grpc_equal_the_whole_layer(backend, tmp_path):
         # What must hold a whole layer (37 rows) is refused, with the numbers.
         with pytest.raises(ResourceLimitError, match=r"10,952 values .*4 heads x 37\^2"):
             client.analyze_heads(model=model, data=ids)
-        with pytest.raises(ResourceLimitError, match=r"pooled would hold 10,952 values"):
-            list(client.extract_attention(model, ids, pool_size=37))
+        # Pooling to the full length pools nothing: the exact rows leave tile by tile.
+        assert len(dict(client.extract_attention(model, ids, pool_size=37))) == 2
 
 
 def test_a_tile_is_never_over_the_limit(tmp_path):
@@ -85,6 +85,14 @@ def test_a_tile_is_never_over_the_limit(tmp_path):
             list(client.extract_attention(model, ids))
         small = np.ones((1, 37), dtype=np.int64)  # one item: a row is half as long
         assert len(dict(client.extract_attention(model, small))) == 2
+    config = ServerConfig(tile_elements=ROW, max_attention_elements=2 * ROW)
+    with serving(config) as client:
+        model = client.compile(SOURCE, backend="pytorch")
+        ids = np.ones((2, 37), dtype=np.int64)
+        assert len(dict(client.extract_attention(model, ids))) == 2  # a tile is one row
+        # What a request keeps is bounded too: 2 items x 4 heads x 19 x 19 pooled cells.
+        with pytest.raises(ResourceLimitError, match=r"pooled would hold 2,888 values"):
+            list(client.extract_attention(model, ids, pool_size=19))
 
 
 @pytest.mark.parametrize("backend", ["pytorch", "tensorflow"])
@@ -100,8 +108,15 @@ def test_metrics_and_the_pooled_rollout_from_tiles_equal_the_whole_layers(backen
     local = analysis.summarize_layers(whole, rollout_as_list=False)
     tiled = ServerConfig(tile_elements=5 * ROW, max_attention_elements=10 * ROW)
     with serving(tiled) as client:
-        got = client.analyze(model=client.compile(SOURCE, backend=backend), data=ids)
+        model = client.compile(SOURCE, backend=backend)
+        got = client.analyze(model=model, data=ids, pool_size=8, pool_mode="mean")
+        assert "pooled" not in client.analyze(model=model, data=ids, pool_size=37)
     assert list(got["layers"]) == list(whole)
+    # The layers pooled for display come from the same pass: numpy's pooling of the whole.
+    assert list(got["pooled"]) == list(whole)
+    for name, layer in got["pooled"].items():
+        assert layer.pooling.query_block == layer.pooling.key_block == 5
+        np.testing.assert_allclose(layer.value, layer.pooling.apply(whole[name]), atol=1e-6)
     for name, want in local["layers"].items():
         for metric in analysis.numbers():
             heads = range(want["num_heads"])
