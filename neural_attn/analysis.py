@@ -513,21 +513,7 @@ class LayerAccumulator:
                 f"a tile of this layer of shape {self.shape} has shape "
                 f"({batch}, {heads}, rows, {k}) with at least one row; got {tuple(tile.shape)}"
             )
-        if isinstance(start, bool) or not isinstance(start, int | np.integer):
-            raise InvalidInputError(f"a tile's start is a query row (an int); got {start!r}")
-        start = int(start)
-        stop = start + tile.shape[2]
-        if start < 0 or stop > q:
-            raise InvalidInputError(
-                f"a tile of query rows {start}:{stop} lies outside the layer's rows [0, {q})"
-            )
-        already = self._added[start:stop]
-        if already.any():
-            row = start + int(np.argmax(already))
-            raise InvalidInputError(
-                f"a tile of query rows {start}:{stop} overlaps rows added before (row {row}); "
-                "each query row is added once"
-            )
+        start, stop = _new_rows(start, tile.shape[2], self._added, "tile")
         rows = tile.shape[2]
         step = max(1, min(rows, _METRIC_BLOCK_ELEMENTS // (batch * heads * k)))
         shift = self._shift.copy()
@@ -599,6 +585,27 @@ class LayerAccumulator:
         }
         numbers = HeadNumbers(numbers=m, k=int(k))
         return cast(LayerMetrics, record(heads, {mt.key: mt.compute(numbers) for mt in METRICS}))
+
+
+def _new_rows(start: Any, rows: int, added: np.ndarray, what: str) -> tuple[int, int]:
+    """[start, stop) of a tile of `rows` query rows, checked: inside the layer's rows (`added`
+    has one flag per row) and none of them added before."""
+    if isinstance(start, bool) or not isinstance(start, int | np.integer):
+        raise InvalidInputError(f"a tile's start is a query row (an int); got {start!r}")
+    start, q = int(start), len(added)
+    stop = start + rows
+    if start < 0 or stop > q:
+        raise InvalidInputError(
+            f"a {what} of query rows {start}:{stop} lies outside the layer's rows [0, {q})"
+        )
+    already = added[start:stop]
+    if already.any():
+        row = start + int(np.argmax(already))
+        raise InvalidInputError(
+            f"a {what} of query rows {start}:{stop} overlaps rows added before (row {row}); "
+            "each query row is added once"
+        )
+    return start, stop
 
 
 def _shared_stop(should_stop: StopCheck) -> StopCheck:
@@ -904,22 +911,7 @@ class Rollout:
             raise InvalidInputError(
                 f"a rollout tile has {heads} heads but the layer's first tile had {self._heads}"
             )
-        if isinstance(start, bool) or not isinstance(start, int | np.integer):
-            raise InvalidInputError(f"a tile's start is a query row (an int); got {start!r}")
-        start = int(start)
-        stop = start + rows
-        if start < 0 or stop > n:
-            raise InvalidInputError(
-                f"a rollout tile of query rows {start}:{stop} lies outside the layer's rows "
-                f"[0, {n})"
-            )
-        already = self._added[start:stop]
-        if already.any():
-            row = start + int(np.argmax(already))
-            raise InvalidInputError(
-                f"a rollout tile of query rows {start}:{stop} overlaps rows added before "
-                f"(row {row}); each query row is added once"
-            )
+        start, stop = _new_rows(start, rows, self._added, "rollout tile")
         self._heads = heads
         item = tile[0]
         step = _block_rows(n)
