@@ -154,21 +154,32 @@ class Mask:
         return keep
 
 
-def _masked_item(item: np.ndarray, keep: np.ndarray | None) -> np.ndarray | None:
+def _masked_item(
+    item: np.ndarray, keep: np.ndarray | None, should_stop: StopCheck = None
+) -> np.ndarray | None:
     """One item's (heads, q, k), masked positions removed and rows renormalized; rows with no
-    mass dropped. None when nothing is left. Unmasked square items pass through untouched."""
+    mass dropped. None when nothing is left. Unmasked square items pass through untouched.
+    Copied a head at a time in float64, asking `should_stop` before each."""
     if keep is None:
         return item
     q, k = item.shape[-2:]
     keep_q = keep[:q] if q == k else np.ones(q, dtype=bool)
-    kept = np.asarray(item[:, keep_q][:, :, keep[:k]], dtype=np.float64)
-    if kept.size == 0:
+    rows_q, cols = np.flatnonzero(keep_q), np.flatnonzero(keep[:k])
+    if len(rows_q) == 0 or len(cols) == 0 or item.shape[0] == 0:
         return None
+    kept = np.empty((item.shape[0], len(rows_q), len(cols)))
+    for h, head in enumerate(item):
+        check_stop(should_stop)
+        kept[h] = head[np.ix_(rows_q, cols)]
     sums = kept.sum(axis=-1, keepdims=True)
     rows = (sums > 0).all(axis=0)[:, 0]  # a row stays when every head has mass in it
     if not rows.any():
         return None
-    kept = kept[:, rows] / sums[:, rows]
+    if not rows.all():
+        kept, sums = kept[:, rows], sums[:, rows]
+    for h in range(len(kept)):
+        check_stop(should_stop)
+        kept[h] /= sums[h]
     return kept
 
 
@@ -179,7 +190,7 @@ def per_item_metrics(
     None for an item the mask leaves empty."""
     for b in range(attention.shape[0]):
         check_stop(should_stop)
-        item = _masked_item(attention[b], None if keep is None else keep[b])
+        item = _masked_item(attention[b], None if keep is None else keep[b], should_stop)
         yield (
             None
             if item is None
@@ -214,7 +225,7 @@ def masked_layer_metrics(
     items = []
     for b in range(attention.shape[0]):
         check_stop(should_stop)
-        if (item := _masked_item(attention[b], keep[b])) is not None:
+        if (item := _masked_item(attention[b], keep[b], should_stop)) is not None:
             items.append(item)
     heads = shape[1]
     if not items:

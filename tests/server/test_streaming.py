@@ -236,16 +236,22 @@ def test_bad_windows_and_pooling_are_invalid_argument(client, exact, options, wo
         list(client.extract_layers(model, _data(), **options))
 
 
-def test_analyze_refuses_reduced_attention(server_target, exact):
+def test_analyze_refuses_a_window_and_keeps_its_metrics_exact_when_pooling(server_target, exact):
     model, _ = exact["pytorch"]
     stub = pb_grpc.AttentionServiceStub(grpc.insecure_channel(server_target))
-    request = pb.AnalyzeRequest(
-        extract=pb.ExtractRequest(model_id=model.model_id, pooling=pb.Pooling(target_size=4))
-    )
+    window = pb.Window(query_start=0, query_stop=2, key_start=0, key_stop=2)
+    request = pb.AnalyzeRequest(extract=pb.ExtractRequest(model_id=model.model_id, window=window))
     with pytest.raises(grpc.RpcError) as info:
         stub.Analyze(request, timeout=60)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "exact attention" in info.value.details()
+    # Pooling pools only the layers sent back beside the metrics, never the metrics.
+    plain = stub.Analyze(pb.AnalyzeRequest(extract=pb.ExtractRequest(model_id=model.model_id)))
+    pooled = pb.ExtractRequest(model_id=model.model_id, pooling=pb.Pooling(target_size=4))
+    both = stub.Analyze(pb.AnalyzeRequest(extract=pooled), timeout=60)
+    assert list(both.layers) == list(plain.layers)
+    assert {p.layer_name for p in both.pooled} == {layer.layer_name for layer in plain.layers}
+    assert all(p.reduction.query_block > 1 for p in both.pooled)
 
 
 # 4 heads x 2,048^2 float32: 64 MiB a layer, far more than gRPC's flow-control windows and
