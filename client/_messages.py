@@ -29,7 +29,7 @@ def analysis_dict(r: pb.AnalyzeResponse) -> dict[str, Any]:
             **{m.average: getattr(la, m.average) for m in analysis.averaged() if m.average},
         }
     rollout = wire.from_proto(r.rollout) if r.HasField("rollout") else None
-    summary = {"model_id": r.model_id, "layers": layers, "rollout": rollout}
+    summary: dict[str, Any] = {"model_id": r.model_id, "layers": layers, "rollout": rollout}
     if rollout is not None and r.HasField("rollout_pooling"):
         summary["rollout_pooling"] = analysis.rollout_pooling(
             r.rollout_pooling.source_length, r.rollout_pooling.block

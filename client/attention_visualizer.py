@@ -341,11 +341,7 @@ class AttentionVisualizer:
                         self._progress(f"received {layer.name} {tuple(layer.shape)} for display")
                     got[layer.name] = layer
         shown = {name: got[name].value for name in shapes}
-        pooling = {
-            name: got[name].pooling
-            for name in shapes
-            if got[name].pooling is not None and got[name].pooling.pooled
-        }
+        pooling = {name: p for name in shapes if (p := got[name].pooling) and p.pooled}
         return shown, pooling
 
     def _npz(

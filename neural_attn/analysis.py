@@ -613,7 +613,8 @@ def _shared_stop(should_stop: StopCheck) -> StopCheck:
     stop (so a stop costs each thread at most the block it is in)."""
     if should_stop is None:
         return None
-    lock, said = threading.Lock(), []
+    lock = threading.Lock()
+    said: list[bool] = []  # [True] once it said stop
 
     def asked() -> bool:
         with lock:
@@ -639,7 +640,9 @@ class _Work:
     buffer, and |i - j| and the local window as rows of strided views (no (rows, k) made)."""
 
     def __init__(self, dtype: np.dtype, shape: tuple[int, int, int, int], q: int) -> None:
-        self.dtype = np.dtype(np.float64 if dtype == np.float64 else np.float32)
+        wide = dtype == np.float64
+        self.dtype = np.dtype(np.float64 if wide else np.float32)
+        self.tiny = float(np.finfo(np.float64 if wide else np.float32).tiny)
         self.block = np.empty(shape, self.dtype)
         self.product = np.empty(shape, self.dtype)
         k = shape[-1]
@@ -717,7 +720,7 @@ def _block_sums(
     if lowest.min() > 0:
         np.log(x, out=t)
     else:  # log(tiny) is finite, so 0 log 0 = 0
-        np.maximum(x, np.finfo(work.dtype).tiny, out=t)
+        np.maximum(x, work.tiny, out=t)
         np.log(t, out=t)
     t *= x
     sums["entropy"] -= t.sum(axis=3).sum(axis=2, dtype=f64)
