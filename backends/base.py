@@ -412,6 +412,10 @@ def stopped() -> CancelledError:
 
 class Backend(ABC):
     name: str
+    # Scores per tile of query rows (batch x heads x rows x keys) a model of this backend
+    # computes at once unless `BuiltModel.set_tile_elements` says otherwise: the size at which
+    # its framework computes a long layer fastest.
+    tile_elements: int
 
     @abstractmethod
     def build(

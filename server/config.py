@@ -20,8 +20,9 @@ class ServerConfig:
     max_input_elements: int = 16 * MIB  # elements of one input tensor
     max_sequence_length: int = 65536
     # Scores of one tile of query rows (batch x heads x rows x keys): a longer attention layer
-    # is computed a tile at a time, so no more of it exists at once.
-    tile_elements: int = 16 * MIB
+    # is computed a tile at a time, so no more of it exists at once. 0: each backend's own
+    # (`Backend.tile_elements`: 4 Mi for PyTorch, 16 Mi for TensorFlow).
+    tile_elements: int = 0
     # Attention values a request may hold at once: one tile and the reduced layer for
     # ExtractAttention and Analyze (which read layers in tiles), a whole layer for the analyses
     # that need one.

@@ -206,7 +206,7 @@ class Engine:
             network=network or None,
             max_layers=self.config.max_layers,  # refused while expanding, not after
         )
-        self._check_size(net)
+        self._check_size(net, backend)
         digest = weights.sha256 if weights else ""
         model_id = model_id_for(net, backend=backend, seed=seed, weights_sha256=digest)
 
@@ -224,12 +224,12 @@ class Engine:
                 raise ResourceLimitError(
                     f"network `{net.name}` nests too deeply for this server to build"
                 ) from None
-            model.set_tile_elements(self.config.tile_elements)
+            model.set_tile_elements(self._tile_elements(backend))
             return CompiledModel(model_id, net, model, seed, digest)
 
         return self.cache.get_or_build(model_id, build)
 
-    def _check_size(self, net: Network) -> None:
+    def _check_size(self, net: Network, backend: str) -> None:
         """Refuse, from the IR alone, a network whose build would be over the limits: its
         parameters, and the pass of one short sample some backends run to build it."""
         count = parameter_count(net)
@@ -241,7 +241,13 @@ class Engine:
         shape, _ = sample_shape(net, length=2)  # TensorFlow builds with a length-2 sample
         self._check_input(net, shape)
         # The build keeps no attention: the limits bound the tile it computes.
-        self._check_pass(net, batch=1, seq=shape[1] if len(shape) > 1 else 1, reduction=Reduction())
+        seq = shape[1] if len(shape) > 1 else 1
+        self._check_pass(net, backend, batch=1, seq=seq, reduction=Reduction())
+
+    def _tile_elements(self, backend: str) -> int:
+        """Scores per tile of query rows in a `backend` model: the server's flag, else the
+        backend's own size."""
+        return self.config.tile_elements or get_backend(backend).tile_elements
 
     def _check_input(self, net: Network, shape: tuple[int, ...]) -> None:
         size = math.prod(shape)
@@ -255,6 +261,7 @@ class Engine:
     def _check_pass(
         self,
         net: Network,
+        backend: str,
         *,
         batch: int,
         seq: int,
@@ -265,7 +272,7 @@ class Engine:
         the limits: the attention it holds at once and the widest activation.
 
         Every attention layer is computed, requested or not, a tile of query rows at a time
-        (`tile_elements` scores). With `reduction` (a caller that reads layers in tiles) the
+        (`_tile_elements` scores). With `reduction` (a caller that reads layers in tiles) the
         pass holds one tile, plus each `kept` layer's reduced attention where it is pooled
         (exact rows leave tile by tile); without, the caller holds a whole layer.
         """
@@ -282,7 +289,7 @@ class Engine:
                     )
                 continue
             row = batch * heads * n
-            rows = max(1, min(n, self.config.tile_elements // row))
+            rows = max(1, min(n, self._tile_elements(backend) // row))
             if row * rows > limit:
                 raise ResourceLimitError(
                     f"one tile of `{layer.name}` would hold {row * rows:,} scores (batch "
@@ -362,7 +369,7 @@ class Engine:
     def private_model(self, entry: CompiledModel) -> PrivateModel:
         """A private copy of `entry`'s model (same weights and seed) on the server's device."""
         model = entry.model.private_copy(seed=entry.seed, device=self.config.device)
-        model.set_tile_elements(self.config.tile_elements)
+        model.set_tile_elements(self._tile_elements(model.backend))
         return PrivateModel(model)
 
     def lookup(self, model_id: str) -> CompiledModel | None:
@@ -444,7 +451,7 @@ class Engine:
             _check_window(reduction, attention_length(layer, seq), layer.name)
         kept = {layer.name for _, layer in chosen}
         held = reduction if tiled else None
-        self._check_pass(net, batch=batch, seq=seq, reduction=held, kept=kept)
+        self._check_pass(net, entry.model.backend, batch=batch, seq=seq, reduction=held, kept=kept)
         if data is None:
             data = sample_input(net, seed=entry.seed, length=sequence_length or None)
         return ExtractPlan(data, chosen, reduction)

@@ -64,7 +64,8 @@ _HELP = {
     "max_input_elements": "elements of one input tensor",
     "max_sequence_length": "longest sequence a request may run",
     "tile_elements": "attention scores a layer computes at once (batch x heads x query rows x "
-    "keys); a longer layer is computed in tiles of query rows",
+    "keys); a longer layer is computed in tiles of query rows. 0: the backend's own (4194304 "
+    "for PyTorch, 16777216 for TensorFlow)",
     "max_attention_elements": "attention values one request may hold at once (one tile and the "
     "reduced layer when extracting; a whole layer for the head analyses)",
     "max_activation_elements": "elements of the largest tensor of a forward pass",

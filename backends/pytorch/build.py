@@ -312,6 +312,7 @@ def cut_attention(
 
 class PyTorchBackend(Backend):
     name = "pytorch"
+    tile_elements = blocks.TILE_ELEMENTS
 
     @_on_pass_thread
     def build(

@@ -334,6 +334,7 @@ def _pool_partial_blocks(probs: tf.Tensor, bq: int, bk: int, mode: str) -> tf.Te
 
 class TensorFlowBackend(Backend):
     name = "tensorflow"
+    tile_elements = blocks.TILE_ELEMENTS
 
     def build(
         self,
