@@ -128,22 +128,32 @@ class SelfAttention(keras.layers.Layer):
         key, value = mha._key_dense(x), mha._value_dense(x)
         length, rows = x.shape[1], self.tile_rows(x)
         keys = key_mask[:, None, :] if self.mask_padding and key_mask is not None else None
+        tile = getattr(self, "compiled_tile", None) or self.tile
         contexts = []
         for start in range(0, length, rows):
-            stop = min(length, start + rows)
-            scores = ops.einsum(mha._dot_product_equation, key, query[:, start:stop])
-            mask = keys
-            if self.causal:  # key j is allowed for query i when j <= i
-                causal = ops.arange(length)[None, :] <= ops.arange(start, stop)[:, None]
-                mask = causal[None] if mask is None else ops.logical_and(mask, causal[None])
-            probs = mha._masked_softmax(scores, mask)
-            del scores
+            probs, context = tile(
+                query[:, start : start + rows], key, value, keys, ops.array(start), training
+            )
             if tiles is not None:
                 tiles(start, probs, length, rows)
-            probs = mha._dropout_layer(probs, training=training)
-            contexts.append(ops.einsum(mha._combine_equation, probs, value))
             del probs
+            contexts.append(context)
         return mha._output_dense(ops.concatenate(contexts, axis=1))
+
+    def tile(self, query, key, value, keys, start, training=False):
+        """One tile: the probabilities [batch, head, rows, key] of the (scaled) `query` rows
+        that begin at row `start`, and their context rows. `keys`: the padding mask
+        [batch, 1, key] or None."""
+        mha, ops = self.mha, keras.ops
+        scores = ops.einsum(mha._dot_product_equation, key, query)
+        mask = keys
+        if self.causal:  # key j is allowed for query i when j <= i
+            rows = ops.shape(query)[1]
+            causal = ops.arange(ops.shape(key)[1])[None, :] <= (start + ops.arange(rows))[:, None]
+            mask = causal[None] if mask is None else ops.logical_and(mask, causal[None])
+        probs = mha._masked_softmax(scores, mask)
+        dropped = mha._dropout_layer(probs, training=training)
+        return probs, ops.einsum(mha._combine_equation, dropped, value)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -101,6 +101,11 @@ def _compile_calls(layers: list[keras.layers.Layer]) -> None:
             # object.__setattr__: a function is not a layer for Keras to track.
             compiled = tf.function(layer.__call__, reduce_retracing=True)
             object.__setattr__(layer, "compiled_call", compiled)
+            # A long layer runs op by op between its tiles, each tile one graph.
+            attention = getattr(layer, "attention", layer)
+            if isinstance(attention, blocks.SelfAttention):
+                tile = tf.function(attention.tile, reduce_retracing=True)
+                object.__setattr__(attention, "compiled_tile", tile)
 
 
 def _all_layers(layers: list[keras.layers.Layer]) -> Iterator[keras.layers.Layer]:
