@@ -42,8 +42,9 @@ def activation(name):
 # Query rows per tile are chosen so one tile's scores hold at most this many values (64 MiB of
 # float32): a long layer is computed a tile of query rows at a time, each row's softmax over
 # all its keys, so memory per layer is O(rows x keys), never O(keys^2). Short ones are one tile.
-# Tiles run eagerly, op by op, so fewer and larger ones are faster here: at 2 x 8 x 4,096² on
-# 2 cores, 0.96 s a pass with 64 MiB tiles, 1.18 s with 16 MiB ones, 0.92 s with whole layers.
+# Each tile is a call from Python (a graph where the backend compiled `tile`), so fewer, larger
+# ones are faster here: at 2 x 8 x 4,096² on 2 cores, 0.77 s a pass with 64 MiB tiles, 0.94 s
+# with 16 MiB ones, 0.86 to 0.95 s with whole layers.
 TILE_ELEMENTS = 1 << 24
 
 
