@@ -318,7 +318,7 @@ _NEGATIVE_TOLERANCE = 1e-6
 _BLOCK_BYTES = 16 * 2**20
 # Values of one block of rows (every head) the metrics work on at once: two buffers of it, in
 # float32 about 1 MiB each, stay in the cache through the dozen passes over them.
-_METRIC_BLOCK_ELEMENTS = 2**18
+_METRIC_BLOCK_ELEMENTS = 2**20
 _MAX_METRIC_THREADS = 4  # threads that sum the blocks of one tile
 
 _SHAPES_THAT_WORK = (
@@ -649,7 +649,9 @@ class _Work:
         self.q = q
         # distances[q - 1 - i + j] = |i - j|: row i of the |i - j| matrix is a slice of it
         self.distances = np.abs(np.arange(1 - q, k)).astype(self.dtype)
-        self.local = (self.distances <= max(1, k // 10)).astype(self.dtype)
+        self.window = max(1, k // 10)
+        self.local = (self.distances <= self.window).astype(self.dtype)
+        self.columns = np.arange(k, dtype=self.dtype)
 
     def rows(self, base: np.ndarray, top: int, rows: int, k: int) -> np.ndarray:
         """Rows ``top:top + rows`` of the (q, k) matrix whose row i is ``base[q-1-i:][:k]``:
@@ -710,26 +712,47 @@ def _block_sums(
         edges = x[..., :edge].sum(axis=3) + x[..., k - edge :].sum(axis=3)
         sums["edge_mass"] += edges.sum(axis=2, dtype=f64)
 
-    def weighted(weights: np.ndarray) -> np.ndarray:
-        np.multiply(x, weights, out=t)
-        return t.sum(axis=3).sum(axis=2, dtype=f64)
-
     t = work.product[:, :, :rows]
-    sums["distance"] += weighted(work.rows(work.distances, top, rows, k))
-    sums["window_mass"] += weighted(work.rows(work.local, top, rows, k))
+    _distance_sums(x, top, work, t, sums)
     if lowest.min() > 0:
         np.log(x, out=t)
     else:  # log(tiny) is finite, so 0 log 0 = 0
         np.maximum(x, work.tiny, out=t)
         np.log(t, out=t)
-    t *= x
-    sums["entropy"] -= t.sum(axis=3).sum(axis=2, dtype=f64)
+    sums["entropy"] -= np.vecdot(x, t).sum(axis=2, dtype=f64)
     around = shift[:, :, None, None].astype(work.dtype)
     sums["deviation"] += totals - shift * (rows * k)
     np.subtract(x, around, out=t)
-    t *= t
-    sums["squared_deviation"] += t.sum(axis=3).sum(axis=2, dtype=f64)
+    sums["squared_deviation"] += np.vecdot(t, t).sum(axis=2, dtype=f64)
     return lowest.astype(f64), maxima.max(axis=2).astype(f64)
+
+
+def _distance_sums(
+    x: np.ndarray, top: int, work: _Work, t: np.ndarray, sums: dict[str, np.ndarray]
+) -> None:
+    """Add the "distance" and "window_mass" sums of `x`, rows ``top:top + rows`` ``(batch,
+    heads, rows, k)``. Only the keys within the local window of some row of the block (the
+    near ones) are weighed one by one; every far key lies on the same side of all its rows,
+    so its share of ``sum_j p_ij |i - j|`` is two sums per row, taken by one product with
+    (1, distance from row ``top``), and it adds nothing to the window mass."""
+    rows, k, f64 = x.shape[2], x.shape[3], np.float64
+    lo, hi = min(k, max(0, top - work.window)), min(k, top + rows + work.window)
+    near, out = x[..., lo:hi], t[..., : hi - lo]
+    np.multiply(near, work.rows(work.distances, top, rows, k)[:, lo:hi], out=out)
+    distance = out.sum(axis=3)
+    np.multiply(near, work.rows(work.local, top, rows, k)[:, lo:hi], out=out)
+    sums["window_mass"] += out.sum(axis=3).sum(axis=2, dtype=f64)
+    below = np.arange(rows, dtype=f64)  # i - top
+    for keys, sign in ((slice(0, lo), 1.0), (slice(hi, k), -1.0)):
+        far = x[..., keys]
+        if not far.shape[3]:
+            continue
+        # i - j = (top - j) + (i - top) left of the block, j - i = (j - top) - (i - top) right
+        weights = np.stack([np.ones_like(work.columns[keys]), np.abs(top - work.columns[keys])], 1)
+        mass, offset = np.moveaxis(np.matmul(far, weights), -1, 0)
+        distance += offset
+        sums["distance"] += sign * (mass.astype(f64) @ below)
+    sums["distance"] += distance.sum(axis=2, dtype=f64)
 
 
 def _head_numbers(
