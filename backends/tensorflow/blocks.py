@@ -125,8 +125,7 @@ class SelfAttention(keras.layers.Layer):
         """The layer a tile of query rows at a time: MultiHeadAttention's own projections,
         equations, masked softmax and output projection, on rows start..stop each."""
         mha, ops = self.mha, keras.ops
-        query = ops.multiply(mha._query_dense(x), 1.0 / math.sqrt(float(self.key_dim)))
-        key, value = mha._key_dense(x), mha._value_dense(x)
+        query, key, value = (getattr(self, "compiled_project", None) or self.project)(x)
         length, rows = x.shape[1], self.tile_rows(x)
         keys = key_mask[:, None, :] if self.mask_padding and key_mask is not None else None
         tile = getattr(self, "compiled_tile", None) or self.tile
@@ -140,6 +139,12 @@ class SelfAttention(keras.layers.Layer):
             del probs
             contexts.append(context)
         return mha._output_dense(ops.concatenate(contexts, axis=1))
+
+    def project(self, x):
+        """The scaled queries, the keys and the values of x, [batch, length, head, key_dim]."""
+        mha = self.mha
+        query = keras.ops.multiply(mha._query_dense(x), 1.0 / math.sqrt(float(self.key_dim)))
+        return query, mha._key_dense(x), mha._value_dense(x)
 
     def tile(self, query, key, value, keys, start, training=False):
         """One tile: the probabilities [batch, head, rows, key] of the (scaled) `query` rows
@@ -225,25 +230,25 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, x, key_mask=None, training=False, return_attention_scores=False, tiles=None):
+        a, probs = self.attention(
+            self.attention_norm(x) if self.norm_first else x,
+            key_mask=key_mask,
+            training=training,
+            return_attention_scores=True,
+            tiles=tiles,
+        )
+        x = (getattr(self, "compiled_rest", None) or self.rest)(x, a, training=training)
+        return (x, probs) if return_attention_scores else x
+
+    def rest(self, x, a, training=False):
+        """The block after its attention: x the block's input, a the attention's output."""
         if self.norm_first:
-            a, probs = self.attention(
-                self.attention_norm(x),
-                key_mask=key_mask,
-                training=training,
-                return_attention_scores=True,
-                tiles=tiles,
-            )
             x = x + self.attention_dropout(a, training=training)
             f = self.ffn_2(self.ffn_1(self.ffn_norm(x)))
-            x = x + self.ffn_dropout(f, training=training)
-            return (x, probs) if return_attention_scores else x
-        a, probs = self.attention(
-            x, key_mask=key_mask, training=training, return_attention_scores=True, tiles=tiles
-        )
+            return x + self.ffn_dropout(f, training=training)
         x = self.attention_norm(x + self.attention_dropout(a, training=training))
         f = self.ffn_2(self.ffn_1(x))
-        x = self.ffn_norm(x + self.ffn_dropout(f, training=training))
-        return (x, probs) if return_attention_scores else x
+        return self.ffn_norm(x + self.ffn_dropout(f, training=training))
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -101,11 +101,16 @@ def _compile_calls(layers: list[keras.layers.Layer]) -> None:
             # object.__setattr__: a function is not a layer for Keras to track.
             compiled = tf.function(layer.__call__, reduce_retracing=True)
             object.__setattr__(layer, "compiled_call", compiled)
-            # A long layer runs op by op between its tiles, each tile one graph.
+            # A block whose layer is longer than one tile runs from Python, tile by tile: its
+            # projections, each tile and the rest of the block are graphs of their own.
             attention = getattr(layer, "attention", layer)
             if isinstance(attention, blocks.SelfAttention):
-                tile = tf.function(attention.tile, reduce_retracing=True)
-                object.__setattr__(attention, "compiled_tile", tile)
+                for part in ("project", "tile"):
+                    compiled = tf.function(getattr(attention, part), reduce_retracing=True)
+                    object.__setattr__(attention, f"compiled_{part}", compiled)
+            if isinstance(layer, blocks.TransformerEncoderBlock):
+                compiled = tf.function(layer.rest, reduce_retracing=True)
+                object.__setattr__(layer, "compiled_rest", compiled)
 
 
 def _all_layers(layers: list[keras.layers.Layer]) -> Iterator[keras.layers.Layer]:
