@@ -63,9 +63,9 @@ def pool(arr: np.ndarray, query_block: int, key_block: int, mode: str) -> np.nda
     q, k = arr.shape[-2:]
     row_starts, col_starts = np.arange(0, q, query_block), np.arange(0, k, key_block)
     if mode == "max":
-        out = arr if query_block == 1 else np.maximum.reduceat(arr, row_starts, axis=-2)
+        out = arr if query_block == 1 else fold_rows(arr, row_starts, "max")
         return out if key_block == 1 else np.maximum.reduceat(out, col_starts, axis=-1)
-    sums = np.add.reduceat(arr, row_starts, axis=-2, dtype=np.float64)
+    sums = fold_rows(arr, row_starts, "mean")
     sums = np.add.reduceat(sums, col_starts, axis=-1)
     counts = np.outer(
         block_counts(q, query_block, dtype=np.int64), block_counts(k, key_block, dtype=np.int64)
@@ -74,12 +74,26 @@ def pool(arr: np.ndarray, query_block: int, key_block: int, mode: str) -> np.nda
     return result
 
 
+# Up to this many segments, fold_rows reduces each with one call: numpy's reduceat along an
+# axis that is not the last one is about 10x slower than a max or sum over whole rows (16 rows
+# of 8 x 32,768: 28 ms against 2.7), and a call per segment only loses once there are many
+# short ones (1,024 segments of 32 rows of 16: 1.1 ms against 4.1).
+_FEW_SEGMENTS = 64
+
+
 def fold_rows(arr: np.ndarray, starts: np.ndarray, mode: str) -> np.ndarray:
-    """The rows (axis -2) of ``arr`` reduced in the segments that begin at ``starts``: their max
-    (``arr``'s dtype), or for "mean" their float64 sums (the caller divides by the counts)."""
+    """The rows (axis -2) of ``arr`` reduced in the segments that begin at ``starts`` (rising,
+    the first 0): their max (``arr``'s dtype), or for "mean" their float64 sums (the caller
+    divides by the counts)."""
+    if len(starts) > _FEW_SEGMENTS:
+        if mode == "max":
+            return np.maximum.reduceat(arr, starts, axis=-2)
+        return np.add.reduceat(arr, starts, axis=-2, dtype=np.float64)
+    bounds = [*(int(a) for a in starts), arr.shape[-2]]
+    segments = [arr[..., a:b, :] for a, b in zip(bounds, bounds[1:], strict=False)]
     if mode == "max":
-        return np.maximum.reduceat(arr, starts, axis=-2)
-    return np.add.reduceat(arr, starts, axis=-2, dtype=np.float64)
+        return np.stack([segment.max(axis=-2) for segment in segments], axis=-2)
+    return np.stack([segment.sum(axis=-2, dtype=np.float64) for segment in segments], axis=-2)
 
 
 @dataclass(frozen=True)
