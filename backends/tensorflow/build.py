@@ -154,17 +154,49 @@ class TensorFlowModel(BuiltModel):
         device: str,
         weights: dict[str, np.ndarray] | None = None,
     ) -> None:
-        padding = padding_masked_layers(network)
         self.network = network
         self.device = device
-        with tf.device(self._tf_device):
-            self.model = blocks.NeuralModel(
-                [instantiate(constructor(layer, padding), _NAMESPACE) for layer in network.layers],
-                name=network.name,
-            )
-            self.model(sample_input(network, seed=seed, length=2))  # builds every variable
+        chosen = initial_weights(network, seed) if weights is None else weights
+        sample = sample_input(network, seed=seed, length=2)
+        # Keras builds every variable in a first pass. Two positions build the same variables
+        # as any length for nearly every network, and a pass at a fixed 16,384 tokens took 23 s
+        # (eagerly, before anything is compiled); a network whose variables depend on the
+        # length (a Flatten before a Dense) is built again at its own.
+        self.model = self._new_model(sample[:, :2] if sample.ndim > 1 else sample)
+        if self.model is None or not self._fits(chosen):
+            self.model = self._new_model(sample, fallback=False)
         _compile_calls(self.model.blocks)
-        self.set_weights(initial_weights(network, seed) if weights is None else weights)
+        self.set_weights(chosen)
+
+    def _new_model(self, sample: np.ndarray, fallback: bool = True) -> Any:
+        """The network's Keras model, built by a pass of `sample`; None when that pass fails
+        and a `fallback` (a build at the full length) follows."""
+        padding = padding_masked_layers(self.network)
+        with tf.device(self._tf_device):
+            model = blocks.NeuralModel(
+                [
+                    instantiate(constructor(layer, padding), _NAMESPACE)
+                    for layer in self.network.layers
+                ],
+                name=self.network.name,
+            )
+            try:
+                model(sample)
+            except Exception:
+                if not fallback:
+                    raise
+                return None
+        return model
+
+    def _fits(self, weights: dict[str, np.ndarray]) -> bool:
+        """Whether every variable has the shape of its neutral weight."""
+        try:
+            variables = self._all_variables()
+        except Exception:  # a layer that did not build its variables the way they are read
+            return False
+        return variables.keys() == weights.keys() and all(
+            tuple(var.shape) == np.shape(weights[key]) for key, var in variables.items()
+        )
 
     @property
     def _tf_device(self) -> str:
