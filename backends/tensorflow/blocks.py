@@ -43,8 +43,8 @@ def activation(name):
 # float32): a long layer is computed a tile of query rows at a time, each row's softmax over
 # all its keys, so memory per layer is O(rows x keys), never O(keys^2). Short ones are one tile.
 # Each tile is a call from Python (a graph where the backend compiled `tile`), so fewer, larger
-# ones are faster here: at 2 x 8 x 4,096² on 2 cores, 0.77 s a pass with 64 MiB tiles, 0.94 s
-# with 16 MiB ones, 0.86 to 0.95 s with whole layers.
+# ones are faster here: at 2 x 8 x 4,096² on 2 cores, 0.71 s a pass with 64 MiB tiles against
+# 0.73 s with whole layers (bench section 6); 16 MiB tiles took 0.83 to 1.02 s.
 TILE_ELEMENTS = 1 << 24
 
 
