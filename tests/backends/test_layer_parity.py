@@ -73,6 +73,23 @@ NETWORKS = {
           Dense(6)
           BatchNormalization(momentum=0.5, epsilon=0.2)
     """,
+    # TensorFlow builds with two positions first: here that builds other variables (a
+    # Flatten of 2 x 4 before the Dense, not 7 x 4), or fails (a kernel of 3 over 2 positions),
+    # and the model is built again at its own length.
+    "flatten_of_a_sequence": """
+        input: (7, 5)
+        layers:
+          Dense(4)
+          Flatten()
+          Dense(3)
+    """,
+    "conv1d_flatten": """
+        input: (7, 5)
+        layers:
+          Conv1D(4, 3)
+          Flatten()
+          Dense(2)
+    """,
     "lstm": """
         input: (7, 5)
         layers:
