@@ -90,8 +90,9 @@ class _PassHooks:
     pass's `capture` the moment it exists (`blocks.AttentionTile`), not when its block
     returns, and `capture.gate()` runs right before the next layer's scores are computed
     (after the value projection): so a stream's consumer sends one layer while the pass
-    computes the rest of that block and the next one's projections, and one tile's attention
-    still exists at a time. A long layer is asked `should_stop` between its tiles.
+    computes the rest of that block and the next one's projections. Within a long layer the
+    pass computes the next tile while the consumer has the last one, and waits there (two
+    tiles exist at most); it is asked `should_stop` between its tiles.
     """
 
     def __init__(self, model: blocks.NeuralNet) -> None:
