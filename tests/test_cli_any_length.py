@@ -29,7 +29,7 @@ network Longest {{
 """
 LAYER = "transformer_encoder_0"
 WHOLE_LAYER = LENGTH * LENGTH * 4  # one float32 layer: 4 GiB
-RSS_BOUND = 3 * 2**30  # torch, the model, tiles of 64 MiB and their work space, generously
+RSS_BOUND = 3 * 2**30  # torch, the model, tiles of 16 MiB and their work space, generously
 
 
 @pytest.fixture(scope="module")
