@@ -14,9 +14,9 @@ import pytest
 from neural_attn.v1 import attention_pb2 as pb
 from neural_attn.v1 import attention_pb2_grpc as pb_grpc
 
-# One layer of 32 heads x 8,192^2 scores (2.1 billion, seconds of work), in tiles of 2^22 (PyTorch)
-# or 2^24 (TensorFlow);
-# computed whole (which the limits now refuse) it ran on for seconds past the deadline.
+# One layer of 32 heads x 8,192^2 scores (2.1 billion, seconds of work), in tiles of 2^22
+# (PyTorch) or 2^24 (TensorFlow); computed whole (which the limits now refuse) it ran on for
+# seconds past the deadline.
 ONE_LONG_LAYER = """
 network OneLong {
   input: (8192, 64)
