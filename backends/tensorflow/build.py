@@ -162,15 +162,18 @@ class TensorFlowModel(BuiltModel):
         # as any length for nearly every network, and a pass at a fixed 16,384 tokens took 23 s
         # (eagerly, before anything is compiled); a network whose variables depend on the
         # length (a Flatten before a Dense) is built again at its own.
-        self.model = self._new_model(sample[:, :2] if sample.ndim > 1 else sample)
-        if self.model is None or not self._fits(chosen):
-            self.model = self._new_model(sample, fallback=False)
+        try:
+            self.model = self._new_model(sample[:, :2])
+            fits = self._fits(chosen)
+        except Exception:  # the short pass failed (a kernel longer than two positions)
+            fits = False
+        if not fits:
+            self.model = self._new_model(sample)
         _compile_calls(self.model.blocks)
         self.set_weights(chosen)
 
-    def _new_model(self, sample: np.ndarray, fallback: bool = True) -> Any:
-        """The network's Keras model, built by a pass of `sample`; None when that pass fails
-        and a `fallback` (a build at the full length) follows."""
+    def _new_model(self, sample: np.ndarray) -> Any:
+        """The network's Keras model, its variables built by a pass of `sample`."""
         padding = padding_masked_layers(self.network)
         with tf.device(self._tf_device):
             model = blocks.NeuralModel(
@@ -180,20 +183,12 @@ class TensorFlowModel(BuiltModel):
                 ],
                 name=self.network.name,
             )
-            try:
-                model(sample)
-            except Exception:
-                if not fallback:
-                    raise
-                return None
+            model(sample)
         return model
 
     def _fits(self, weights: dict[str, np.ndarray]) -> bool:
         """Whether every variable has the shape of its neutral weight."""
-        try:
-            variables = self._all_variables()
-        except Exception:  # a layer that did not build its variables the way they are read
-            return False
+        variables = self._all_variables()
         return variables.keys() == weights.keys() and all(
             tuple(var.shape) == np.shape(weights[key]) for key, var in variables.items()
         )

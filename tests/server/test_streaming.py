@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from neural_attn.backends.base import get_backend
+from neural_attn.backends.pytorch.blocks import tile_rows
 from neural_attn.backends.streaming import running_passes
 from neural_attn.errors import InvalidInputError
 from neural_attn.v1 import attention_pb2 as pb
@@ -282,8 +283,7 @@ def test_a_reader_that_stops_reading_stops_the_pass(server_target, monkeypatch):
     time.sleep(2.0)  # the reader pauses with most of layer 0 still unread
     # The layer goes by in tiles of query rows (4 x 2,048² scores is over PyTorch's tile size):
     # while the first is sent the pass computes the next one, and goes no further.
-    budget = get_backend("pytorch").tile_elements
-    tiles = math.ceil(2048 / min(2048, budget // (4 * 2048)))
+    tiles = math.ceil(2048 / tile_rows(1, 4, 2048, 2048, get_backend("pytorch").tile_elements))
     assert tiles > 1
     assert len(live.alive_at_handout) <= 2, "the pass ran ahead of a reader that stopped"
     received = sum(len(chunk.content) for chunk in call) + len(first.content)
