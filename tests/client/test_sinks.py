@@ -51,3 +51,40 @@ def test_a_file_sink_refuses_chunks_that_overlap_or_lie_outside(tmp_path):
             sink.write(1, np.zeros(1, dtype=np.float32))
         with pytest.raises(InvalidInputError, match="outside"):
             sink.write(3, np.zeros(2, dtype=np.float32))
+
+
+def test_an_npz_written_out_of_order_is_a_valid_zip_with_true_checksums(tmp_path):
+    # Chunks land at their place in the archive in any order; every member's CRC-32 (computed
+    # from the chunks' own) is what zipfile recomputes from the bytes, and a second archive
+    # member after a 2-layer stream starts where the first ends.
+    import zipfile
+
+    rng = np.random.default_rng(5)
+    layers = {f"enc_{i}": rng.random((1, 2, 9, 9), dtype=np.float32) for i in range(2)}
+    with NpzSink(tmp_path / "w.npz") as sink:
+        for index, (name, layer) in enumerate(layers.items()):
+            sink.begin(LayerHeader(name, index, layer.shape, layer.dtype, None, None))
+            flat = layer.reshape(-1)
+            pieces = [(start, flat[start : start + 7]) for start in range(0, flat.size, 7)]
+            for start, values in reversed(pieces):
+                sink.write(start, values)
+            sink.end()
+    with zipfile.ZipFile(tmp_path / "w.npz") as archive:
+        assert archive.testzip() is None
+        assert archive.namelist() == ["enc_0.npy", "enc_1.npy"]
+    with np.load(tmp_path / "w.npz") as npz:
+        for name, layer in layers.items():
+            np.testing.assert_array_equal(npz[name], layer)
+
+
+def test_a_layer_that_ends_with_values_missing_is_refused(tmp_path):
+    header = LayerHeader("layer_0", 0, (1, 1, 2, 2), np.dtype("<f4"), None, None)
+    for sink in (NpzSink(tmp_path / "w.npz"), NpyDirSink(tmp_path / "npy")):
+        sink.begin(header)
+        sink.write(2, np.zeros(2, dtype=np.float32))
+        with pytest.raises(InvalidInputError, match="2 of its 4 values"):
+            sink.end()
+    sink_npz = NpzSink(tmp_path / "w.npz")
+    sink_npz.close()  # an archive with no complete layer is an empty npz
+    with np.load(tmp_path / "w.npz") as npz:
+        assert list(npz.keys()) == []
