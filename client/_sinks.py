@@ -275,9 +275,8 @@ class NpzSink(_FileSink):
 
 _DOS_DATE = (2000 - 1980) << 9 | 1 << 5 | 1  # 2000-01-01, 00:00 (the time field is 0)
 _NO_SIZE = 0xFFFFFFFF  # "see the ZIP64 extra field"
-_SIGNED_LIMIT = (
-    1 << 31
-) - 1  # zipfile's ZIP64_LIMIT: past it, readers that take offsets as signed fail
+# zipfile's ZIP64_LIMIT: past it, readers that take offsets as signed fail
+_SIGNED_LIMIT = (1 << 31) - 1
 
 
 @dataclass
