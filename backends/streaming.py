@@ -27,14 +27,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from neural_attn.pooling import Pooling, block_counts, fold_rows, pool, pooled_length
+from neural_attn.pooling import Pooling, block_counts, fold_keys, fold_rows, pooled_length
 
 __all__ = [
     "Reduction",
     "Tile",
     "TiledReduction",
     "assemble",
-    "cut_on_host",
     "on_pass_thread",
     "running_passes",
     "stream_pass",
@@ -183,13 +182,42 @@ class TiledReduction:
         end = a + int(values.shape[-2])
         if not self.pooled:
             return Tile(a, self._rows, step, values, origin=self.q0)
+        return self._merge(a, end, self._fold_rows(a, end, values))
+
+    def add_exact(self, start: int, step: int, values: np.ndarray) -> Tile | None:
+        """`add` for a whole exact tile already on the host (source rows [start, start +
+        rows), all heads and keys): the cut is taken here, and the rows are folded before
+        the keys, since a fold along whole contiguous rows is several times faster than one
+        along the keys (a 16 MiB tile, 8 x 8 blocks: 6 ms against 21)."""
+        cut = self.cut(start, start + int(values.shape[-2]))
+        if cut is None:
+            return None
+        heads = slice(None) if cut.head is None else slice(cut.head, cut.head + 1)
+        (a, b), (k0, k1) = cut.rows, cut.keys
+        part = values[:, heads, a:b, k0:k1]
+        if self.key_block == 1:
+            return self.add(start, step, part)
+        first = max(start, self.q0) - self.q0
+        end = first + (b - a)
+        rows = self._fold_rows(first, end, part)
+        return self._merge(first, end, fold_keys(rows, self.key_block, self.mode))
+
+    def _fold_rows(self, a: int, end: int, values: np.ndarray) -> np.ndarray:
+        """Window rows [a, end) folded into the pooled rows they reach: max, or float64 sums."""
+        bq = self.query_block
+        if bq == 1 and self.mode == "max":
+            return values
+        starts = np.arange(a // bq * bq, end, bq) - a
+        starts[0] = 0
+        return fold_rows(values, starts, self.mode)
+
+    def _merge(self, a: int, end: int, part: np.ndarray) -> Tile | None:
+        """Fold `part` (window rows [a, end), rows folded) into the pooled layer; the whole
+        pooled layer once these rows reach the end of the window."""
         bq = self.query_block
         first, last = a // bq, (end - 1) // bq  # the pooled rows these window rows reach
-        starts = np.arange(first * bq, end, bq) - a
-        starts[0] = 0
-        part = values if bq == 1 and self.mode == "max" else fold_rows(values, starts, self.mode)
         if self._cells is None:
-            shape = (*values.shape[:2], self._rows, values.shape[-1])
+            shape = (*part.shape[:2], self._rows, part.shape[-1])
             if self.mode == "max":
                 self._cells = np.full(shape, -np.inf, dtype=np.float32)
             else:
@@ -206,15 +234,6 @@ class TiledReduction:
             rows = block_counts(self.q1 - self.q0, bq, dtype=np.float64)
             pooled = (pooled / rows[:, None]).astype(np.float32)
         return Tile.whole(pooled)
-
-
-def cut_on_host(values: np.ndarray, cut: TileCut) -> np.ndarray:
-    """`cut` of an exact tile that is on the host already: what a backend's device cut makes
-    of it (one head, its rows and keys, the keys pooled), for `TiledReduction.add`."""
-    heads = slice(None) if cut.head is None else slice(cut.head, cut.head + 1)
-    (a, b), (k0, k1) = cut.rows, cut.keys
-    part = values[:, heads, a:b, k0:k1]
-    return part if cut.key_block == 1 else pool(part, 1, cut.key_block, cut.mode)
 
 
 _Job = tuple[Callable[[], None], threading.Event]

@@ -28,6 +28,7 @@ __all__ = [
     "Pooling",
     "block_counts",
     "block_size",
+    "fold_keys",
     "fold_rows",
     "pool",
     "pooled_length",
@@ -60,17 +61,25 @@ def pool(arr: np.ndarray, query_block: int, key_block: int, mode: str) -> np.nda
     Max keeps ``arr``'s dtype (and returns ``arr`` itself for blocks of 1); mean sums in
     float64 and is float64.
     """
-    q, k = arr.shape[-2:]
-    row_starts, col_starts = np.arange(0, q, query_block), np.arange(0, k, key_block)
+    q = arr.shape[-2]
+    row_starts = np.arange(0, q, query_block)
     if mode == "max":
         out = arr if query_block == 1 else fold_rows(arr, row_starts, "max")
-        return out if key_block == 1 else np.maximum.reduceat(out, col_starts, axis=-1)
-    sums = fold_rows(arr, row_starts, "mean")
-    sums = np.add.reduceat(sums, col_starts, axis=-1)
-    counts = np.outer(
-        block_counts(q, query_block, dtype=np.int64), block_counts(k, key_block, dtype=np.int64)
-    )
-    result: np.ndarray = sums / counts
+        return out if key_block == 1 else fold_keys(out, key_block, "max")
+    sums = fold_keys(fold_rows(arr, row_starts, "mean"), key_block, "mean")
+    result: np.ndarray = sums / block_counts(q, query_block, dtype=np.float64)[:, None]
+    return result
+
+
+def fold_keys(arr: np.ndarray, block: int, mode: str) -> np.ndarray:
+    """The last axis of ``arr`` reduced in blocks of ``block`` (the last one partial): their
+    max (``arr``'s dtype), or their mean in float64."""
+    k = arr.shape[-1]
+    starts = np.arange(0, k, block)
+    if mode == "max":
+        return np.maximum.reduceat(arr, starts, axis=-1)
+    sums = np.add.reduceat(arr, starts, axis=-1, dtype=np.float64)
+    result: np.ndarray = sums / block_counts(k, block, dtype=np.float64)
     return result
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from neural_attn.analysis import LayerAccumulator, Rollout, layer_metrics
 from neural_attn.backends.base import stopped
-from neural_attn.backends.streaming import Reduction, Tile, TiledReduction, cut_on_host
+from neural_attn.backends.streaming import Reduction, Tile, TiledReduction
 from neural_attn.chunk_codec import Serialized
 from neural_attn.dsl.ir import Layer
 from neural_attn.errors import (
@@ -65,13 +65,11 @@ def _summary_of_tiles(
             rollout.begin(keys, queries=tile.rows)
             if pooling is not None:
                 reducer = TiledReduction(pooling, (batch, heads, tile.rows, keys))
-        rows = int(values.shape[-2])
         del tile
         metrics.add(start, values, should_stop=should_stop)
         rollout.add_rows(start, values)
         if reducer is not None and reducer.pooled:
-            cut = reducer.cut(start, start + rows)
-            done = reducer.add(start, step, cut_on_host(values, cut)) if cut else None
+            done = reducer.add_exact(start, step, values)
             if done is not None:
                 pooled[layer.name] = done.values
         del values

@@ -501,3 +501,14 @@ def test_rollout_memory_is_the_running_product_and_one_head_mean() -> None:
 
     peak = _peak_traced_bytes(two_layers)
     assert peak < 4 * matrix_bytes, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_a_long_exact_rollout_takes_float32_products_equal_to_float64() -> None:
+    # Past 1,024 positions the products are float32 (the rollout is sent as float32 anyway);
+    # the numbers stay those of the float64 reference to 1e-6.
+    rng = np.random.default_rng(21)
+    layers = [_softmax(rng.normal(size=(1, 2, 1100, 1100)) * 3).astype(np.float32) for _ in "ab"]
+    result = attention_rollout([a[0] for a in layers])
+    assert result.dtype == np.float32 and result.shape == (1100, 1100)
+    np.testing.assert_allclose(result, _reference_rollout([a[0] for a in layers]), atol=1e-6)
+    np.testing.assert_allclose(result.sum(axis=-1), 1.0, atol=1e-5)

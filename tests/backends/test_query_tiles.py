@@ -100,3 +100,25 @@ def test_file_sinks_take_a_tiled_layers_chunks_out_of_order(tmp_path):
         sink.end()
     np.testing.assert_array_equal(np.load(tmp_path / "a.npz")["enc"], layer)
     assert [p.name for p in tmp_path.iterdir()] == ["a.npz"]  # the scratch file is gone
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS, ids=repr)
+def test_exact_host_tiles_fold_to_the_pooling_of_the_whole_layer(reduction):
+    # The server's own tiles, on the host, fold rows before keys (TiledReduction.add_exact):
+    # the result is the pooling of the whole layer, whatever tiles cut the query blocks.
+    from neural_attn.backends.streaming import TiledReduction
+
+    layer = np.random.default_rng(3).random((2, 4, 37, 37), dtype=np.float32)
+    ref = layer if reduction.head is None else layer[:, [reduction.head]]
+    pooling = reduction.pooling(layer.shape)
+    ref = pooling.apply(ref) if pooling is not None else ref
+    for rows in (5, 7, 37):
+        reducer = TiledReduction(reduction, layer.shape)
+        out = [
+            tile
+            for start in range(0, 37, rows)
+            if (tile := reducer.add_exact(start, rows, layer[:, :, start : start + rows]))
+            is not None
+        ]
+        values = np.concatenate([t.values for t in out], axis=2)
+        np.testing.assert_allclose(values, ref, atol=1e-6, err_msg=f"tiles of {rows} rows")
