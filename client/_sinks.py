@@ -288,47 +288,22 @@ class _Member:
     offset: int
     crc: int = 0
 
+    def _fields(self, extra: bytes) -> bytes:
+        """What both headers share, from "version needed" to the extra field's length: ZIP64,
+        stored, no flags, 2000-01-01, the CRC, sizes in the extra field."""
+        fields = (45, 0, 0, 0, _DOS_DATE, self.crc, _NO_SIZE, _NO_SIZE, len(self.name), len(extra))
+        return struct.pack("<HHHHHIIIHH", *fields)
+
     def local_header(self) -> bytes:
         extra = struct.pack("<HHQQ", 1, 16, self.size, self.size)
-        fixed = struct.pack(
-            "<IHHHHHIIIHH",
-            0x04034B50,
-            45,
-            0,
-            0,
-            0,
-            _DOS_DATE,
-            self.crc,
-            _NO_SIZE,
-            _NO_SIZE,
-            len(self.name),
-            len(extra),
-        )
-        return fixed + self.name + extra
+        return struct.pack("<I", 0x04034B50) + self._fields(extra) + self.name + extra
 
     def central_header(self) -> bytes:
         extra = struct.pack("<HHQQQ", 1, 24, self.size, self.size, self.offset)
-        fixed = struct.pack(
-            "<IHHHHHHIIIHHHHHII",
-            0x02014B50,
-            3 << 8 | 45,
-            45,
-            0,
-            0,
-            0,
-            _DOS_DATE,
-            self.crc,
-            _NO_SIZE,
-            _NO_SIZE,
-            len(self.name),
-            len(extra),
-            0,
-            0,
-            0,
-            0o100644 << 16,
-            _NO_SIZE,
-        )
-        return fixed + self.name + extra
+        made_by = struct.pack("<IH", 0x02014B50, 3 << 8 | 45)  # Unix, ZIP 4.5
+        # no comment, disk 0, no internal attributes, a -rw-r--r-- file, offset in the extra
+        rest = struct.pack("<HHHII", 0, 0, 0, 0o100644 << 16, _NO_SIZE)
+        return made_by + self._fields(extra) + rest + self.name + extra
 
 
 def _end_records(members: list[_Member], directory: bytes, at: int) -> bytes:
@@ -336,17 +311,8 @@ def _end_records(members: list[_Member], directory: bytes, at: int) -> bytes:
     or an offset needs them (as zipfile writes it: an empty archive is the end record alone,
     which numpy's np.load recognises)."""
     count = len(members)
-    end = struct.pack(
-        "<IHHHHIIH",
-        0x06054B50,
-        0,
-        0,
-        min(count, 0xFFFF),
-        min(count, 0xFFFF),
-        min(len(directory), _NO_SIZE),
-        min(at, _NO_SIZE),
-        0,
-    )
+    sizes = (min(count, 0xFFFF),) * 2 + (min(len(directory), _NO_SIZE), min(at, _NO_SIZE))
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, *sizes, 0)
     if count < 0xFFFF and max(len(directory), at) < _SIGNED_LIMIT:
         return end
     zip64_end = struct.pack(

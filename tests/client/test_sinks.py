@@ -53,12 +53,19 @@ def test_a_file_sink_refuses_chunks_that_overlap_or_lie_outside(tmp_path):
             sink.write(3, np.zeros(2, dtype=np.float32))
 
 
-def test_an_npz_written_out_of_order_is_a_valid_zip_with_true_checksums(tmp_path):
+@pytest.mark.parametrize("zip64_end", [False, True], ids=["small", "zip64-end"])
+def test_an_npz_written_out_of_order_is_a_valid_zip_with_true_checksums(
+    tmp_path, monkeypatch, zip64_end
+):
     # Chunks land at their place in the archive in any order; every member's CRC-32 (computed
     # from the chunks' own) is what zipfile recomputes from the bytes, and a second archive
     # member after a 2-layer stream starts where the first ends.
     import zipfile
 
+    from neural_attn.client import _sinks
+
+    if zip64_end:  # as an archive past 2 GiB ends: ZIP64 end record and locator too
+        monkeypatch.setattr(_sinks, "_SIGNED_LIMIT", 0)
     rng = np.random.default_rng(5)
     layers = {f"enc_{i}": rng.random((1, 2, 9, 9), dtype=np.float32) for i in range(2)}
     with NpzSink(tmp_path / "w.npz") as sink:
@@ -69,6 +76,7 @@ def test_an_npz_written_out_of_order_is_a_valid_zip_with_true_checksums(tmp_path
             for start, values in reversed(pieces):
                 sink.write(start, values)
             sink.end()
+    assert (b"PK\x06\x06" in (tmp_path / "w.npz").read_bytes()[-200:]) == zip64_end
     with zipfile.ZipFile(tmp_path / "w.npz") as archive:
         assert archive.testzip() is None
         assert archive.namelist() == ["enc_0.npy", "enc_1.npy"]
