@@ -82,6 +82,18 @@ tf.config.experimental.enable_tensor_float_32_execution(False)
 _NAMESPACE: dict[str, Any] = {"keras": keras, **vars(blocks)}
 
 
+def _graph(method: Callable[..., Any]) -> Any:
+    """`method` as a tf.function, without TensorFlow's "N out of the last N calls triggered
+    tf.function retracing" warning: it counts the traces of every function of one Python code
+    object, so the first pass of a model of five blocks (each traced once, as designed) or a
+    second model compiled printed it for every block after the fifth. A block that really traces
+    again shows in the bench, not in a user's terminal. (TensorFlow turns the warning off the
+    same way for the functions of a loaded SavedModel.)"""
+    compiled = tf.function(method, reduce_retracing=True)
+    compiled._omit_frequent_tracing_warning = True
+    return compiled
+
+
 def _compile_calls(layers: list[keras.layers.Layer]) -> None:
     """Each block gets a `compiled_call`, a tf.function of its whole call, which `blocks.apply`
     runs: one graph per block.
@@ -99,18 +111,17 @@ def _compile_calls(layers: list[keras.layers.Layer]) -> None:
             _compile_calls(layer.body)
         else:
             # object.__setattr__: a function is not a layer for Keras to track.
-            compiled = tf.function(layer.__call__, reduce_retracing=True)
-            object.__setattr__(layer, "compiled_call", compiled)
+            object.__setattr__(layer, "compiled_call", _graph(layer.__call__))
             # A block whose layer is longer than one tile runs from Python, tile by tile: its
             # projections, each tile and the rest of the block are graphs of their own.
             attention = getattr(layer, "attention", layer)
             if isinstance(attention, blocks.SelfAttention):
                 for part in ("project", "tile"):
-                    compiled = tf.function(getattr(attention, part), reduce_retracing=True)
-                    object.__setattr__(attention, f"compiled_{part}", compiled)
+                    object.__setattr__(
+                        attention, f"compiled_{part}", _graph(getattr(attention, part))
+                    )
             if isinstance(layer, blocks.TransformerEncoderBlock):
-                compiled = tf.function(layer.rest, reduce_retracing=True)
-                object.__setattr__(layer, "compiled_rest", compiled)
+                object.__setattr__(layer, "compiled_rest", _graph(layer.rest))
 
 
 def _all_layers(layers: list[keras.layers.Layer]) -> Iterator[keras.layers.Layer]:
