@@ -424,14 +424,18 @@ class NeuralModel(keras.Model):
 
     def run(self, x, *, capture=None, start=0, training=False, should_stop=None):
         """The forward pass; returns None, early, as soon as `should_stop()` is true."""
-        key_mask = None
-        if start == 0 and self.blocks and isinstance(self.blocks[0], keras.layers.Embedding):
-            key_mask = keras.ops.not_equal(x, 0)  # token id 0 is padding
+        key_mask = self.key_mask(x, start)
         for block in self.blocks[start:]:
             if should_stop is not None and should_stop():
                 return None
             x = apply(block, x, key_mask=key_mask, capture=capture, training=training)
         return x
+
+    def key_mask(self, x, start=0):
+        """Where the token ids `x` are not padding (id 0), when the pass starts at an Embedding."""
+        if start == 0 and self.blocks and isinstance(self.blocks[0], keras.layers.Embedding):
+            return keras.ops.not_equal(x, 0)
+        return None
 
     def call(self, x, training=False):
         return self.run(x, training=training)

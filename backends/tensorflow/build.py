@@ -66,7 +66,7 @@ from neural_attn.backends.base import (  # noqa: E402
 )
 from neural_attn.backends.codegen import instantiate, render_call, render_module  # noqa: E402
 from neural_attn.backends.streaming import Reduction, TileCut  # noqa: E402
-from neural_attn.backends.tensorflow import blocks  # noqa: E402
+from neural_attn.backends.tensorflow import blocks, one_graph  # noqa: E402
 from neural_attn.backends.tensorflow.catalogue import constructor, variables  # noqa: E402
 from neural_attn.backends.tensorflow.weights import read_keras  # noqa: E402
 from neural_attn.backends.weight_files import check_neutral  # noqa: E402
@@ -181,6 +181,11 @@ class TensorFlowModel(BuiltModel):
         if not fits:
             self.model = self._new_model(sample)
         _compile_calls(self.model.blocks)
+        # On a CPU, the whole pass as one graph where the network allows (one_graph.py).
+        self._runner = self.model
+        if self._tf_device == "/CPU:0" and one_graph.fits(network):
+            self._runner = one_graph.OneGraph(self.model, _graph)
+        self._masking = 0  # head_mask contexts open: their blocks run eagerly, one by one
         self.set_weights(chosen)
 
     def _new_model(self, sample: np.ndarray) -> Any:
@@ -218,8 +223,9 @@ class TensorFlowModel(BuiltModel):
         should_stop: Callable[[], bool] | None,
     ) -> tf.Tensor | None:
         # No lock: passes of one model run side by side, each with its own capture and gate.
+        runner = self.model if self._masking else self._runner
         with tf.device(self._tf_device):
-            return self.model.run(
+            return runner.run(
                 tf.convert_to_tensor(prepared.array),
                 capture=capture,
                 start=prepared.start,
@@ -234,6 +240,7 @@ class TensorFlowModel(BuiltModel):
         one traced with it would keep it (`_compile_calls`)."""
         layers = {layer.name: layer for layer in _all_layers(self.model.blocks)}
         undo: list[Callable[[], None]] = []
+        self._masking += 1
         try:
             for name, mask in masks.items():
                 block = layers.get(name)
@@ -245,6 +252,7 @@ class TensorFlowModel(BuiltModel):
         finally:
             for restore in reversed(undo):
                 restore()
+            self._masking -= 1
 
     def _to_numpy(self, tensor: tf.Tensor, reduction: Reduction | None = None) -> np.ndarray:
         if reduction is not None and not reduction.exact:
