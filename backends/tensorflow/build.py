@@ -103,7 +103,8 @@ def _compile_calls(layers: list[keras.layers.Layer]) -> None:
     `__call__`, not only its `call`, also leaves Keras's own bookkeeping to the trace (1.5 of
     a 128-token encoder block's 5.3 ms). Blocks stay separate calls, so `blocks.apply` still
     gates and captures between them, one layer at a time; a residual block's body is compiled
-    layer by layer for the same reason. `reduce_retracing`: after a second sequence length the
+    layer by layer for the same reason. (On a CPU, a pass that `one_graph` can take runs as
+    one graph instead.) `reduce_retracing`: after a second sequence length the
     trace is shape-generic, not one per length.
     """
     for layer in layers:
