@@ -6,6 +6,7 @@ readers that stop reading never stall the other passes."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -60,7 +61,9 @@ def test_the_one_graph_gives_the_reference_attention(model):
     assert np.all(np.triu(got["transformer_decoder_0"], 1) == 0.0)
 
 
-def test_a_stream_gets_one_layer_at_a_time_and_closing_it_ends_the_pass(model, monkeypatch):
+@pytest.fixture
+def handed(monkeypatch) -> list[int]:
+    """One item for each layer the backend has handed over (turned into numpy) so far."""
     handed: list[int] = []
     inner = build.TensorFlowModel._to_numpy
 
@@ -69,17 +72,21 @@ def test_a_stream_gets_one_layer_at_a_time_and_closing_it_ends_the_pass(model, m
         return inner(self, tensor, reduction)
 
     monkeypatch.setattr(build.TensorFlowModel, "_to_numpy", counted)
+    return handed
+
+
+def test_a_stream_gets_one_layer_at_a_time_and_closing_it_ends_the_pass(model, handed):
     before = running_passes()
     stream = model.stream(IDS, capture=_names(model))
     name, first = next(stream)
-    threading.Event().wait(0.3)
+    time.sleep(0.3)
     assert (name, len(handed)) == (_names(model)[0], 1)  # the pass waits in its graph
     assert next(stream)[0] == _names(model)[1]
     stream.close()  # the pass stops at its next gate, inside the graph
     for _ in range(100):
         if running_passes() <= before:
             break
-        threading.Event().wait(0.05)
+        time.sleep(0.05)
     else:
         pytest.fail("the pass of a closed stream is still running")
     assert len(handed) == 2
@@ -87,15 +94,7 @@ def test_a_stream_gets_one_layer_at_a_time_and_closing_it_ends_the_pass(model, m
     np.testing.assert_array_equal(again[name], first.values)
 
 
-def test_a_pass_asked_to_stop_stops_at_the_next_gate(model, monkeypatch):
-    handed: list[int] = []
-    inner = build.TensorFlowModel._to_numpy
-
-    def counted(self, tensor, reduction=None):
-        handed.append(1)
-        return inner(self, tensor, reduction)
-
-    monkeypatch.setattr(build.TensorFlowModel, "_to_numpy", counted)
+def test_a_pass_asked_to_stop_stops_at_the_next_gate(model, handed):
     with pytest.raises(CancelledError):
         model.forward(IDS, capture=_names(model), should_stop=lambda: len(handed) >= 1)
     assert len(handed) == 1
