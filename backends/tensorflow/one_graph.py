@@ -140,9 +140,8 @@ class OneGraph:
         should_stop: Callable[[], bool] | None = None,
     ) -> tf.Tensor | None:
         """`NeuralModel.run`: the output, or None when `should_stop()` said yes at a gate."""
-        if any(blocks._tiled(block, x) for block in self._attention):
-            return self.model.run(x, capture=capture, start=start, should_stop=should_stop)
-        if not _SLOTS.acquire(blocking=False):
+        tiled = any(blocks._tiled(block, x) for block in self._attention)
+        if tiled or not _SLOTS.acquire(blocking=False):
             return self.model.run(x, capture=capture, start=start, should_stop=should_stop)
         token = next(_TOKENS)
         running = _RUNNING[token] = _Running(capture, should_stop)
