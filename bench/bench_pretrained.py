@@ -4,7 +4,8 @@
   import`, weights sent with the compile) against a real gRPC server in its own process, every
   layer consumed into numpy, ÷ transformers' eager forward with `output_attentions=True` in a
   clean process of its own (bench/_hf_floor.py: torch and transformers only), at 128 and 512
-  tokens. Target <= 1.3.
+  tokens. Target <= 1.3. At the longest size also float16 on the wire (half the bytes; the
+  server's cast from float32 is what it adds).
 - the page at 512 tokens: the installed CLI (`visualize --tokenizer --text`, embedded server)
   end to end, the size of attention_interactive.html (target <= 15 MB) and whether headless
   chromium draws it offline; beside it bertviz `head_view` on transformers' attention of the
@@ -47,9 +48,9 @@ def _hf_floor(checkpoint: Path, seq: int, budget: float) -> float:
     return float(json.loads(out.stdout.splitlines()[-1])["median_s"])
 
 
-def _served_median(client, model, ids, budget: float) -> tuple[float, int]:
+def _served_median(client, model, ids, budget: float, dtype: str = "float32") -> tuple[float, int]:
     def once() -> None:
-        got = [a for _, a in client.extract_attention(model, ids)]
+        got = [a for _, a in client.extract_attention(model, ids, dtype=dtype)]
         assert len(got) == 6, len(got)
 
     return median_time(once, budget)
@@ -92,6 +93,20 @@ def _served_rows(args, checkpoint: Path, imported: Path) -> list[Row]:
                         SECTION, f"{label}: served ÷ transformers", s, floors[seq], target="<= 1.3"
                     ),
                 ]
+                if seq == max(sizes):  # half the bytes: what the float16 cast costs the server
+                    half, reps = _served_median(
+                        client, model, bench_ids(30522, seq), budget / 2, "float16"
+                    )
+                    rows += [
+                        Row(
+                            SECTION,
+                            f"{label}: served float16",
+                            half * 1e3,
+                            "ms",
+                            note=f"median of {reps}",
+                        ),
+                        ratio_row(SECTION, f"{label}: served float16 ÷ float32", half, s),
+                    ]
     return rows
 
 

@@ -277,7 +277,7 @@ def chunks(
             header.element_count = int(part.size)
             header.chunk_index = i
             i += 1
-            yield chunk_codec.encode(header, part.astype(dtype, copy=False))
+            yield chunk_codec.encode(header, wire.cast(part, dtype))
 
 
 # Rows of one block of the row-sum check: the float64 sums of a block are the extra memory.

@@ -127,8 +127,10 @@ def test_float16_round_trips_within_float16_precision(client, exact, backend):
     for name, half in client.extract_attention(model, _data(), dtype="float16"):
         assert half.dtype == np.float16
         full = layers[name]
-        # float16 keeps 11 significant bits: relative error <= 2**-11, plus subnormals.
+        # float16 keeps 11 significant bits: relative error <= 2**-11, plus subnormals ...
         assert np.all(np.abs(half.astype(np.float32) - full) <= full * 2**-11 + 2**-24)
+        # ... and each value is the float32 one rounded to nearest, as numpy rounds it.
+        np.testing.assert_array_equal(half, full.astype(np.float16))
 
 
 @pytest.mark.parametrize("max_bytes", [1024, 4096, 65536])
