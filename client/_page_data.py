@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from neural_attn import analysis
+from neural_attn import analysis, wire
 from neural_attn.analysis import Metric
 from neural_attn.client._views import (
     DISPLAY_SIZE,
@@ -51,7 +51,8 @@ def _colormap_hex() -> str:
 
 def _encode(matrix: np.ndarray, mask: np.ndarray | None = None) -> str:
     """float16 little-endian bytes of the matrix, base64; ``mask`` cells become NaN."""
-    values = np.clip(matrix, 0.0, _FLOAT16_MAX).astype("<f2")
+    clipped = np.clip(matrix, 0.0, _FLOAT16_MAX).astype(np.float32, copy=False)
+    values = wire.cast(clipped, np.dtype("<f2"))
     if mask is not None:
         values[mask] = np.nan
     return base64.b64encode(np.ascontiguousarray(values).tobytes()).decode("ascii")
