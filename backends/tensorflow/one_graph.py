@@ -83,7 +83,8 @@ def _inter_op_threads() -> int:
     return configured if configured > 0 else len(os.sched_getaffinity(0))
 
 
-_SLOTS = threading.BoundedSemaphore(max(_inter_op_threads() - 1, 1))
+# With a pool of one thread (one core), none: a waiting gate would hold all of it.
+_SLOTS = threading.BoundedSemaphore(max(_inter_op_threads() - 1, 0))
 
 
 def _op(body: Callable[..., None]) -> Callable[..., np.int64]:

@@ -151,3 +151,13 @@ def test_only_networks_whose_attention_sees_the_input_length_run_as_one_graph(bo
     network = compile_source(f"network N {{\n input: {first}\n layers:\n {body}\n}}")
     built = get_backend("tensorflow").build(network, seed=0, device="cpu")
     assert isinstance(built._runner, one_graph.OneGraph) is one
+
+
+def test_with_no_slot_free_a_pass_runs_block_by_block(monkeypatch):
+    """As on a one-core machine (an inter-op pool of one thread: no slots at all)."""
+    monkeypatch.setattr(one_graph, "_SLOTS", threading.BoundedSemaphore(0))
+    built = get_backend("tensorflow").build(compile_source(SOURCE), seed=2, device="cpu")
+    _, got = built.forward(IDS, capture=_names(built))
+    assert not built._runner._graphs
+    for name, want in zip(_names(built), _reference(built), strict=True):
+        np.testing.assert_allclose(got[name], want, atol=1e-5)
