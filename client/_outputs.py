@@ -3,16 +3,18 @@ records what it wrote (the result's "files") and announces each file."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from neural_attn.client import render
+from neural_attn.client._beside import Beside
 from neural_attn.client._figures import PDF_BOOK, save_figure, write_pdf_book
 from neural_attn.pooling import Pooling
 
@@ -229,40 +231,54 @@ def write_all(
     compiled: CompileResult,
     got: Fetched,
     *,
+    npz: Beside[Mapping[str, np.ndarray]] | None,
     tokens: Sequence[str] | None,
     split: Tokens | None,
     head: int | None,
     batch_index: int,
     formats: Sequence[str],
     dpi: int,
-) -> Figure:
-    """Every file but the npz: figures, code, page, rollout, analysis.json; returns the heatmap."""
-    figure = figures(
-        out,
-        got.shown,
-        got.analysis,
-        head=head,
-        tokens=tokens,
-        batch_index=batch_index,
-        pooling=got.pooling,
-        formats=formats,
-        dpi=dpi,
-    )
-    code(out, compiled)
-    page(out, got.shown, got.analysis, tokens=tokens, batch_index=batch_index, pooling=got.pooling)
-    rollout(out, got.analysis)
-    analysis_json(
-        out,
-        compiled,
-        got.analysis,
-        tokens=tokens,
-        split=split,
-        npz=got.npz,
-        npz_window=got.npz_window,
-        pooling=got.pooling,
-        notes=got.notes,
-    )
-    return figure
+) -> tuple[Figure, Fetched]:
+    """Every file: figures, code, page, rollout, analysis.json, while `npz` (when the npz
+    streams in on its own thread) writes it, then that npz; returns the heatmap and `got`
+    with the npz's layers as its attention_weights. Leaving early stops the npz's stream."""
+    with npz or contextlib.nullcontext():
+        figure = figures(
+            out,
+            got.shown,
+            got.analysis,
+            head=head,
+            tokens=tokens,
+            batch_index=batch_index,
+            pooling=got.pooling,
+            formats=formats,
+            dpi=dpi,
+        )
+        code(out, compiled)
+        page(
+            out,
+            got.shown,
+            got.analysis,
+            tokens=tokens,
+            batch_index=batch_index,
+            pooling=got.pooling,
+        )
+        rollout(out, got.analysis)
+        analysis_json(
+            out,
+            compiled,
+            got.analysis,
+            tokens=tokens,
+            split=split,
+            npz=got.npz,
+            npz_window=got.npz_window,
+            pooling=got.pooling,
+            notes=got.notes,
+        )
+        if npz is not None:
+            got = replace(got, weights=npz.result())
+            out.written("npz", out.path / "attention_weights.npz")
+    return figure, got
 
 
 def result(

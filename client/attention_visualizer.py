@@ -7,7 +7,9 @@ embedded server.
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,7 @@ import numpy as np
 from neural_attn.analysis import analyze_attention_patterns, summarize_layers
 from neural_attn.client import _outputs as outputs
 from neural_attn.client import render
+from neural_attn.client._beside import Beside, StoppingSink
 from neural_attn.client._client import AttentionClient, CompileResult, ExtractedLayer
 from neural_attn.client._embedded import server_target
 from neural_attn.client._figures import parse_formats
@@ -231,19 +234,17 @@ class AttentionVisualizer:
 
         Sized for long sequences: the metrics are computed on the server (no tensors move), the
         figures and page get attention pooled on the server to `display_size` positions when
-        the sequence is longer, and the npz is written chunk by chunk as the layers stream in,
-        so no layer is ever whole in this process. "attention_weights" is then the npz opened
-        lazily (each layer read when asked for); for short sequences it is the arrays.
+        the sequence is longer, and the npz is written chunk by chunk as the layers stream in
+        (on a thread, while the figures are drawn): no layer is ever whole in this process.
+        "attention_weights" is then the npz opened lazily; for short sequences, the arrays.
         `dtype="float16"` halves what travels and what the npz takes; `npz_window=((q0, q1),
-        (k0, k1))` keeps only that query range x key range in the npz (a stop of 0: the end).
-        An npz over `npz_max_bytes` (None: no budget) is not written; the result's "notes"
-        say how big it would be and how to ask for it.
+        (k0, k1))` keeps only that query x key range in the npz (a stop of 0: the end). An npz
+        over `npz_max_bytes` (None: no budget) is not written; "notes" say why and how to ask.
 
-        `text` with `tokenize` (a `Vocabulary`, a vocab.txt path, a checkpoint's tokenizer
-        folder or a `PretrainedTokenizer`) replaces `input_data` and
-        `tokens` for a model that starts with `Embedding`. `figure_formats` ("png", "svg",
-        "pdf", or several) writes each figure in each format, at `dpi`; with "pdf" every figure
-        is also a page of attention_figures.pdf.
+        `text` with `tokenize` (a `Vocabulary`, a vocab.txt path, a checkpoint's tokenizer folder
+        or a `PretrainedTokenizer`) replaces `input_data` and `tokens` for a model that starts
+        with `Embedding`. `figure_formats` ("png", "svg", "pdf", or several) writes each figure
+        in each format, at `dpi`; with "pdf" every figure is also a page of attention_figures.pdf.
         """
         formats = parse_formats(figure_formats)
         compiled = self.compile(str(dsl_file), backend)
@@ -251,11 +252,14 @@ class AttentionVisualizer:
         check_tokens(compiled, input_data, tokens)
         ask = Ask(compiled, input_data, [layer_name] if layer_name else None, tokens, dtype)
         out = outputs.OutputDir(output_dir, self._progress)
-        got = self._fetch(ask, out, head_index, display_size, write_npz, npz_window, npz_max_bytes)
-        figure = outputs.write_all(
+        got, npz = self._fetch(
+            ask, out, head_index, display_size, write_npz, npz_window, npz_max_bytes
+        )
+        figure, got = outputs.write_all(
             out,
             compiled,
             got,
+            npz=npz,
             tokens=tokens,
             split=split,
             head=head_index,
@@ -275,25 +279,31 @@ class AttentionVisualizer:
         write_npz: bool,
         npz_window: tuple[tuple[int, int], tuple[int, int]] | None,
         npz_max_bytes: int | None,
-    ) -> outputs.Fetched:
-        """The metrics, the attention to draw, and the npz (written as it streams in)."""
+    ) -> tuple[outputs.Fetched, Beside[Mapping[str, np.ndarray]] | None]:
+        """The metrics and the attention to draw; the npz written from the layers drawn when
+        they are its exact whole, else streamed in on a thread beside the caller (returned:
+        its result is the npz opened lazily)."""
         analysis = self._metrics(ask, head_index, display_size)
         layers = {name: tuple(int(n) for n in m["shape"]) for name, m in analysis["layers"].items()}
         shown, pooling = self._for_display(ask, layers, display_size, analysis.pop("pooled", {}))
         shapes = list(layers.values())
         npz = out.path / "attention_weights.npz"
-        weights: Mapping[str, np.ndarray] = shown
         notes = []
         if write_npz:
             over = npz_too_big(shapes, dtype=ask.dtype, window=npz_window, budget=npz_max_bytes)
             if over:
                 notes.append(over)
                 write_npz = False
-        if write_npz:
-            weights = self._npz(ask, npz, shapes, shown if not pooling else None, npz_window)
+        streaming = None
+        if write_npz and (pooling or npz_window):
+            job = functools.partial(self._npz, ask, npz, shapes, npz_window)
+            streaming = Beside(job, name=npz.name)
+        elif write_npz:
+            np.savez(npz, **shown)  # type: ignore[arg-type]
             out.written("npz", npz)
         npz_name = npz.name if write_npz else None
-        return outputs.Fetched(analysis, shown, pooling, weights, npz_name, npz_window, notes)
+        fetched = outputs.Fetched(analysis, shown, pooling, shown, npz_name, npz_window, notes)
+        return fetched, streaming
 
     def _metrics(self, ask: Ask, head_index: int | None, display_size: int) -> dict[str, Any]:
         """Every layer's metrics and the rollout, computed on the server, and from the same
@@ -349,19 +359,19 @@ class AttentionVisualizer:
         ask: Ask,
         npz: Path,
         shapes: list[tuple[int, ...]],
-        exact: Mapping[str, np.ndarray] | None,
         window: tuple[tuple[int, int], tuple[int, int]] | None,
+        stop: threading.Event,
     ) -> Mapping[str, np.ndarray]:
-        """attention_weights.npz: the `exact` layers already here when there are and no window
-        is asked, else streamed chunk by chunk into the file (no layer whole in this process)
-        and opened lazily."""
-        if exact is not None and window is None:
-            np.savez(npz, **exact)  # type: ignore[arg-type]
-            return exact
+        """attention_weights.npz streamed chunk by chunk into the file (no layer whole in this
+        process), opened lazily; ends at the next chunk once `stop` is set."""
         total = None if window else expected_bytes(shapes, itemsize=ask.itemsize)
         with NpzSink(npz) as sink, self._bar(npz.name, layers=len(shapes), total=total) as bar:
             for layer in self.client.extract_layers(
-                ask.model, ask.data, window=window, sink=bar.wrap(sink), **ask.options
+                ask.model,
+                ask.data,
+                window=window,
+                sink=StoppingSink(bar.wrap(sink), stop),
+                **ask.options,
             ):
                 if not self._progress_bar:
                     self._progress(f"wrote {layer.name} {tuple(layer.shape)} to {npz.name}")

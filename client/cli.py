@@ -172,7 +172,11 @@ def _window(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
 def _progress(args: argparse.Namespace) -> Callable[[str], None]:
     def progress(line: str) -> None:
         if not getattr(args, "quiet", False):
-            print(f"... {line}", file=sys.stderr, flush=True)
+            from tqdm import tqdm
+
+            # tqdm.write: a line printed while a bar is drawn (the npz's, on its own thread,
+            # while the figures are drawn) goes above the bar instead of through it
+            tqdm.write(f"... {line}", file=sys.stderr)
 
     return progress
 
