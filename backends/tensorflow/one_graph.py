@@ -1,7 +1,7 @@
 """The whole forward pass as one TensorFlow graph, each attention layer handed over from inside it.
 
 One tf.function per block (`build._compile_calls`) costs TensorFlow about a millisecond a call
-on the CPU beyond its ops: MiniLM-L6 at 128 tokens took 38 ms as nine graphs and 30 ms as one.
+on the CPU beyond its ops: MiniLM-L6 at 128 tokens took 38 ms as nine graphs and 27.5 as one.
 In the one graph, an op before each attention block calls the pass's `capture.gate()` (a
 stream's flow control: it waits while the caller still holds the last layer, and it is where
 the pass stops when asked) and an op after it hands the block's probabilities to `capture`, so
