@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -200,7 +201,11 @@ class TensorFlowModel(BuiltModel):
                 ],
                 name=self.network.name,
             )
-            model(sample)
+            with warnings.catch_warnings():
+                # A sample pooled to one position before an attention layer makes Keras warn of
+                # a softmax over one key: a warning about this build's sample, not the input.
+                warnings.filterwarnings("ignore", message="You are using a softmax over axis")
+                model(sample)
         return model
 
     def _fits(self, weights: dict[str, np.ndarray]) -> bool:
