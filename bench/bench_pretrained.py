@@ -70,7 +70,8 @@ def _served_rows(args, checkpoint: Path, imported: Path) -> list[Row]:
             for seq in sizes:
                 label = f"MiniLM-L6 6x12x{seq}² {backend}"
                 try:
-                    s, reps = _served_median(client, model, bench_ids(30522, seq), budget)
+                    ids = bench_ids(30522, seq)
+                    s, reps = _served_median(client, model, ids, budget)
                 except Exception as exc:  # noqa: BLE001 - report and go on
                     rows.append(failed_row(SECTION, label, describe(exc)))
                     continue
@@ -94,9 +95,7 @@ def _served_rows(args, checkpoint: Path, imported: Path) -> list[Row]:
                     ),
                 ]
                 if seq == max(sizes):  # half the bytes: what the float16 cast costs the server
-                    half, reps = _served_median(
-                        client, model, bench_ids(30522, seq), budget / 2, "float16"
-                    )
+                    half, reps = _served_median(client, model, ids, budget / 2, "float16")
                     rows += [
                         Row(
                             SECTION,

@@ -276,8 +276,10 @@ def write_all(
             notes=got.notes,
         )
         if npz is not None:
+            name = got.npz
+            assert name is not None  # a streaming npz has its name
             got = replace(got, weights=npz.result())
-            out.written("npz", out.path / "attention_weights.npz")
+            out.written("npz", out.path / name)
     return figure, got
 
 
