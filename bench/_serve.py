@@ -1,6 +1,7 @@
 """A gRPC server in its own process for the benchmarks; prints "PORT n", stops when stdin closes.
 
-    python bench/_serve.py neural [cpu|cuda]       # the production server (create_server)
+    python bench/_serve.py neural [cpu|cuda]       # the production server (create_server), its
+                                                   # process set up as neural-attn-server's
     python bench/_serve.py bare TOTAL_BYTES CHUNK  # a bare server-streaming method of bytes
 
 The bare server is the floor of the wire: grpc's generic handlers, identity (bytes)
@@ -19,6 +20,9 @@ BARE_METHOD = "/bench.Bare/Stream"
 def _neural(device: str):
     from neural_attn.server.app import create_server
     from neural_attn.server.config import ServerConfig
+    from neural_attn.server.memory import keep_freed_memory
+
+    keep_freed_memory()  # as neural-attn-server's main does
 
     return create_server(host="127.0.0.1", port=0, config=ServerConfig(device=device))
 

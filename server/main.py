@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, run, notes = parse_settings(argv)
         from neural_attn.server.app import build_server
+        from neural_attn.server.memory import KEPT, keep_freed_memory
         from neural_attn.server.observability import configure_logging, serve_metrics
     except ImportError as exc:
         print(
@@ -364,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(run.log_format, run.log_level)
     for note in notes:
         log.warning(note)
+    if keep_freed_memory():
+        log.info("malloc keeps freed memory for the next pass (%s)", KEPT)
     host, warnings = choose_host(config, run)
     for line in warnings:
         log.warning(line)
