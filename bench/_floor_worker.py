@@ -9,7 +9,10 @@ Kinds:
     torch    plain torch.nn.MultiheadAttention blocks (bench/_floors.py), every layer as numpy
     keras    plain Keras 3 MultiHeadAttention blocks (bench/_floors.py), every layer as numpy
     project  the project's own built model, `stream()` layer by layer on its pass thread, as
-             the server runs it (one framework loaded, no gRPC)
+             the server runs it, malloc set as the server's (one framework loaded, no gRPC);
+             with "weights" (a neutral safetensors file) trained, on token ids
+    hf       transformers' eager forward of the checkpoint at "checkpoint", output_attentions
+             (torch and transformers only, bench/_hf_floor.py)
     bare     the client of a bare gRPC stream (`_serve.py bare` at `target`): every message
              received and dropped (grpc only)
 """
@@ -47,11 +50,25 @@ def _plain(spec: dict[str, Any]) -> Callable[[], Any]:
 def _project(spec: dict[str, Any]) -> Callable[[], Any]:
     from neural_attn.backends.base import get_backend
     from neural_attn.dsl import compile_source
+    from neural_attn.server.memory import keep_freed_memory
+
+    keep_freed_memory()  # the server's process does (neural-attn-server's main)
 
     net = compile_source(spec["source"], filename="floor.neural")
     names = [layer.name for _, layer in net.attention_sites]
-    model = get_backend(spec["backend"]).build(net, seed=0, device=spec.get("device", "cpu"))
-    data = _data(spec)
+    weights = None
+    if spec.get("weights"):  # a trained model: its neutral weights file, token ids as input
+        from _hf_floor import bench_ids
+
+        from neural_attn.backends.weight_files import SAFETENSORS, read_neutral
+
+        content = Path(spec["weights"]).read_bytes()
+        weights = read_neutral(net, content, SAFETENSORS, name=spec["weights"])
+        data = bench_ids(spec["vocab"], spec["seq"])
+    else:
+        data = _data(spec)
+    backend = get_backend(spec["backend"])
+    model = backend.build(net, seed=0, device=spec.get("device", "cpu"), weights=weights)
 
     def stream() -> None:
         seen = set()  # a long layer comes as several tiles of rows
@@ -61,6 +78,12 @@ def _project(spec: dict[str, Any]) -> Callable[[], Any]:
         assert len(seen) == len(names), seen
 
     return stream
+
+
+def _hf(spec: dict[str, Any]) -> Callable[[], Any]:
+    from _hf_floor import hf_forward
+
+    return hf_forward(spec["checkpoint"], spec["seq"])
 
 
 def _bare(spec: dict[str, Any]) -> Callable[[], Any]:
@@ -98,7 +121,8 @@ def threads() -> dict[str, Any]:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    make = {"torch": _plain, "keras": _plain, "project": _project, "bare": _bare}[spec["kind"]]
+    kinds = {"torch": _plain, "keras": _plain, "project": _project, "bare": _bare, "hf": _hf}
+    make = kinds[spec["kind"]]
     once = make(spec)
     once()  # warm: compiled, caches filled
     print("READY " + json.dumps(threads()), flush=True)

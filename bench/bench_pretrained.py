@@ -3,9 +3,11 @@
 - served ÷ transformers: warm ExtractAttention of the imported checkpoint (`neural-attn-client
   import`, weights sent with the compile) against a real gRPC server in its own process, every
   layer consumed into numpy, ÷ transformers' eager forward with `output_attentions=True` in a
-  clean process of its own (bench/_hf_floor.py: torch and transformers only), at 128 and 512
-  tokens. Target <= 1.3. At the longest size also float16 on the wire (half the bytes; the
-  server's cast from float32 is what it adds).
+  clean process of its own (torch and transformers only), at 128 and 512 tokens; target <= 1.3.
+  Beside them the project's own pass of the same model and weights in a clean process (the
+  engine without server or wire). The three are timed round by round, interleaved, so the
+  VM's drift falls on each alike. At the longest size also float16 on the wire (half the
+  bytes; the server's cast from float32 is what it adds).
 - the page at 512 tokens: the installed CLI (`visualize --tokenizer --text`, embedded server)
   end to end, the size of attention_interactive.html (target <= 15 MB) and whether headless
   chromium draws it offline; beside it bertviz `head_view` on transformers' attention of the
@@ -17,18 +19,30 @@
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from _common import BENCH, ROOT, Row, describe, failed_row, ratio_row, section_main, served
-from _hf_floor import bench_ids, median_time
+from _common import (
+    ROOT,
+    CleanFloor,
+    Row,
+    describe,
+    failed_row,
+    interleaved,
+    ratio_row,
+    section_main,
+    served,
+    thread_note,
+)
+from _hf_floor import bench_ids
 
 SECTION = "5"
 PAGE_TOKENS = 512
+VOCAB = 30522  # MiniLM's word pieces
 
 
 def _minilm() -> Path:
@@ -38,74 +52,82 @@ def _minilm() -> Path:
     return minilm_dir()
 
 
-def _hf_floor(checkpoint: Path, seq: int, budget: float) -> float:
-    out = subprocess.run(
-        [sys.executable, str(BENCH / "_hf_floor.py"), str(checkpoint), str(seq), str(budget)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return float(json.loads(out.stdout.splitlines()[-1])["median_s"])
-
-
-def _served_median(client, model, ids, budget: float, dtype: str = "float32") -> tuple[float, int]:
-    def once() -> None:
-        got = [a for _, a in client.extract_attention(model, ids, dtype=dtype)]
-        assert len(got) == 6, len(got)
-
-    return median_time(once, budget)
-
-
 def _served_rows(args, checkpoint: Path, imported: Path) -> list[Row]:
     from neural_attn.client import AttentionClient
 
     rows: list[Row] = []
-    sizes = [int(s) for s in args.sizes.split(",") if s]
-    budget = 20.0 * args.budget
-    floors = {seq: _hf_floor(checkpoint, seq, budget) for seq in sizes}
     source = (imported / "model.neural").read_text(encoding="utf-8")
+    weights = imported / "model.safetensors"
     with served("neural", args.device) as target, AttentionClient(target, timeout=600) as client:
         for backend in [b for b in args.backends.split(",") if b]:
-            model = client.compile(source, backend=backend, weights=imported / "model.safetensors")
+            model = client.compile(source, backend=backend, weights=weights)
+            sizes = [int(s) for s in args.sizes.split(",") if s]
             for seq in sizes:
                 label = f"MiniLM-L6 6x12x{seq}² {backend}"
+                project = {"backend": backend, "source": source, "weights": str(weights)}
                 try:
-                    ids = bench_ids(30522, seq)
-                    s, reps = _served_median(client, model, ids, budget)
+                    rows += _served_size(
+                        client, model, label, seq, args, checkpoint, project, seq == max(sizes)
+                    )
                 except Exception as exc:  # noqa: BLE001 - report and go on
                     rows.append(failed_row(SECTION, label, describe(exc)))
-                    continue
-                rows += [
-                    Row(
-                        SECTION,
-                        f"{label}: served ExtractAttention",
-                        s * 1e3,
-                        "ms",
-                        note=f"median of {reps}",
-                    ),
-                    Row(
-                        SECTION,
-                        f"{label}: transformers eager, output_attentions",
-                        floors[seq] * 1e3,
-                        "ms",
-                        note="clean process",
-                    ),
-                    ratio_row(
-                        SECTION, f"{label}: served ÷ transformers", s, floors[seq], target="<= 1.3"
-                    ),
-                ]
-                if seq == max(sizes):  # half the bytes: what the float16 cast costs the server
-                    half, reps = _served_median(client, model, ids, budget / 2, "float16")
-                    rows += [
-                        Row(
-                            SECTION,
-                            f"{label}: served float16",
-                            half * 1e3,
-                            "ms",
-                            note=f"median of {reps}",
-                        ),
-                        ratio_row(SECTION, f"{label}: served float16 ÷ float32", half, s),
-                    ]
+    return rows
+
+
+def _served_size(client, model, label, seq, args, checkpoint, project, half) -> list[Row]:
+    """Served, the project's own pass and transformers, interleaved round by round, the two
+    floors each in a clean process; at the longest size also float16 on the wire (half the
+    bytes; the server's cast from float32 is what it adds)."""
+    ids = bench_ids(VOCAB, seq)
+
+    def call(dtype: str) -> Callable[[], None]:
+        def once() -> None:
+            got = [a for _, a in client.extract_attention(model, ids, dtype=dtype)]
+            assert len(got) == 6, len(got)
+
+        return once
+
+    with (
+        CleanFloor(kind="hf", checkpoint=str(checkpoint), seq=seq) as hf,
+        CleanFloor(kind="project", device=args.device, vocab=VOCAB, seq=seq, **project) as own,
+    ):
+        fns = {"served": call("float32"), "pass": own, "hf": hf}
+        if half:
+            fns["float16"] = call("float16")
+        t = interleaved(fns, budget_s=40.0 * args.budget, min_reps=5, max_reps=40)
+    s, p, f = (t[k]["median_s"] for k in ("served", "pass", "hf"))
+    reps = t["served"]["reps"]
+    rows = [
+        Row(SECTION, f"{label}: served ExtractAttention", s * 1e3, "ms", note=f"median of {reps}"),
+        Row(
+            SECTION,
+            f"{label}: project pass, stream() (clean process)",
+            p * 1e3,
+            "ms",
+            note=thread_note(own.threads),
+        ),
+        Row(
+            SECTION,
+            f"{label}: transformers eager, output_attentions (clean process)",
+            f * 1e3,
+            "ms",
+            note=thread_note(hf.threads),
+        ),
+        ratio_row(SECTION, f"{label}: served ÷ transformers", s, f, target="<= 1.3"),
+        ratio_row(
+            SECTION,
+            f"{label}: project pass ÷ transformers",
+            p,
+            f,
+            note="the engine alone: no server, no gRPC",
+        ),
+    ]
+    if half:
+        h = t["float16"]["median_s"]
+        rows += [
+            Row(SECTION, f"{label}: served float16", h * 1e3, "ms", note=f"median of {reps}"),
+            ratio_row(SECTION, f"{label}: served float16 ÷ float32", h, s),
+        ]
     return rows
 
 
