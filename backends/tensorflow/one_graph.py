@@ -144,15 +144,18 @@ class OneGraph:
         tiled = any(blocks._tiled(block, x) for block in self._attention)
         if tiled or not _SLOTS.acquire(blocking=False):
             return self.model.run(x, capture=capture, start=start, should_stop=should_stop)
-        # A graph could end after the last wanted layer only through an op error, which costs
-        # more (7 ms on 2 cores) than the blocks it would skip: it runs to its end.
+        # A stream's graph ends where its last attention is handed over: what follows (the
+        # last block's feed-forward, which TensorFlow runs after the hand-over, and any later
+        # layer) feeds no output and is never run. Ending at an earlier wanted layer would take
+        # an op error, which costs more (7 ms on 2 cores) than the blocks it would skip.
+        key = (start, capture.end_when_taken)
         capture.end_when_taken = False
         token = next(_TOKENS)
         running = _RUNNING[token] = _Running(capture, should_stop)
         try:
-            if start not in self._graphs:
-                self._graphs[start] = self._graph(self._traced(start))
-            return self._graphs[start](x, tf.constant(token, tf.int64))
+            if key not in self._graphs:
+                self._graphs[key] = self._graph(self._traced(*key))
+            return self._graphs[key](x, tf.constant(token, tf.int64))
         except tf.errors.OpError:
             if isinstance(running.raised, _Stop):
                 return None
@@ -163,8 +166,12 @@ class OneGraph:
             del _RUNNING[token]
             _SLOTS.release()
 
-    def _traced(self, start: int) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    def _traced(self, start: int, stream: bool) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+        """The pass from layer `start` on; for a `stream`, up to its last attention's hand-over
+        (the graph's output is then that op's, and TensorFlow prunes what only the rest of
+        the model needed)."""
         model, gate = self.model, _op(_gate)
+        last = self._attention[-1]
 
         def whole(x: tf.Tensor, token: tf.Tensor) -> tf.Tensor:
             key_mask = model.key_mask(x, start)
@@ -175,7 +182,10 @@ class OneGraph:
                 x = _after(x, tf.numpy_function(gate, [token], tf.int64, stateful=True))
                 x, probs = block(x, key_mask=key_mask, training=False, return_attention_scores=True)
                 hand = _op(_hand(block.name))
-                x = _after(x, tf.numpy_function(hand, [token, probs], tf.int64, stateful=True))
+                handed = tf.numpy_function(hand, [token, probs], tf.int64, stateful=True)
+                if stream and block is last:
+                    return handed
+                x = _after(x, handed)
             return x
 
         return whole
