@@ -13,8 +13,9 @@ has it).
 
 `neural-attn-server` sets this at start: the process is the server's, and it serves pass after
 pass. The embedded server leaves its host process alone: a CLI run makes one pass, and in the
-CLI's process at 2 x 8 x 4,096² the kept memory raised the peak by 100-150 MiB. Nothing is changed where the operator tuned malloc already
-(a `MALLOC_*` variable or glibc's malloc tunables in the environment), or off glibc.
+CLI's process at 2 x 8 x 4,096² the kept memory raised the peak by 100-150 MiB. Nothing is
+changed where the operator tuned malloc already (a `MALLOC_*` variable or glibc's malloc
+tunables in the environment), or off glibc.
 """
 
 from __future__ import annotations
