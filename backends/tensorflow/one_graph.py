@@ -129,7 +129,8 @@ class OneGraph:
     def __init__(self, model: blocks.NeuralModel, graph: Callable[..., Any]) -> None:
         self.model = model
         self._graph = graph  # how the backend makes a tf.function
-        self._graphs: dict[int, Any] = {}  # by the number of leading layers skipped
+        # by the number of leading layers skipped, and whether the graph serves a stream
+        self._graphs: dict[tuple[int, bool], Any] = {}
         self._attention = [b for b in model.blocks if isinstance(b, blocks.ATTENTION_BLOCKS)]
 
     def run(
