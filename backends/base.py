@@ -204,17 +204,12 @@ def _open_gate() -> None:
     pass
 
 
-class _AllTaken(Exception):  # noqa: N818 - not an error: the pass has nothing left to give
-    """A stream's pass ends here: every wanted layer is out, and what the pass would compute
-    after it (the blocks past the last wanted attention, a head) feeds no attention."""
-
-
 class _Capture:
     """The `capture` attention blocks hand their probabilities to: passes the wanted layers on
     to `take` at once, as `Tile`s of framework tensors (a layer computed in one piece is one
     whole tile), and drops the others. A backend whose pass can run code right before each
-    attention block calls `gate()` there (see `BuiltModel.gates_attention`). With
-    `end_when_taken`, the pass ends (`_AllTaken`) once the last wanted layer is taken."""
+    attention block calls `gate()` there (see `BuiltModel.gates_attention`). `for_stream`:
+    the pass serves a stream, whose caller wants nothing from it but attention."""
 
     def __init__(
         self,
@@ -223,13 +218,13 @@ class _Capture:
         gate: Callable[[], None] = _open_gate,
         should_stop: Callable[[], bool] | None = None,
         *,
-        end_when_taken: bool = False,
+        for_stream: bool = False,
     ) -> None:
         self.wanted = frozenset(wanted)
         self.take = take
         self.gate = gate
         self.should_stop = should_stop
-        self.end_when_taken = end_when_taken
+        self.for_stream = for_stream
 
         self._done: set[str] = set()
 
@@ -242,8 +237,6 @@ class _Capture:
             if tile.last:
                 self._done.add(name)
             self.take(name, tile)
-            if self.end_when_taken and self._done == self.wanted:
-                raise _AllTaken
         if not tile.last and self.should_stop is not None and self.should_stop():
             raise stopped()
 
@@ -352,8 +345,8 @@ class BuiltModel(ABC):
 
         The pass waits while the caller holds a tile, and goes on when the caller asks for the
         next: drop each array before asking, and at most one tile (and the one the pass is
-        making) exists at a time. Closing the iterator stops the pass at its next tile. The
-        pass ends with the last layer in `capture`: the rest of the model is not run.
+        making) exists at a time. Closing the iterator stops the pass at its next tile. A
+        backend may leave out what follows the model's last attention (`_Capture.for_stream`).
         """
         prepared = prepare_input(self.network, data)
         reducing = reduction is not None and not reduction.exact
@@ -380,12 +373,9 @@ class BuiltModel(ABC):
                     if reduced is not None:
                         emit(name, reduced)
 
-            sink = _Capture(capture, take, gate, should_stop, end_when_taken=True)
-            try:
-                if self._pass(prepared, sink, should_stop) is None:
-                    raise stopped()
-            except _AllTaken:
-                pass
+            sink = _Capture(capture, take, gate, should_stop, for_stream=True)
+            if self._pass(prepared, sink, should_stop) is None:
+                raise stopped()
 
         yield from stream_pass(run, gated=self.gates_attention)
 

@@ -3,9 +3,9 @@
 
 - 12 layers: one ExtractAttention call of the 12-layer model (every layer streamed and read);
 - 12 x one layer: twelve calls of the 1-layer model of the same width (the floor: each layer's
-  attention once, and as many attention bytes on the wire). A stream's pass ends with the last
-  layer asked for, so a 1-layer call skips its block's feed-forward: the 12-layer call computes
-  11 feed-forwards that the floor does not, and a ratio of 1.0 means less overhead than before;
+  attention once, and as many attention bytes on the wire). TensorFlow's graph for a stream
+  ends at the model's last attention, so its 1-layer call skips its block's feed-forward: the
+  12-layer call computes 11 feed-forwards that TensorFlow's floor does not;
 - the per-layer sub-model approach as baseline: one sub-model per layer, each re-running the
   prefix up to its layer (the 1..12-layer models; the call for model k extracts only its last
   layer), so the same 12 layers of attention cross the wire but layer i is computed 13 - i times.
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                     f"{label}: {depth} x one 1-layer call",
                     o * 1e3,
                     "ms",
-                    note="each ends at its attention: no feed-forward",
+                    note="TensorFlow's end at their attention: no feed-forward",
                     device=dev,
                 ),
                 Row(

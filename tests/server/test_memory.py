@@ -40,8 +40,7 @@ def _minor_faults(pid: int) -> int:
 
 def _faults_per_call(server: ServerProcess) -> float:
     """The page faults of the server's process in a warm call: the median over ten calls after
-    two (a call that begins while the last one's final layer is still being let go may find
-    that layer's pages taken)."""
+    two (the first calls meet each size for the first time)."""
     from neural_attn.client import AttentionClient
 
     x = np.random.default_rng(0).standard_normal((1, 512, 48)).astype(np.float32)
