@@ -58,13 +58,13 @@ def _served_rows(args, checkpoint: Path, imported: Path) -> list[Row]:
     rows: list[Row] = []
     source = (imported / "model.neural").read_text(encoding="utf-8")
     weights = imported / "model.safetensors"
+    sizes = [int(s) for s in args.sizes.split(",") if s]
     with served("neural", args.device) as target, AttentionClient(target, timeout=600) as client:
         for backend in [b for b in args.backends.split(",") if b]:
             model = client.compile(source, backend=backend, weights=weights)
-            sizes = [int(s) for s in args.sizes.split(",") if s]
+            project = {"backend": backend, "source": source, "weights": str(weights)}
             for seq in sizes:
                 label = f"MiniLM-L6 6x12x{seq}² {backend}"
-                project = {"backend": backend, "source": source, "weights": str(weights)}
                 try:
                     rows += _served_size(
                         client, model, label, seq, args, checkpoint, project, seq == max(sizes)

@@ -32,6 +32,11 @@ TRIM_THRESHOLD = 64 << 20
 KEPT = f"mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold {TRIM_THRESHOLD >> 20} MiB"
 
 
+def on_glibc() -> bool:
+    """Whether this process runs on Linux's glibc, whose thresholds these are."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def operator_tuned(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
     """Whether the environment already sets glibc's malloc parameters."""
     return any(key.startswith("MALLOC_") for key in environ) or "glibc.malloc." in environ.get(
@@ -41,7 +46,7 @@ def operator_tuned(environ: dict[str, str] | os._Environ[str] = os.environ) -> b
 
 def keep_freed_memory() -> bool:
     """Set the thresholds above in this process; True when glibc took them."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or operator_tuned():
+    if not on_glibc() or operator_tuned():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

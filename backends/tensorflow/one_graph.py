@@ -149,7 +149,7 @@ class OneGraph:
         # last block's feed-forward, which TensorFlow runs after the hand-over, and any later
         # layer) feeds no output and is never run. Ending at an earlier wanted layer would take
         # an op error, which costs more (7 ms on 2 cores) than the blocks it would skip.
-        key = (start, bool(capture.for_stream))
+        key = (start, capture.for_stream)
         token = next(_TOKENS)
         running = _RUNNING[token] = _Running(capture, should_stop)
         try:

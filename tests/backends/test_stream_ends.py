@@ -28,7 +28,8 @@ def _streamed(model, capture):
     layers: dict[str, np.ndarray] = {}
     for name, tile in model.stream(DATA, capture=capture):
         if name not in layers:
-            layers[name] = np.full((*tile.values.shape[:2], tile.rows, 16), np.nan, np.float32)
+            shape = (*tile.values.shape[:2], tile.rows, tile.values.shape[3])
+            layers[name] = np.full(shape, np.nan, np.float32)
         layers[name][:, :, tile.start : tile.start + tile.values.shape[2]] = tile.values
     return layers
 

@@ -4,21 +4,16 @@ every layer: 18,500 page faults and 18 % of the pass at MiniLM-L6 and 512 tokens
 
 from __future__ import annotations
 
-import platform
-
 import numpy as np
 import pytest
 from serverproc import ServerProcess
 
-from neural_attn.server.memory import operator_tuned
+from neural_attn.server.memory import on_glibc, operator_tuned
 
 pytest.importorskip("torch")
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-        reason="the thresholds are glibc's",
-    ),
+    pytest.mark.skipif(not on_glibc(), reason="the thresholds are glibc's"),
     pytest.mark.skipif(operator_tuned(), reason="this machine's environment sets malloc's own"),
 ]
 
